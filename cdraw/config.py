@@ -1,0 +1,141 @@
+"""Training configuration: a dataclass, YAML files, and command-line flags generated from both.
+
+Precedence, lowest first: the dataclass defaults (the paper's settings), a YAML file
+(``--config``), then flags. Every field of :class:`TrainConfig` and of its nested
+:class:`~cdraw.DRAWConfig` is a flag: ``--lr 3e-4``, ``--steps 16``, ``--no-attention``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdraw.errors import CDrawError
+from cdraw.model import DRAWConfig
+
+
+@dataclass
+class TrainConfig:
+    """How to train a DRAW model. Defaults: the paper's MNIST setting (Adam, batch 100)."""
+
+    model: DRAWConfig = field(default_factory=DRAWConfig)
+    output_dir: str = field(default="runs/draw", metadata={"help": "where checkpoints, logs and samples go"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "folder with the data set (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)"}
+    )
+    epochs: int = field(default=100, metadata={"help": "passes over the training set"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
+    batch_size: int = field(default=100, metadata={"help": "images per step on each process"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine decay to 0 at the end"})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = field(default=10.0, metadata={"help": "clip the global gradient norm to this"})
+    seed: int = 0
+    eval_batch_size: int = 1000
+    log_every: int = field(default=50, metadata={"help": "steps between log lines (and finite-loss checks)"})
+    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints (also each epoch)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    num_samples: int = field(default=64, metadata={"help": "images in each epoch's sample grid"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (slower; exact resume)"})
+    record_batches: bool = field(default=False, metadata={"help": "write each process's batch indices (audit)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = DRAWConfig.from_dict(self.model)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise CDrawError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise CDrawError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CDrawError(f"max_steps must be at least 1, got {self.max_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CDrawError(f"unknown training config fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise CDrawError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise CDrawError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise CDrawError(f"config file {path} must hold a mapping of field: value")
+        return cls.from_dict(raw)
+
+
+def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse settings for a field's type annotation (resolved)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(inner)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return args[0], {"nargs": len(args)}
+    if tp is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    return tp, {}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str = "") -> None:
+    """One flag per field of ``cls``; only the flags a user passes land in the namespace."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue
+        tp, kwargs = _flag_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", f.name.replace("_", " "))
+        if tp is not None:
+            kwargs["type"] = tp
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=dest_prefix + f.name,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {default})",
+            **kwargs,
+        )
+
+
+def parse_train_args(
+    argv: list[str] | None, default_config: str | Path | None = None, description: str | None = None
+) -> tuple[TrainConfig, bool]:
+    """Parse a recipe's command line into a :class:`TrainConfig` and the ``--resume`` flag."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config, help=f"YAML file of settings (default: {default_config})")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    train_group = parser.add_argument_group("training")
+    add_dataclass_flags(train_group, TrainConfig)
+    model_group = parser.add_argument_group("model (DRAWConfig)")
+    add_dataclass_flags(model_group, DRAWConfig, dest_prefix="model.")
+    args = vars(parser.parse_args(argv))
+    cfg = TrainConfig.from_yaml(args.pop("config")) if args.get("config") else TrainConfig()
+    resume = args.pop("resume")
+    d = cfg.to_dict()
+    for key, value in args.items():
+        if key.startswith("model."):
+            d["model"][key.removeprefix("model.")] = value
+        else:
+            d[key] = value
+    return TrainConfig.from_dict(d), resume

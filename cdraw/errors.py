@@ -1,0 +1,8 @@
+"""The one exception type for user mistakes (bad input, missing files, mismatched checkpoints)."""
+
+
+class CDrawError(Exception):
+    """A mistake the user can fix; the message says what was wrong and what to do.
+
+    The CLI prints it on one line and exits with status 2. Internal bugs raise anything else.
+    """

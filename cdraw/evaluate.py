@@ -1,0 +1,87 @@
+"""Likelihood evaluation: the variational bound and the importance-weighted bound, in nats per image.
+
+For a model with encoder q and prior p, -log p(x) <= E_q[-log p(x|z) + log q(z|x) - log p(z)]
+(the negative ELBO, what :class:`~cdraw.DRAW` returns as ``loss``), and the tighter IWAE bound
+(Burda et al. 2016) with k samples: -log p(x) <= -log (1/k) sum_i p(x, z_i) / q(z_i | x), which
+falls towards -log p(x) as k grows. Both are exact means over the whole split (no dropped batch).
+
+Shapes: B batch, K importance samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cdraw.data import ImageData
+from cdraw.model import DRAW
+
+#: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
+IWAE_CHUNK = 2000
+
+
+@dataclass
+class BoundSums:
+    """Sums over a set of images, so shards from several processes add up to an exact mean."""
+
+    loss: float = 0.0
+    recon: float = 0.0
+    kl: float = 0.0
+    count: int = 0
+
+    def __add__(self, other: BoundSums) -> BoundSums:
+        return BoundSums(self.loss + other.loss, self.recon + other.recon, self.kl + other.kl, self.count + other.count)
+
+    def means(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"bound": self.loss / n, "recon": self.recon / n, "kl": self.kl / n, "images": self.count}
+
+
+@torch.no_grad()
+def bound_sums(
+    model: DRAW, data: ImageData, batch_size: int = 1000, generator: torch.Generator | None = None, progress=None
+) -> BoundSums:
+    """Sum of the negative ELBO (and its two terms) over every image of ``data``."""
+    device = next(model.parameters()).device
+    total = torch.zeros(3, dtype=torch.float64, device=device)  # loss, recon, kl: summed on device
+    for start in range(0, len(data), batch_size):
+        x = data.batch(slice(start, start + batch_size)).to(device)
+        out = model(x, generator=generator)
+        total += torch.stack([out.loss.sum(), out.recon.sum(), out.kl.sum()]).double()
+        if progress is not None:
+            progress.update(len(x))
+    loss, recon, kl = total.tolist()
+    return BoundSums(loss, recon, kl, len(data))
+
+
+@torch.no_grad()
+def iwae_nll(model: DRAW, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Importance-weighted estimate of -log p(x) with ``k`` samples: (B, C, H, W) -> (B,) nats."""
+    b = x.shape[0]
+    per_chunk = max(1, IWAE_CHUNK // b)
+    log_w = []  # chunks of (k_chunk, B)
+    for start in range(0, k, per_chunk):
+        kc = min(per_chunk, k - start)
+        xr = x.repeat(kc, 1, 1, 1)  # (kc * B, C, H, W): sample-major, so view(kc, B) below
+        out = model(xr, return_log_ratio=True, generator=generator)
+        log_w.append((-out.recon - out.log_ratio).view(kc, b))  # log p(x|z) + log p(z) - log q(z|x)
+    log_w = torch.cat(log_w).double()  # (K, B)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(k))  # stable log-mean-exp
+
+
+@torch.no_grad()
+def iwae_sum(
+    model: DRAW, data: ImageData, k: int, batch_size: int = 100, generator: torch.Generator | None = None, progress=None
+) -> float:
+    """Sum over ``data`` of the k-sample IWAE estimate of -log p(x)."""
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(data), batch_size):
+        x = data.batch(slice(start, start + batch_size)).to(device)
+        total += iwae_nll(model, x, k, generator).sum()
+        if progress is not None:
+            progress.update(len(x))
+    return total.item()

@@ -1,0 +1,450 @@
+"""The DRAW recurrent VAE (Gregor et al. 2015, section 2), read top to bottom.
+
+One step t = 1..T, in the paper's order (equation numbers in the comments):
+
+    x_hat_t = x - sigmoid(c_{t-1})                      (3)
+    r_t     = read(x_t, x_hat_t, h_dec_{t-1})           (4)
+    h_enc_t = RNN_enc(h_enc_{t-1}, [r_t, h_dec_{t-1}])  (5)
+    z_t     ~ Q(Z_t | h_enc_t)                          (6)
+    h_dec_t = RNN_dec(h_dec_{t-1}, z_t)                 (7)
+    c_t     = c_{t-1} + write(h_dec_t)                  (8)
+
+and the loss L = L^x + L^z in nats per image: L^x = -log D(x | c_T) (9) and L^z the KL of each
+step's posterior from its prior, summed over steps and latent dimensions (10)-(11).
+
+The conditioning seam (used by label and caption encoders): a :class:`Context` holds a fixed
+vector per example, given to the encoder and the decoder at every step next to their usual inputs;
+and the prior over z_t may be learned from h_dec_{t-1} (alignDRAW), in which case the KL is between
+two diagonal Gaussians.
+
+Shapes: B batch, T steps, C channels, H/W image, N patch, Z latent, D context, E/F enc/dec sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from cdraw import attention
+from cdraw.attention import Window, WindowParams
+from cdraw.errors import CDrawError
+from cdraw.likelihoods import LIKELIHOODS, make_likelihood
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "draw"
+
+
+@dataclass
+class DRAWConfig:
+    """A DRAW model's shape. Defaults are the paper's MNIST model (Table 3)."""
+
+    image_size: tuple[int, int] = (28, 28)  # (H, W)
+    channels: int = 1
+    steps: int = 64  # T, the number of glimpses
+    read_size: int = 2  # N of the read window
+    write_size: int = 5  # N of the write window
+    enc_size: int = 256
+    dec_size: int = 256
+    z_size: int = 100
+    attention: bool = True  # False: read the whole image, write the whole canvas
+    likelihood: str = "bernoulli"  # one of cdraw.likelihoods.LIKELIHOODS
+    context_size: int = 0  # D, the conditioning vector given to encoder and decoder each step
+    learned_prior: bool = False  # prior N(mu(h_dec_{t-1}), sigma(h_dec_{t-1})) instead of N(0, I)
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(self.image_size)
+        positive = ("channels", "steps", "read_size", "write_size", "enc_size", "dec_size", "z_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {self.image_size!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.context_size < 0:
+            raise CDrawError(f"DRAWConfig.context_size must be >= 0, got {self.context_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CDrawError(f"unknown DRAWConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Context:
+    """What a conditioning encoder hands the DRAW core for a batch.
+
+    vector: (B, D) a fixed vector per example (a label embedding, a pooled caption), concatenated to
+    the encoder's and decoder's inputs at every step.
+    """
+
+    vector: Tensor | None = None
+
+
+@dataclass
+class DRAWOutput:
+    """The result of a forward pass; losses in nats per image."""
+
+    loss: Tensor  # (B,) recon + kl summed over steps: the negative variational bound
+    recon: Tensor  # (B,) -log p(x | c_T)
+    kl: Tensor  # (B, T) KL(Q(z_t | ...) || P(z_t | ...)) per step, summed over Z
+    canvases: Tensor | None = None  # (T, B, C, H, W) sigmoid(c_t), on request
+    log_ratio: Tensor | None = None  # (B,) sum_t log q(z_t) - log p(z_t) at the sampled z, on request
+
+
+@dataclass
+class Trace:
+    """What :meth:`DRAW.sample_trace` returns: the drawing process step by step."""
+
+    images: Tensor  # (B, C, H, W) the final means
+    canvases: Tensor  # (T, B, C, H, W) sigmoid(c_t) after each step
+    read_windows: Window | None  # (T, B) fields: where the read window sits at each step
+    write_windows: Window | None  # (T, B) fields: where each step wrote
+
+
+class Gaussian(NamedTuple):
+    """A diagonal Gaussian, mean and log standard deviation, each (B, Z)."""
+
+    mu: Tensor
+    log_sigma: Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(self.mu.shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
+        return self.mu + torch.exp(self.log_sigma) * eps  # eq. (6), reparameterised
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; mu, sigma^2) summed over Z: (B, Z) -> (B,)."""
+        u = (z - self.mu) * torch.exp(-self.log_sigma)
+        return (-0.5 * u**2 - self.log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def kl_standard_normal(q: Gaussian) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) summed over Z, eq. (10): 0.5 sum(mu^2 + sigma^2 - log sigma^2 - 1).
+
+    The -1 is per latent dimension (inside the sum), not once per step.
+    """
+    return 0.5 * (q.mu**2 + torch.exp(2 * q.log_sigma) - 2 * q.log_sigma - 1).sum(-1)  # (B,)
+
+
+def kl_gaussians(q: Gaussian, p: Gaussian) -> Tensor:
+    """KL(q || p) between diagonal Gaussians, summed over Z: (B,).
+
+    log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2, per dimension.
+    """
+    var_ratio = torch.exp(2 * (q.log_sigma - p.log_sigma))
+    mean_term = ((q.mu - p.mu) * torch.exp(-p.log_sigma)) ** 2
+    return (p.log_sigma - q.log_sigma + 0.5 * (var_ratio + mean_term - 1)).sum(-1)
+
+
+class GaussianLayer(nn.Module):
+    """h -> a diagonal Gaussian (mu = W h + b, log sigma = W' h + b'), eq. (1)-(2)."""
+
+    def __init__(self, in_size: int, z_size: int):
+        super().__init__()
+        self.linear = nn.Linear(in_size, 2 * z_size)
+
+    def forward(self, h: Tensor) -> Gaussian:
+        mu, log_sigma = self.linear(h).chunk(2, dim=-1)  # (B, Z) each
+        return Gaussian(mu, log_sigma)
+
+
+class AttentionReader(nn.Module):
+    """read with attention, eq. (27): two N x N glimpses per channel at a window set by h_dec."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.n = cfg.read_size
+        self.window = WindowParams(cfg.dec_size, cfg.read_size, cfg.image_size)
+        self.out_size = 2 * cfg.channels * cfg.read_size**2
+
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+        return attention.read(x, x_hat, self.window(h_dec), self.n)  # (B, 2 C N N)
+
+
+class PlainReader(nn.Module):
+    """read without attention, eq. (17): [x, x_hat], the whole image and error image."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.out_size = 2 * cfg.channels * cfg.image_size[0] * cfg.image_size[1]
+
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+        return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1)  # (B, 2 C H W)
+
+
+class AttentionWriter(nn.Module):
+    """write with attention, eq. (28)-(29): an N x N patch per channel, placed by h_dec."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.n, self.c, self.size = cfg.write_size, cfg.channels, cfg.image_size
+        self.patch = nn.Linear(cfg.dec_size, cfg.channels * cfg.write_size**2)  # eq. (28)
+        self.window = WindowParams(cfg.dec_size, cfg.write_size, cfg.image_size)
+
+    def forward(self, h_dec: Tensor) -> Tensor:
+        w = self.patch(h_dec).view(-1, self.c, self.n, self.n)  # (B, C, N, N)
+        return attention.write(w, self.window(h_dec), self.size)  # (B, C, H, W)
+
+
+class PlainWriter(nn.Module):
+    """write without attention, eq. (18): a linear map of h_dec to the whole canvas."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.shape = (cfg.channels, *cfg.image_size)
+        self.linear = nn.Linear(cfg.dec_size, math.prod(self.shape))
+
+    def forward(self, h_dec: Tensor) -> Tensor:
+        return self.linear(h_dec).view(-1, *self.shape)  # (B, C, H, W)
+
+
+class DRAW(nn.Module):
+    """The DRAW network: ``out = model(x)`` for training, ``model.sample(n)`` to generate.
+
+    Example:
+        >>> cfg = DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=4)
+        >>> model = DRAW(cfg)
+        >>> out = model(torch.rand(2, 1, 28, 28).round())
+        >>> out.loss.shape, out.kl.shape
+        (torch.Size([2]), torch.Size([2, 8]))
+    """
+
+    def __init__(self, config: DRAWConfig):
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.context_size
+        self.reader = AttentionReader(cfg) if cfg.attention else PlainReader(cfg)
+        self.writer = AttentionWriter(cfg) if cfg.attention else PlainWriter(cfg)
+        self.encoder = nn.LSTMCell(self.reader.out_size + cfg.dec_size + d, cfg.enc_size)
+        self.decoder = nn.LSTMCell(cfg.z_size + d, cfg.dec_size)
+        self.posterior = GaussianLayer(cfg.enc_size, cfg.z_size)
+        self.prior = GaussianLayer(cfg.dec_size, cfg.z_size) if cfg.learned_prior else None
+        self.likelihood = make_likelihood(cfg.likelihood, cfg.channels)
+        # Learned initial states: h and cell of both LSTMs, and the canvas c_0.
+        self.h_enc0 = nn.Parameter(torch.zeros(cfg.enc_size))
+        self.c_enc0 = nn.Parameter(torch.zeros(cfg.enc_size))
+        self.h_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
+        self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
+        self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
+
+    # -- the pieces of one step -------------------------------------------------------------
+
+    def _initial(self, param: Tensor, batch: int) -> Tensor:
+        return param.expand(batch, *param.shape)
+
+    def _prior(self, h_dec: Tensor) -> Gaussian | None:
+        """P(z_t | h_dec_{t-1}) when learned; None means N(0, I)."""
+        return self.prior(h_dec) if self.prior is not None else None
+
+    def _check_context(self, context: Context | None, batch: int) -> Tensor | None:
+        d = self.config.context_size
+        vector = context.vector if context is not None else None
+        if d == 0:
+            if vector is not None:
+                raise CDrawError("this model is unconditional (context_size=0) but a context was given")
+            return None
+        if vector is None:
+            raise CDrawError(f"this model is conditional (context_size={d}): pass context=Context(vector)")
+        if vector.shape != (batch, d):
+            raise CDrawError(f"context vector must be ({batch}, {d}), got {tuple(vector.shape)}")
+        return vector
+
+    def _check_images(self, x: Tensor) -> None:
+        expected = (self.config.channels, *self.config.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise CDrawError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+
+    @staticmethod
+    def _with(inputs: Tensor, ctx: Tensor | None) -> Tensor:
+        return inputs if ctx is None else torch.cat([inputs, ctx], dim=-1)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Context | None = None,
+        *,
+        return_canvases: bool = False,
+        return_log_ratio: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DRAWOutput:
+        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image."""
+        self._check_images(x)
+        b = x.shape[0]
+        ctx = self._check_context(context, b)  # (B, D) or None
+        h_enc, c_enc = self._initial(self.h_enc0, b), self._initial(self.c_enc0, b)  # (B, E)
+        h_dec, c_dec = self._initial(self.h_dec0, b), self._initial(self.c_dec0, b)  # (B, F)
+        canvas = self._initial(self.canvas0, b)  # (B, C, H, W)
+        kls, canvases = [], []
+        log_ratio = x.new_zeros(b) if return_log_ratio else None
+        for _ in range(self.config.steps):
+            x_hat = x - self.likelihood.mean(canvas)  # eq. (3)
+            r = self.reader(x, x_hat, h_dec)  # eq. (4), window from h_dec_{t-1}
+            h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), ctx), (h_enc, c_enc))  # (5)
+            q = self.posterior(h_enc)  # Q(Z_t | h_enc_t), eq. (1)-(2)
+            z = q.sample(generator)  # eq. (6)
+            p = self._prior(h_dec)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
+            kls.append(kl_standard_normal(q) if p is None else kl_gaussians(q, p))  # eq. (10)
+            if log_ratio is not None:
+                log_p = standard_normal_log_prob(z) if p is None else p.log_prob(z)
+                log_ratio = log_ratio + q.log_prob(z) - log_p
+            h_dec, c_dec = self.decoder(self._with(z, ctx), (h_dec, c_dec))  # eq. (7)
+            canvas = canvas + self.writer(h_dec)  # eq. (8)
+            if return_canvases:
+                canvases.append(self.likelihood.mean(canvas))
+        recon = self.likelihood.nll(canvas, x)  # eq. (9), (B,)
+        kl = torch.stack(kls, dim=1)  # (B, T)
+        return DRAWOutput(
+            loss=recon + kl.sum(1),  # eq. (12)
+            recon=recon,
+            kl=kl,
+            canvases=torch.stack(canvases) if return_canvases else None,
+            log_ratio=log_ratio,
+        )
+
+    # -- generation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_trace(
+        self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None
+    ) -> Trace:
+        """Draw ``n`` images from the prior, keeping every canvas and attention window."""
+        if not isinstance(n, int) or n < 1:
+            raise CDrawError(f"the number of images must be a positive integer, got {n!r}")
+        cfg = self.config
+        ctx = self._check_context(context, n)
+        h_dec, c_dec = self._initial(self.h_dec0, n), self._initial(self.c_dec0, n)  # (n, F)
+        canvas = self._initial(self.canvas0, n)  # (n, C, H, W)
+        z_shape = (n, cfg.z_size)
+        canvases, reads, writes = [], [], []
+        for _ in range(cfg.steps):
+            if cfg.attention:
+                reads.append(self.reader.window(h_dec))  # where a reconstruction would read
+            p = self._prior(h_dec)
+            if p is None:
+                dev, dt = canvas.device, canvas.dtype
+                z = torch.randn(z_shape, generator=generator, device=dev, dtype=dt)  # (n, Z)
+            else:
+                z = p.sample(generator)
+            h_dec, c_dec = self.decoder(self._with(z, ctx), (h_dec, c_dec))  # eq. (7)
+            if cfg.attention:
+                writes.append(self.writer.window(h_dec))
+            canvas = canvas + self.writer(h_dec)  # eq. (8)
+            canvases.append(self.likelihood.mean(canvas))
+        return Trace(
+            images=canvases[-1],
+            canvases=torch.stack(canvases),
+            read_windows=Window.stack(reads) if reads else None,
+            write_windows=Window.stack(writes) if writes else None,
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images from the prior: (n, C, H, W) means (sigmoid(c_T)), not pixel samples."""
+        return self.sample_trace(n, context, generator=generator).images
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+
+        Each file is written to a temporary name and renamed, so a crash leaves the old file whole.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, **self.config.to_dict()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DRAW:
+        """Load a folder written by :meth:`save_pretrained`, onto ``device`` (CPU by default)."""
+        config = load_config(path)
+        model = cls(config)
+        model.load_state_dict(load_weights(path, model))
+        return model.to(device)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I) summed over Z: (B, Z) -> (B,)."""
+    return (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_config(path: str | os.PathLike) -> DRAWConfig:
+    """Read ``config.json`` of a checkpoint folder, with a clear error for each way it can be wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CDrawError(f"checkpoint folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        raise CDrawError(f"{path} is not a cdraw checkpoint: {CONFIG_NAME} is missing")
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CDrawError(f"{file} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(raw, dict) or raw.pop("model_type", None) != MODEL_TYPE:
+        raise CDrawError(f"{file} is not a DRAW config (model_type must be {MODEL_TYPE!r})")
+    try:
+        return DRAWConfig.from_dict(raw)
+    except TypeError as e:
+        raise CDrawError(f"{file} has an invalid DRAW config: {e}") from None
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:
+    """Read ``model.safetensors`` and check it matches ``model``'s parameters, name by name."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS_NAME
+    if not file.is_file():
+        raise CDrawError(f"{Path(path)} is not a complete checkpoint: {WEIGHTS_NAME} is missing")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CDrawError(f"{file} is corrupt or not a safetensors file ({e}); re-save or re-download it") from None
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
+    if missing or extra or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}")
+        if extra:
+            details.append(f"unexpected {extra[:5]}")
+        if wrong:
+            details.append(
+                "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k])}" for k in wrong[:5])
+            )
+        raise CDrawError(f"{file} does not match its {CONFIG_NAME}: " + "; ".join(details))
+    return state

@@ -1,0 +1,351 @@
+"""The one training loop, shared by every recipe: data, model, optimiser, ``for step``, log.
+
+Runs unchanged on one CPU, on several CPU processes (gloo), on one GPU and on many, through
+``accelerate launch``. ``batch_size`` is per process; each process trains on its own disjoint
+shard of every global batch (:func:`cdraw.data.shard_batches`).
+
+Output folder::
+
+    log.csv, tensorboard/          one row per log interval and per validation
+    samples/epoch-001.png          a grid of samples after each epoch
+    checkpoints/step-00001000/     model/ (save_pretrained), optimizer.pt, trainer_state.json,
+                                   rng_rank{r}.pt; written under a temporary name, then renamed
+    checkpoints/latest             the name of the newest complete checkpoint
+    best/                          the model with the best validation bound so far
+    model/                         the model at the end of training
+    train_config.yaml              the settings of the run
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from cdraw.config import TrainConfig
+from cdraw.data import ImageData, shard_batches
+from cdraw.errors import CDrawError
+from cdraw.evaluate import BoundSums, bound_sums
+from cdraw.images import save_grid
+from cdraw.model import DRAW, DRAWConfig, load_config
+
+LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
+#: Offset of the seeds of validation and sample noise, so they never share the training stream.
+EVAL_SEED_OFFSET = 10_000
+
+
+class TrainingDiverged(CDrawError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Where training stands; saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_valid: float = math.inf
+    elapsed_s: float = 0.0
+    world_size: int = 1
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): constant, or cosine decay to 0."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+    return cfg.lr
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, to compare models across processes."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    """Trains a :class:`~cdraw.DRAW` on image tensors; ``Trainer(cfg, train, valid).fit()``."""
+
+    def __init__(self, cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.main = acc.is_main_process
+        self._check_output_dir(resume)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        model = DRAW(cfg.model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.state = TrainerState(world_size=self.world)
+        if resume:
+            self._load_checkpoint()
+        else:
+            torch.manual_seed(cfg.seed * 1_000 + self.rank + 1)  # each process its own noise
+
+        self.train_data = train_data.to(acc.device)  # a batch is then one index on the device
+        self.valid_data = valid_data
+        self.steps_per_epoch = len(shard_batches(len(train_data), cfg.batch_size, 0, cfg.seed, 0, self.world))
+        if self.steps_per_epoch == 0:
+            raise CDrawError(
+                f"the training set has {len(train_data)} images, fewer than one global batch "
+                f"({cfg.batch_size} x {self.world} processes): lower --batch-size"
+            )
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self._window = torch.zeros(3, device=acc.device)  # loss, recon, kl summed since the last log
+        self._window_images = 0
+        self._window_start = time.perf_counter()
+        self._batches_seen: list[list[int]] = []
+        self._writer = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``max_steps`` (or ``epochs``); returns the final validation figures."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.main, desc="training", unit="step")
+        self._run_start = time.perf_counter() - st.elapsed_s
+        valid = {}
+        while st.step < self.total_steps:
+            batches = shard_batches(len(self.train_data), cfg.batch_size, st.epoch, cfg.seed, self.rank, self.world)
+            for idx in batches[st.batch_in_epoch :]:
+                self._train_step(idx)
+                bar.update(1)
+                if st.step % cfg.log_every == 0:
+                    bar.set_postfix(self._flush_log())
+                ends_period = st.batch_in_epoch == len(batches) or st.step >= self.total_steps
+                if st.step % cfg.checkpoint_every == 0 and not ends_period:  # else saved just below
+                    self._flush_log()
+                    self._save_checkpoint()
+                if st.step >= self.total_steps:
+                    break
+            else:  # the epoch ran to its end
+                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                self._flush_log()
+                valid = self._end_of_period(f"epoch-{st.epoch:03d}")
+        bar.close()
+        if st.batch_in_epoch or not valid:  # stopped mid-epoch (--max-steps): validate there too
+            self._flush_log()
+            valid = self._end_of_period(f"step-{st.step:08d}")
+        if self.main:
+            self._unwrapped.save_pretrained(self.out / "model")
+        if cfg.record_batches:
+            audit = {"batches": self._batches_seen, "weights_sha256": weights_digest(self._unwrapped)}
+            (self.out / f"audit_rank{self.rank}.json").write_text(json.dumps(audit))
+        acc.wait_for_everyone()
+        if self._writer is not None:
+            self._writer.close()
+        acc.end_training()
+        return valid
+
+    def _train_step(self, idx: torch.Tensor) -> None:
+        cfg, st = self.cfg, self.state
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, st.step, self.total_steps)
+        x = self.train_data.batch(idx.to(self.acc.device))  # (B, C, H, W) in [0, 1]
+        out = self.model(x)
+        loss = out.loss.mean()  # nats per image
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._window += torch.stack([out.loss.sum(), out.recon.sum(), out.kl.sum()]).detach()
+        self._window_images += len(idx)
+        if cfg.record_batches:
+            self._batches_seen.append(idx.tolist())
+        st.step += 1
+        st.batch_in_epoch += 1
+
+    @property
+    def _unwrapped(self) -> DRAW:
+        return self.acc.unwrap_model(self.model)
+
+    # -- logging and the finite-loss guard --------------------------------------------------
+
+    def _flush_log(self) -> dict[str, str]:
+        """Log the mean losses since the last call; stop if any step's loss was NaN or infinite.
+
+        Every checkpoint is preceded by this check, so a checkpoint never holds a diverged model.
+        """
+        if self._window_images == 0:
+            return {}
+        sums = self.acc.reduce(torch.cat([self._window, self._window.new_tensor([self._window_images])]), "sum")
+        loss, recon, kl, images = sums.tolist()
+        now = time.perf_counter()
+        speed = images / max(now - self._window_start, 1e-9)
+        self._window.zero_()
+        self._window_images, self._window_start = 0, now
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss / images} at or before step {self.state.step}; training stopped. "
+                f"The last good checkpoint is in {self.ckpt_dir} (resume with --resume); "
+                "lower --lr or --grad-clip before resuming"
+            )
+        self._log("train", loss / images, recon / images, kl / images, speed)
+        return {"loss": f"{loss / images:.2f}", "img/s": f"{speed:.0f}"}
+
+    def _log(self, split: str, loss: float, recon: float, kl: float, speed: float | None = None) -> None:
+        if not self.main:
+            return
+        st = self.state
+        row = {
+            "step": st.step,
+            "epoch": st.epoch,
+            "split": split,
+            "loss": f"{loss:.4f}",
+            "recon": f"{recon:.4f}",
+            "kl": f"{kl:.4f}",
+            "lr": f"{self.optimizer.param_groups[0]['lr']:.3g}",
+            "images_per_s": "" if speed is None else f"{speed:.1f}",
+            "elapsed_s": f"{time.perf_counter() - self._run_start:.1f}",
+        }
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        writer = self._tensorboard()
+        if writer is not None:
+            writer.add_scalar(f"{split}/bound", loss, st.step)
+            writer.add_scalar(f"{split}/recon", recon, st.step)
+            writer.add_scalar(f"{split}/kl", kl, st.step)
+            if speed is not None:
+                writer.add_scalar(f"{split}/images_per_s", speed, st.step)
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+                self._writer = False
+            else:
+                self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self._writer or None
+
+    # -- validation, samples, checkpoints ---------------------------------------------------
+
+    def _end_of_period(self, name: str) -> dict[str, float]:
+        """Validation bound (exact mean over the split), a sample grid, a checkpoint, the best model."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        model = self._unwrapped
+        gen = torch.Generator(acc.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET + self.rank)
+        shard = ImageData(self.valid_data.images[self.rank :: self.world], self.valid_data.levels)
+        sums = bound_sums(model, shard, cfg.eval_batch_size, gen)
+        totals = acc.reduce(torch.tensor([sums.loss, sums.recon, sums.kl, sums.count], device=acc.device), "sum")
+        valid = BoundSums(*totals.tolist()).means()
+        if not math.isfinite(valid["bound"]):
+            raise TrainingDiverged(f"the validation bound is {valid['bound']}; the last good checkpoint is kept")
+        self._log("valid", valid["bound"], valid["recon"], valid["kl"])
+        if self.main:
+            tqdm.write(f"{name}: validation bound {valid['bound']:.2f} nats (step {st.step})")
+            sample_gen = torch.Generator(acc.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET)
+            save_grid(model.sample(cfg.num_samples, generator=sample_gen), self.out / "samples" / f"{name}.png")
+        if valid["bound"] < st.best_valid:  # the same decision on every process: valid is all-reduced
+            st.best_valid = valid["bound"]
+            if self.main:
+                model.save_pretrained(self.out / "best")
+                (self.out / "best" / "valid.json").write_text(json.dumps({"step": st.step, **valid}, indent=2))
+        self._save_checkpoint()
+        return valid
+
+    def _save_checkpoint(self) -> None:
+        acc, st = self.acc, self.state
+        name = f"step-{st.step:08d}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
+        if final.exists():  # e.g. an epoch ending on a checkpoint_every step
+            return
+        st.elapsed_s = time.perf_counter() - self._run_start
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state(acc.device)
+        torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
+        if self.main:
+            self._unwrapped.save_pretrained(tmp / "model")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(st), indent=2))
+        acc.wait_for_everyone()
+        if self.main:
+            os.replace(tmp, final)
+            latest_tmp = self.ckpt_dir / ".latest.tmp"
+            latest_tmp.write_text(name)
+            os.replace(latest_tmp, self.ckpt_dir / "latest")
+            kept = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
+            for old in kept[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _check_output_dir(self, resume: bool) -> None:
+        has_checkpoint = (self.ckpt_dir / "latest").is_file()
+        if resume and not has_checkpoint:
+            raise CDrawError(f"--resume: no checkpoint in {self.ckpt_dir}; start without --resume")
+        if not resume and has_checkpoint:
+            raise CDrawError(
+                f"{self.out} already holds a training run: pass --resume to continue it, "
+                "or choose another --output-dir (nothing was overwritten)"
+            )
+
+    def _load_checkpoint(self) -> None:
+        name = (self.ckpt_dir / "latest").read_text().strip()
+        path = self.ckpt_dir / name
+        saved = load_config(path / "model")
+        if saved != self.cfg.model:
+            raise CDrawError(
+                f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
+            )
+        self._unwrapped.load_state_dict(DRAW.from_pretrained(path / "model").state_dict())
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if self.state.world_size != self.world or not rng_file.is_file():
+            if self.main:
+                tqdm.write(
+                    f"warning: {path} was written by {self.state.world_size} processes, resuming on "
+                    f"{self.world}: the run continues but is not step-for-step identical"
+                )
+            torch.manual_seed(self.cfg.seed * 1_000 + self.rank + 1 + self.state.step)
+            self.state.world_size = self.world
+        else:
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
+        if self.main:
+            tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
+
+
+def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return "\n".join(f"  {k}: checkpoint {da[k]!r}, now {db[k]!r}" for k in da if da[k] != db[k])
+
+
+def train(cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False) -> dict[str, float]:
+    """Train with the one loop; returns the final validation figures (bound, recon, kl in nats)."""
+    return Trainer(cfg, train_data, valid_data, resume=resume).fit()
