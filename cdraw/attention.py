@@ -16,6 +16,7 @@ Shapes: B batch, C channels, H/W image height/width, N patch size.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -124,6 +125,13 @@ class WindowParams(nn.Module):
         self.linear = nn.Linear(hidden_size, 5)
         self.n = n
         self.height, self.width = size
+        # Initialisation (the paper gives none; the maths is unchanged): each filter starts as wide as
+        # half the stride of a window spanning the whole image (delta~ = 1), so the first glimpses
+        # see all of the image smoothly. With sigma^2 = 1 a 2x2 read would start on the four corner
+        # pixels, which are blank in MNIST: no signal, no gradient, and the posterior collapses.
+        stride = (max(size) - 1) / max(n - 1, 1)
+        with torch.no_grad():
+            self.linear.bias[2] = 2 * math.log(stride / 2)
 
     def forward(self, h: Tensor) -> Window:
         gx_, gy_, log_sigma2, log_delta_, log_gamma = self.linear(h).unbind(-1)  # each (B,)

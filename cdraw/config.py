@@ -130,7 +130,8 @@ def parse_train_args(
     model_group = parser.add_argument_group("model (DRAWConfig)")
     add_dataclass_flags(model_group, DRAWConfig, dest_prefix="model.")
     args = vars(parser.parse_args(argv))
-    cfg = TrainConfig.from_yaml(args.pop("config")) if args.get("config") else TrainConfig()
+    config_file = args.pop("config")
+    cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
     d = cfg.to_dict()
     for key, value in args.items():

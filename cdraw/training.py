@@ -127,26 +127,30 @@ class Trainer:
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.main, desc="training", unit="step")
         self._run_start = time.perf_counter() - st.elapsed_s
-        valid = {}
+        valid, validated_at = {}, -1
         while st.step < self.total_steps:
             batches = shard_batches(len(self.train_data), cfg.batch_size, st.epoch, cfg.seed, self.rank, self.world)
+            if st.batch_in_epoch >= len(batches):  # only after resuming on a different number of processes
+                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                continue
             for idx in batches[st.batch_in_epoch :]:
                 self._train_step(idx)
                 bar.update(1)
+                epoch_done = st.batch_in_epoch == len(batches)
+                if epoch_done:
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 if st.step % cfg.log_every == 0:
                     bar.set_postfix(self._flush_log())
-                ends_period = st.batch_in_epoch == len(batches) or st.step >= self.total_steps
-                if st.step % cfg.checkpoint_every == 0 and not ends_period:  # else saved just below
+                if epoch_done:  # validate, sample, checkpoint
+                    self._flush_log()
+                    valid, validated_at = self._end_of_period(f"epoch-{st.epoch:03d}"), st.step
+                elif st.step % cfg.checkpoint_every == 0 and st.step < self.total_steps:
                     self._flush_log()
                     self._save_checkpoint()
                 if st.step >= self.total_steps:
                     break
-            else:  # the epoch ran to its end
-                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-                self._flush_log()
-                valid = self._end_of_period(f"epoch-{st.epoch:03d}")
         bar.close()
-        if st.batch_in_epoch or not valid:  # stopped mid-epoch (--max-steps): validate there too
+        if validated_at != st.step:  # stopped mid-epoch (--max-steps): validate and save there too
             self._flush_log()
             valid = self._end_of_period(f"step-{st.step:08d}")
         if self.main:

@@ -1,0 +1,102 @@
+"""save_pretrained / from_pretrained, and the `cdraw` command line through subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cdraw import DRAW, CDrawError, DRAWConfig
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_cfg):
+    torch.manual_seed(0)
+    model = DRAW(tiny_cfg)
+    with torch.no_grad():  # make every weight matter, not just the zero initial states
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+def test_round_trip_gives_the_same_model(saved):
+    model, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = DRAW.from_pretrained(path)
+    assert loaded.config == model.config
+    x = (torch.rand(3, 1, 28, 28) > 0.5).float()
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    torch.testing.assert_close(loaded(x, generator=gen()).loss, model(x, generator=gen()).loss, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.sample(2, generator=gen()), model.sample(2, generator=gen()), rtol=0, atol=0)
+
+
+def test_corrupt_missing_and_mismatched_checkpoints_are_clear_errors(saved, tmp_path):
+    _, path = saved
+    weights, config = path / "model.safetensors", path / "config.json"
+    good_config = config.read_text()
+
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated download
+    with pytest.raises(CDrawError, match="corrupt or not a safetensors file"):
+        DRAW.from_pretrained(path)
+
+    weights.unlink()
+    with pytest.raises(CDrawError, match="model.safetensors is missing"):
+        DRAW.from_pretrained(path)
+
+    DRAW(DRAWConfig()).save_pretrained(tmp_path / "big")
+    (tmp_path / "big" / "config.json").write_text(good_config)  # tiny config, paper-sized weights
+    with pytest.raises(CDrawError, match="does not match its config.json: wrong shapes"):
+        DRAW.from_pretrained(tmp_path / "big")
+
+    config.write_text("{not json")
+    with pytest.raises(CDrawError, match="not valid JSON"):
+        DRAW.from_pretrained(path)
+    config.write_text(json.dumps({**json.loads(good_config), "zsize": 3}))
+    with pytest.raises(CDrawError, match="unknown DRAWConfig fields"):
+        DRAW.from_pretrained(path)
+    with pytest.raises(CDrawError, match="does not exist"):
+        DRAW.from_pretrained(tmp_path / "nowhere")
+
+
+def cdraw(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "cdraw.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_eval_prints_bound_and_iwae_and_writes_json(saved, data_dir, tmp_path):
+    _, path = saved
+    out = tmp_path / "figures" / "eval.json"
+    proc = cdraw("eval", "--checkpoint", str(path), "--split", "test", "--limit", "300", "--iw-samples", "20",
+                 "--data-dir", str(data_dir), "--json", str(out), "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "variational bound:" in proc.stdout and "IWAE estimate" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["images"] == 300 and result["split"] == "test"
+    assert 0 < result["iwae"] <= result["bound"]  # more samples never loosen the bound
+    assert abs(result["bound"] - (result["recon"] + result["kl"])) < 1e-3
+
+
+def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, saved):
+    _, path = saved
+    for args, message in [
+        (["eval", "--checkpoint", str(tmp_path / "missing")], "does not exist"),
+        (["eval", "--checkpoint", str(tmp_path)], "not a cdraw checkpoint"),
+        (["eval", "--checkpoint", str(path), "--data-dir", str(tmp_path)], "not found"),
+    ]:
+        proc = cdraw(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    proc = cdraw("eval", "--checkpoint", str(path), "--iw-samples", "-3")
+    assert proc.returncode == 2 and "must be at least 0" in proc.stderr
+
+
+def test_help_explains_with_examples():
+    proc = cdraw("eval", "--help")
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "--iw-samples" in proc.stdout
+    assert cdraw("--help").returncode == 0

@@ -1,0 +1,196 @@
+"""The DRAW model of section 2: KL terms, likelihoods, the step, sampling, the conditioning seam."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli as TorchBernoulli
+from torch.distributions import Normal, kl_divergence
+
+from cdraw import DRAW, CDrawError, Context, DRAWConfig
+from cdraw.likelihoods import LEVELS, Bernoulli, DiscretizedLogistic
+from cdraw.model import Gaussian, kl_gaussians, kl_standard_normal, standard_normal_log_prob
+
+
+def test_kl_to_standard_normal_matches_torch_distributions():
+    """Eq. (10): 0.5 sum(mu^2 + sigma^2 - log sigma^2 - 1), the -1 once per latent dimension."""
+    gen = torch.Generator().manual_seed(0)
+    mu, log_sigma = torch.randn(7, 100, generator=gen), torch.randn(7, 100, generator=gen) * 0.7
+    want = kl_divergence(Normal(mu, log_sigma.exp()), Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(kl_standard_normal(Gaussian(mu, log_sigma)), want)
+    # the posterior equal to the prior has exactly zero KL (no per-step constant left over)
+    assert kl_standard_normal(Gaussian(torch.zeros(3, 100), torch.zeros(3, 100))).abs().max() == 0
+
+
+def test_kl_between_diagonal_gaussians_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(1)
+    q = Gaussian(torch.randn(5, 9, generator=gen), torch.randn(5, 9, generator=gen) * 0.5)
+    p = Gaussian(torch.randn(5, 9, generator=gen), torch.randn(5, 9, generator=gen) * 0.5)
+    want = kl_divergence(Normal(q.mu, q.log_sigma.exp()), Normal(p.mu, p.log_sigma.exp())).sum(-1)
+    torch.testing.assert_close(kl_gaussians(q, p), want)
+
+
+def test_gaussian_log_probs_match_torch_distributions():
+    gen = torch.Generator().manual_seed(2)
+    g = Gaussian(torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen) * 0.3)
+    z = torch.randn(4, 6, generator=gen)
+    torch.testing.assert_close(g.log_prob(z), Normal(g.mu, g.log_sigma.exp()).log_prob(z).sum(-1))
+    torch.testing.assert_close(standard_normal_log_prob(z), Normal(0.0, 1.0).log_prob(z).sum(-1))
+
+
+def test_bernoulli_nll_matches_torch_distributions_and_survives_huge_logits():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 1, 4, 5, generator=gen) * 5
+    x = (torch.rand(3, 1, 4, 5, generator=gen) > 0.5).float()
+    want = -TorchBernoulli(logits=logits).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(Bernoulli().nll(logits, x), want)
+    assert torch.isfinite(Bernoulli().nll(torch.full((1, 1, 2, 2), 1e4), torch.zeros(1, 1, 2, 2))).all()
+
+
+def test_discretized_logistic_is_a_normalised_distribution_over_256_levels():
+    """Summed over every 8-bit value, the probability of one pixel is 1, for any mean and scale."""
+    lik = DiscretizedLogistic(channels=1)
+    levels = torch.arange(LEVELS, dtype=torch.float32) / (LEVELS - 1)
+    for canvas_value, log_scale in [(0.0, -2.0), (3.0, -4.0), (-2.5, 0.5), (0.7, -6.0)]:
+        with torch.no_grad():
+            lik.log_scale.fill_(log_scale)
+        x = levels.view(LEVELS, 1, 1, 1)
+        canvas = torch.full_like(x, canvas_value)
+        total = torch.exp(-lik.nll(canvas, x).double()).sum()
+        torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_forward_returns_nats_per_image_and_per_step_kl(tiny_cfg):
+    torch.manual_seed(0)
+    model = DRAW(tiny_cfg)
+    x = (torch.rand(6, 1, 28, 28) > 0.7).float()
+    out = model(x, return_canvases=True)
+    assert out.loss.shape == (6,) and out.recon.shape == (6,) and out.kl.shape == (6, tiny_cfg.steps)
+    torch.testing.assert_close(out.loss, out.recon + out.kl.sum(1))
+    assert (out.kl >= 0).all()
+    assert out.canvases.shape == (tiny_cfg.steps, 6, 1, 28, 28)
+    # the final canvas is the one the likelihood scores
+    logits = torch.logit(out.canvases[-1].clamp(1e-6, 1 - 1e-6))
+    torch.testing.assert_close(Bernoulli().nll(logits, x), out.recon, rtol=1e-3, atol=1e-2)
+
+
+def test_gradcheck_through_one_draw_step():
+    """float64, T = 1: gradients w.r.t. the image and the write patch weights are exact."""
+    cfg = DRAWConfig(image_size=(6, 5), steps=1, enc_size=4, dec_size=4, z_size=2, read_size=2, write_size=2)
+    torch.manual_seed(0)
+    model = DRAW(cfg).double()
+    x = torch.rand(2, 1, 6, 5, dtype=torch.float64).requires_grad_()
+
+    def loss_of_x(x):
+        return model(x, generator=torch.Generator().manual_seed(0)).loss
+
+    assert torch.autograd.gradcheck(loss_of_x, (x,))
+    names = ["writer.patch.weight", "reader.window.linear.weight", "encoder.weight_ih"]
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters() if n in names}
+
+    def loss_of_params(*ps):
+        out = torch.func.functional_call(
+            model, dict(zip(names, ps, strict=True)), (x.detach(),), {"generator": torch.Generator().manual_seed(0)}
+        )
+        return out.loss
+
+    assert torch.autograd.gradcheck(loss_of_params, tuple(params[n] for n in names))
+
+
+def test_untrained_loss_is_near_784_ln2_and_falls_in_50_steps_on_real_mnist(mnist):
+    """The paper's model starts near coin-flip pixels (784 ln 2 nats); a small one learns fast."""
+    x = mnist["train"][:100].float()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        start = DRAW(DRAWConfig()).forward(x).loss.mean().item()
+    assert start < 784 * math.log(2) + 40, start
+
+    torch.manual_seed(0)
+    model = DRAW(DRAWConfig(steps=8, enc_size=64, dec_size=64, z_size=10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(50):
+        x = mnist["train"][step * 50 : (step + 1) * 50].float()
+        loss = model(x).loss.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 100, (first, last)  # from ~540 nats down to ~250 in practice
+
+
+def test_sample_and_trace(tiny_cfg):
+    torch.manual_seed(0)
+    model = DRAW(tiny_cfg)
+    images = model.sample(5)
+    assert images.shape == (5, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+    trace = model.sample_trace(5, generator=torch.Generator().manual_seed(1))
+    again = model.sample(5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(trace.images, again)  # seeded sampling is reproducible
+    assert trace.canvases.shape == (tiny_cfg.steps, 5, 1, 28, 28)
+    torch.testing.assert_close(trace.canvases[-1], trace.images)
+    for windows in (trace.read_windows, trace.write_windows):
+        assert all(f.shape == (tiny_cfg.steps, 5) for f in windows)
+    plain = DRAW(dataclasses.replace(tiny_cfg, attention=False)).sample_trace(2)
+    assert plain.read_windows is None and plain.images.shape == (2, 1, 28, 28)
+    with pytest.raises(CDrawError, match="positive integer"):
+        model.sample(0)
+
+
+def test_no_attention_model_reads_and_writes_whole_images(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, attention=False)
+    model = DRAW(cfg)
+    assert model.encoder.input_size == 2 * 784 + cfg.dec_size
+    assert model.writer.linear.out_features == 784
+    out = model((torch.rand(3, 1, 28, 28) > 0.5).float())
+    assert torch.isfinite(out.loss).all()
+
+
+def test_colour_images_train_with_the_logistic_likelihood():
+    cfg = DRAWConfig(image_size=(8, 10), channels=3, steps=4, enc_size=32, dec_size=32, z_size=4, likelihood="logistic")
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    # smooth colour images on the 8-bit grid
+    base = torch.linspace(0, 1, 10).view(1, 1, 1, 10) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
+    x = ((base + 0.1 * torch.rand(16, 3, 8, 10)).clamp(0, 1) * 255).round() / 255
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model(x).loss.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 100, losses[::5]
+    assert model.sample(2).shape == (2, 3, 8, 10)
+
+
+def test_conditioning_seam_context_and_learned_prior(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, context_size=3, learned_prior=True)
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    x = (torch.rand(4, 1, 28, 28) > 0.5).float()
+    ctx_a, ctx_b = Context(torch.zeros(4, 3)), Context(torch.ones(4, 3))
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    out_a, out_b = model(x, ctx_a, generator=gen()), model(x, ctx_b, generator=gen())
+    assert not torch.allclose(out_a.loss, out_b.loss)  # the context reaches the model
+    assert not torch.allclose(model.sample(4, ctx_a, generator=gen()), model.sample(4, ctx_b, generator=gen()))
+    with pytest.raises(CDrawError, match="conditional"):
+        model(x)
+    with pytest.raises(CDrawError, match=r"\(4, 3\)"):
+        model(x, Context(torch.zeros(4, 2)))
+    with pytest.raises(CDrawError, match="unconditional"):
+        DRAW(tiny_cfg)(x, ctx_a)
+
+
+def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
+    with pytest.raises(CDrawError, match=r"images must be \(B, 1, 28, 28\)"):
+        DRAW(tiny_cfg)(torch.rand(2, 28, 28))
+    with pytest.raises(CDrawError, match="steps"):
+        DRAWConfig(steps=0)
+    with pytest.raises(CDrawError, match="likelihood"):
+        DRAWConfig(likelihood="gaussian")

@@ -1,0 +1,146 @@
+"""The training loop and the MNIST recipe, end to end on real data with tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cdraw import DRAW, CDrawError
+from cdraw.config import TrainConfig, parse_train_args
+from cdraw.data import ImageData
+from cdraw.training import TrainingDiverged, train
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_mnist.py"
+TINY_FLAGS = ["--steps", "4", "--enc-size", "32", "--dec-size", "32", "--z-size", "5", "--write-size", "3"]
+TINY_FLAGS += ["--log-every", "5", "--eval-batch-size", "2000", "--num-samples", "16"]
+
+
+@pytest.fixture
+def small_sets(mnist):
+    """1,000 training and 300 validation digits: 20 steps per epoch at batch 50."""
+    return ImageData(mnist["train"][:1000]), ImageData(mnist["valid"][:300])
+
+
+def tiny_train_config(out: Path, **overrides) -> TrainConfig:
+    cfg, _ = parse_train_args([*TINY_FLAGS, "--batch-size", "50", "--output-dir", str(out)])
+    return TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
+def test_recipe_end_to_end_in_one_process(data_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(RECIPE), *TINY_FLAGS, "--max-steps", "12", "--output-dir", str(out)]
+    cmd += ["--data-dir", str(data_dir), "--checkpoint-every", "10"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["split"] for r in rows] == ["train", "train", "train", "valid"]
+    assert all(float(r["loss"]) > 0 for r in rows)
+    assert (out / "samples" / "step-00000012.png").is_file()
+    assert any((out / "tensorboard").iterdir())
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000012"
+    model = DRAW.from_pretrained(out / "model")
+    assert model.config.steps == 4 and model.config.attention
+    # the config of the run is recorded, and the paper's settings were the base
+    recorded = TrainConfig.from_dict(__import__("yaml").safe_load((out / "train_config.yaml").read_text()))
+    assert recorded.model.read_size == 2 and recorded.lr == 1e-3 and recorded.model.z_size == 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recipe_on_two_cpu_processes_shards_data_and_keeps_weights_equal(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(free_port()), str(RECIPE), *TINY_FLAGS, "--max-steps", "6"]
+    cmd += ["--batch-size", "20", "--record-batches", "--output-dir", str(out), "--data-dir", str(data_dir)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audits = [json.loads((out / f"audit_rank{r}.json").read_text()) for r in range(2)]
+    seen = [{i for batch in a["batches"] for i in batch} for a in audits]
+    assert len(audits[0]["batches"]) == len(audits[1]["batches"]) == 6
+    assert len(seen[0]) == len(seen[1]) == 6 * 20 and not (seen[0] & seen[1])  # disjoint shards
+    assert audits[0]["weights_sha256"] == audits[1]["weights_sha256"]  # gradients were all-reduced
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[-1]["split"] == "valid"
+
+
+def test_resume_continues_exactly(small_sets, tmp_path):
+    """20 steps, stop, resume to 40 == 40 straight (crossing an epoch, its validation and a checkpoint)."""
+    train_set, valid_set = small_sets
+    try:
+        straight = tiny_train_config(tmp_path / "straight", max_steps=40, deterministic=True, checkpoint_every=15)
+        train(straight, train_set, valid_set)
+        split = tiny_train_config(tmp_path / "split", max_steps=20, deterministic=True, checkpoint_every=15)
+        train(split, train_set, valid_set)
+        train(TrainConfig.from_dict({**split.to_dict(), "max_steps": 40}), train_set, valid_set, resume=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda run: [r for r in csv.DictReader(open(tmp_path / run / "log.csv")) if r["split"] == "valid"]  # noqa: E731
+    assert [r["loss"] for r in rows("straight")] == [r["loss"] for r in rows("split")]
+
+
+def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(small_sets, tmp_path):
+    train_set, valid_set = small_sets
+    cfg = tiny_train_config(tmp_path / "run", max_steps=2)
+    with pytest.raises(CDrawError, match="no checkpoint"):
+        train(cfg, train_set, valid_set, resume=True)
+    train(cfg, train_set, valid_set)
+    with pytest.raises(CDrawError, match="already holds a training run"):
+        train(cfg, train_set, valid_set)
+    other = TrainConfig.from_dict({**cfg.to_dict(), "model": {**cfg.model.to_dict(), "z_size": 7}})
+    with pytest.raises(CDrawError, match="z_size: checkpoint 5, now 7"):
+        train(other, train_set, valid_set, resume=True)
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
+    train_set, valid_set = small_sets
+    cfg = tiny_train_config(tmp_path / "run", max_steps=10, checkpoint_every=10)
+    train(cfg, train_set, valid_set)
+    bad = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 30, "lr": float("inf")})
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(bad, train_set, valid_set, resume=True)
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step-00000010"
+    model = DRAW.from_pretrained(ckpt / "step-00000010" / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("lr: 0.0005\nmodel:\n  steps: 16\n  attention: false\n")
+    cfg, resume = parse_train_args(["--config", str(yaml_file), "--steps", "8", "--batch-size", "7"])
+    assert (cfg.lr, cfg.model.steps, cfg.model.attention, cfg.batch_size, resume) == (5e-4, 8, False, 7, False)
+    assert cfg.model.z_size == 100  # untouched fields keep the paper's defaults
+    yaml_file.write_text("learning_rate: 0.1\n")
+    with pytest.raises(CDrawError, match="unknown training config fields"):
+        parse_train_args(["--config", str(yaml_file)])
+    with pytest.raises(CDrawError, match="cannot read config file"):
+        parse_train_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_recipe_default_config_is_the_papers_mnist_setting():
+    cfg, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist.yaml")
+    m = cfg.model
+    assert (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.attention) == (
+        64, 2, 5, 256, 256, 100, True,
+    )  # fmt: skip
+    assert cfg.batch_size == 100 and cfg.grad_clip > 0
+    base, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
+    assert not base.model.attention and base.output_dir != cfg.output_dir
