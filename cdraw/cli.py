@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split (default: test)")
     ev.add_argument(
-        "--iw-samples", type=non_negative_int, default=50, help="K for the IWAE estimate; 0 skips it (default: 50)"
+        "--iw-samples",
+        type=non_negative_int,
+        default=10,
+        help="K for the IWAE estimate; 0 skips it; use 1000+ for paper-grade figures, slow on a CPU (default: 10)",
     )
     ev.add_argument("--json", help="also write the figures to this JSON file")
     ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")

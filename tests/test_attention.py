@@ -92,8 +92,9 @@ def test_read_and_write_patches_are_adjoint():
     """<F_Y x F_X^T, w> == <x, F_Y^T w F_X> for every channel."""
     gen = torch.Generator().manual_seed(0)
     b, c, h, w_, n = 3, 2, 13, 19, 4
-    fy = filterbank(torch.rand(b, generator=gen) * h, torch.rand(b, generator=gen) + 0.5, torch.rand(b, generator=gen) + 0.5, n, h)
-    fx = filterbank(torch.rand(b, generator=gen) * w_, torch.rand(b, generator=gen) + 0.5, torch.rand(b, generator=gen) + 0.5, n, w_)
+    rand = lambda scale, shift: torch.rand(b, generator=gen) * scale + shift  # noqa: E731
+    fy = filterbank(rand(h, 0), rand(1, 0.5), rand(1, 0.5), n, h)
+    fx = filterbank(rand(w_, 0), rand(1, 0.5), rand(1, 0.5), n, w_)
     x = torch.randn(b, c, h, w_, generator=gen, dtype=torch.float64)
     patch = torch.randn(b, c, n, n, generator=gen, dtype=torch.float64)
     fy, fx = fy.double(), fx.double()

@@ -63,9 +63,7 @@ def test_corrupt_missing_and_mismatched_checkpoints_are_clear_errors(saved, tmp_
 
 
 def cdraw(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cdraw.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "cdraw.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_eval_prints_bound_and_iwae_and_writes_json(saved, data_dir, tmp_path):
