@@ -60,6 +60,25 @@ positive_int = _int_at_least(1)  # argparse types
 non_negative_int = _int_at_least(0)
 
 
+def pick_device(name: str | None):
+    """The torch device a user asked for (default: CUDA when available), checked."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CDrawError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CDrawError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise CDrawError(
+            f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu"
+        )
+    return device
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -69,9 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from cdraw.model import DRAW
 
     folder = resolve_checkpoint(args.checkpoint)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CDrawError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    device = pick_device(args.device)
     model = DRAW.from_pretrained(folder, device=device).eval()
     cfg = model.config
     if (cfg.channels, *cfg.image_size) != (1, 28, 28) or cfg.context_size:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from cdraw.errors import CDrawError
-from cdraw.model import DRAWConfig
+from cdraw.model import DRAWConfig, typed_fields
 
 
 @dataclass
@@ -50,9 +50,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = DRAWConfig.from_dict(self.model)
+        if not isinstance(self.model, DRAWConfig):
+            raise CDrawError(f"model must be a mapping of DRAWConfig fields, got {self.model!r}")
+        if not self.lr > 0 or not self.grad_clip > 0:
+            raise CDrawError(f"lr and grad_clip must be positive, got {self.lr} and {self.grad_clip}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise CDrawError(f"adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise CDrawError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        at_least_one = ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every")
+        for name in (*at_least_one, "keep_checkpoints", "num_samples"):
             if getattr(self, name) < 1:
                 raise CDrawError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -65,11 +72,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CDrawError(f"unknown training config fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**typed_fields(cls, d))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:

@@ -23,6 +23,8 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +82,10 @@ def parse_amat(raw: bytes) -> np.ndarray:
 def download_split(split: str, data_dir: Path) -> Path:
     """Fetch one split's standard file into ``data_dir/binarized_mnist/``; clear error offline."""
     target = data_dir / SUBDIR / f"binarized_mnist_{split}.amat"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")  # several processes may download at once
     url = URL.format(split=split)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
         os.replace(tmp, target)
@@ -131,12 +133,16 @@ def load_binarized_mnist(
         try:
             with opener(source, "rb") as f:
                 array = parse_amat(f.read())
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise CDrawError(f"could not read {source} ({e}); the file may be truncated: fetch it again") from None
-        cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, cached)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp, array)
+            os.replace(tmp, cached)
+        except OSError as e:  # the cache only saves time: go on without it
+            tmp.unlink(missing_ok=True)
+            warnings.warn(f"could not cache parsed data in {cached.parent} ({e}); set CDRAW_CACHE_DIR", stacklevel=2)
     if len(array) != SPLIT_SIZES[split]:
         raise CDrawError(f"{source} has {len(array)} images; the standard '{split}' split has {SPLIT_SIZES[split]}")
     return torch.from_numpy(array).view(-1, 1, 28, 28)

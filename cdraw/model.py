@@ -26,6 +26,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -80,11 +82,44 @@ class DRAWConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CDrawError(f"unknown DRAWConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**typed_fields(cls, d))
+
+
+def typed_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Check a mapping of ``cls``'s dataclass fields against their annotations, for configs read
+    from JSON, YAML or a command line. Numbers written as strings (YAML reads ``1e-3`` as one)
+    become numbers; anything else of the wrong type is a :class:`CDrawError`.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CDrawError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+    return {k: _typed(f"{cls.__name__}.{k}", hints[k], v) for k, v in d.items()}
+
+
+def _typed(name: str, tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _typed(name, tp, value)
+    if dataclasses.is_dataclass(tp):
+        return value  # a nested config checks itself
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise CDrawError(f"{name} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_typed(name, a, v) for a, v in zip(args, value, strict=True))
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(tp)
+    if ok is not None and (not isinstance(value, ok) or (tp is not bool and isinstance(value, bool))):
+        raise CDrawError(f"{name} must be of type {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 @dataclass

@@ -11,6 +11,9 @@ Output folder::
     checkpoints/step-00001000/     model/ (save_pretrained), optimizer.pt, trainer_state.json,
                                    rng_rank{r}.pt; written under a temporary name, then renamed
     checkpoints/latest             the name of the newest complete checkpoint
+
+Every process writes its RNG state into the checkpoint folder, so with several machines
+``output_dir`` must be on a file system they share.
     best/                          the model with the best validation bound so far
     model/                         the model at the end of training
     train_config.yaml              the settings of the run
@@ -111,7 +114,7 @@ class Trainer:
                 f"({cfg.batch_size} x {self.world} processes): lower --batch-size"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self._window = torch.zeros(3, device=acc.device)  # loss, recon, kl summed since the last log
+        self._window = torch.zeros(4, device=acc.device)  # loss, recon, kl, non-finite-gradient steps
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._batches_seen: list[list[int]] = []
@@ -172,10 +175,12 @@ class Trainer:
         out = self.model(x)
         loss = out.loss.mean()  # nats per image
         self.acc.backward(loss)
-        self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._window += torch.stack([out.loss.sum(), out.recon.sum(), out.kl.sum()]).detach()
+        # a finite loss can still have NaN/Inf gradients (and so NaN weights): count those steps too
+        bad_grad = torch.zeros_like(loss) if norm is None else (~torch.isfinite(norm)).to(loss.dtype)
+        self._window += torch.stack([out.loss.sum(), out.recon.sum(), out.kl.sum(), bad_grad]).detach()
         self._window_images += len(idx)
         if cfg.record_batches:
             self._batches_seen.append(idx.tolist())
@@ -196,14 +201,15 @@ class Trainer:
         if self._window_images == 0:
             return {}
         sums = self.acc.reduce(torch.cat([self._window, self._window.new_tensor([self._window_images])]), "sum")
-        loss, recon, kl, images = sums.tolist()
+        loss, recon, kl, bad_grads, images = sums.tolist()
         now = time.perf_counter()
         speed = images / max(now - self._window_start, 1e-9)
         self._window.zero_()
         self._window_images, self._window_start = 0, now
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or bad_grads:
+            what = f"the loss became {loss / images}" if not math.isfinite(loss) else "the gradients became NaN/Inf"
             raise TrainingDiverged(
-                f"the loss became {loss / images} at or before step {self.state.step}; training stopped. "
+                f"{what} at or before step {self.state.step}; training stopped. "
                 f"The last good checkpoint is in {self.ckpt_dir} (resume with --resume); "
                 "lower --lr or --grad-clip before resuming"
             )
@@ -280,7 +286,10 @@ class Trainer:
         acc, st = self.acc, self.state
         name = f"step-{st.step:08d}"
         final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
-        if final.exists():  # e.g. an epoch ending on a checkpoint_every step
+        if final.exists():  # written before a crash that came before `latest` was updated
+            if self.main:
+                self._point_latest_at(name)
+            acc.wait_for_everyone()
             return
         st.elapsed_s = time.perf_counter() - self._run_start
         if self.main:
@@ -298,13 +307,16 @@ class Trainer:
         acc.wait_for_everyone()
         if self.main:
             os.replace(tmp, final)
-            latest_tmp = self.ckpt_dir / ".latest.tmp"
-            latest_tmp.write_text(name)
-            os.replace(latest_tmp, self.ckpt_dir / "latest")
+            self._point_latest_at(name)
             kept = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
             for old in kept[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _point_latest_at(self, name: str) -> None:
+        latest_tmp = self.ckpt_dir / ".latest.tmp"
+        latest_tmp.write_text(name)
+        os.replace(latest_tmp, self.ckpt_dir / "latest")
 
     def _check_output_dir(self, resume: bool) -> None:
         has_checkpoint = (self.ckpt_dir / "latest").is_file()
@@ -325,8 +337,14 @@ class Trainer:
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
         self._unwrapped.load_state_dict(DRAW.from_pretrained(path / "model").state_dict())
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+        try:
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise CDrawError(
+                f"--resume: {path} is damaged ({e}); delete it and point {self.ckpt_dir / 'latest'} "
+                "at an older checkpoint"
+            ) from None
         rng_file = path / f"rng_rank{self.rank}.pt"
         if self.state.world_size != self.world or not rng_file.is_file():
             if self.main:

@@ -85,6 +85,8 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, saved):
         (["eval", "--checkpoint", str(tmp_path / "missing")], "does not exist"),
         (["eval", "--checkpoint", str(tmp_path)], "not a cdraw checkpoint"),
         (["eval", "--checkpoint", str(path), "--data-dir", str(tmp_path)], "not found"),
+        (["eval", "--checkpoint", str(path), "--device", "gpu"], "unknown device"),
+        (["eval", "--checkpoint", str(path), "--device", "cuda:99"], "no such CUDA GPU"),
     ]:
         proc = cdraw(*args)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -128,8 +128,16 @@ def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
     cfg, resume = parse_train_args(["--config", str(yaml_file), "--steps", "8", "--batch-size", "7"])
     assert (cfg.lr, cfg.model.steps, cfg.model.attention, cfg.batch_size, resume) == (5e-4, 8, False, 7, False)
     assert cfg.model.z_size == 100  # untouched fields keep the paper's defaults
+    yaml_file.write_text("lr: 1e-4\n")  # YAML reads this as a string
+    assert parse_train_args(["--config", str(yaml_file)])[0].lr == 1e-4
+    for text, message in [("epochs: '5'\n", "epochs must be of type int"), ("model: {image_size: 28}\n", "list of 2")]:
+        yaml_file.write_text(text)
+        with pytest.raises(CDrawError, match=message):
+            parse_train_args(["--config", str(yaml_file)])
+    with pytest.raises(CDrawError, match="must be positive"):
+        parse_train_args(["--lr", "-1"])
     yaml_file.write_text("learning_rate: 0.1\n")
-    with pytest.raises(CDrawError, match="unknown training config fields"):
+    with pytest.raises(CDrawError, match="unknown TrainConfig fields"):
         parse_train_args(["--config", str(yaml_file)])
     with pytest.raises(CDrawError, match="cannot read config file"):
         parse_train_args(["--config", str(tmp_path / "missing.yaml")])
