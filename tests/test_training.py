@@ -152,3 +152,20 @@ def test_recipe_default_config_is_the_papers_mnist_setting():
     assert cfg.batch_size == 100 and cfg.grad_clip > 0
     base, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
     assert not base.model.attention and base.output_dir != cfg.output_dir
+
+
+def test_nan_gradients_with_a_finite_loss_also_stop_training(small_sets, tmp_path):
+    """Filters of variance e^-120 give a finite loss but NaN gradients (0 * inf): caught at once."""
+    train_set, valid_set = small_sets
+    cfg = tiny_train_config(tmp_path / "run", max_steps=10, checkpoint_every=10)
+    train(cfg, train_set, valid_set)
+    folder = tmp_path / "run" / "checkpoints" / "step-00000010" / "model"
+    model = DRAW.from_pretrained(folder)
+    with torch.no_grad():
+        model.reader.window.linear.weight[2].zero_()
+        model.reader.window.linear.bias[2] = -120.0  # log sigma^2 of the read filters
+    model.save_pretrained(folder)
+    bad = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 30, "log_every": 1})
+    with pytest.raises(TrainingDiverged, match="gradients became NaN/Inf at or before step 11"):
+        train(bad, train_set, valid_set, resume=True)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-00000010"
