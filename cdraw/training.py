@@ -11,12 +11,12 @@ Output folder::
     checkpoints/step-00001000/     model/ (save_pretrained), optimizer.pt, trainer_state.json,
                                    rng_rank{r}.pt; written under a temporary name, then renamed
     checkpoints/latest             the name of the newest complete checkpoint
-
-Every process writes its RNG state into the checkpoint folder, so with several machines
-``output_dir`` must be on a file system they share.
     best/                          the model with the best validation bound so far
     model/                         the model at the end of training
     train_config.yaml              the settings of the run
+
+Every process writes its RNG state into the checkpoint folder, so with several machines
+``output_dir`` must be on a file system they share.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.model import DRAW, DRAWConfig, load_config
+from cdraw.model import DRAW, DRAWConfig, load_config, load_weights
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
 #: Offset of the seeds of validation and sample noise, so they never share the training stream.
@@ -336,7 +336,7 @@ class Trainer:
             raise CDrawError(
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
-        self._unwrapped.load_state_dict(DRAW.from_pretrained(path / "model").state_dict())
+        self._unwrapped.load_state_dict(load_weights(path / "model", self._unwrapped))
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
             self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
