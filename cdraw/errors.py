@@ -6,3 +6,10 @@ class CDrawError(Exception):
 
     The CLI prints it on one line and exits with status 2. Internal bugs raise anything else.
     """
+
+
+class CDrawWarning(UserWarning):
+    """Something the user should know that does not stop the work (a truncated caption, an unknown word).
+
+    The CLI prints it on one line as ``warning: ...``.
+    """

