@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from cdraw.conditioning import ConditionConfig
 from cdraw.errors import CDrawError
 from cdraw.model import DRAWConfig, typed_fields
 
@@ -105,9 +106,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
     """One flag per field of ``cls``; only the flags a user passes land in the namespace."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            continue
         tp, kwargs = _flag_type(hints[f.name])
+        if dataclasses.is_dataclass(tp):  # nested configs get their own group
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", f.name.replace("_", " "))
         if tp is not None:
@@ -121,10 +122,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
         )
 
 
-def parse_train_args(
-    argv: list[str] | None, default_config: str | Path | None = None, description: str | None = None
-) -> tuple[TrainConfig, bool]:
-    """Parse a recipe's command line into a :class:`TrainConfig` and the ``--resume`` flag."""
+def train_arg_parser(
+    default_config: str | Path | None = None, description: str | None = None, conditional: bool = False
+) -> argparse.ArgumentParser:
+    """The recipes' parser: --config, --resume, a flag per training and model field (and, for
+    conditional recipes, per :class:`~cdraw.ConditionConfig` field). Recipes may add their own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, help=f"YAML file of settings (default: {default_config})")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
@@ -132,13 +134,42 @@ def parse_train_args(
     add_dataclass_flags(train_group, TrainConfig)
     model_group = parser.add_argument_group("model (DRAWConfig)")
     add_dataclass_flags(model_group, DRAWConfig, dest_prefix="model.")
+    if conditional:
+        add_dataclass_flags(parser.add_argument_group("conditioning (ConditionConfig)"), ConditionConfig, COND)
+    return parser
+
+
+COND = "model.condition."
+
+
+def parse_train_args(
+    argv: list[str] | None,
+    default_config: str | Path | None = None,
+    description: str | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+) -> tuple[TrainConfig, bool]:
+    """Parse a recipe's command line into a :class:`TrainConfig` and the ``--resume`` flag.
+
+    ``parser``: a :func:`train_arg_parser` to which a recipe added flags of its own; those stay out
+    of the config (the recipe reads them with ``parser.parse_args``).
+    """
+    parser = parser or train_arg_parser(default_config, description)
     args = vars(parser.parse_args(argv))
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"config", "resume"}
+    args = {k: v for k, v in args.items() if k in known or k.startswith("model.")}
     config_file = args.pop("config")
     cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
     d = cfg.to_dict()
     for key, value in args.items():
-        if key.startswith("model."):
+        if key.startswith(COND):
+            if d["model"]["condition"] is None:
+                raise CDrawError(f"--{key.removeprefix(COND).replace('_', '-')} needs a conditional config")
+            d["model"]["condition"][key.removeprefix(COND)] = value
+            if key == COND + "text_encoder" and COND + "kind" not in args:  # naming one means using it
+                d["model"]["condition"]["kind"] = "pretrained"
+        elif key.startswith("model."):
             d["model"][key.removeprefix("model.")] = value
         else:
             d[key] = value

@@ -48,8 +48,9 @@ def bound_sums(
     device = next(model.parameters()).device
     total = torch.zeros(3, dtype=torch.float64, device=device)  # loss, recon, kl: summed on device
     for start in range(0, len(data), batch_size):
-        x = data.batch(slice(start, start + batch_size)).to(device)
-        out = model(x, generator=generator)
+        rows = slice(start, start + batch_size)
+        x, cond = data.batch(rows).to(device), data.condition(rows)
+        out = model(x, cond, generator=generator)
         total += torch.stack([out.loss.sum(), out.recon.sum(), out.kl.sum()]).double()
         if progress is not None:
             progress.update(len(x))
@@ -58,15 +59,21 @@ def bound_sums(
 
 
 @torch.no_grad()
-def iwae_nll(model: DRAW, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """Importance-weighted estimate of -log p(x) with ``k`` samples: (B, C, H, W) -> (B,) nats."""
+def iwae_nll(
+    model: DRAW, x: Tensor, k: int, generator: torch.Generator | None = None, condition: Tensor | None = None
+) -> Tensor:
+    """Importance-weighted estimate of -log p(x) with ``k`` samples: (B, C, H, W) -> (B,) nats.
+
+    ``condition``: (B,) or (B, L), for a conditional model (then it is -log p(x | condition)).
+    """
     b = x.shape[0]
     per_chunk = max(1, IWAE_CHUNK // b)
     log_w = []  # chunks of (k_chunk, B)
     for start in range(0, k, per_chunk):
         kc = min(per_chunk, k - start)
         xr = x.repeat(kc, 1, 1, 1)  # (kc * B, C, H, W): sample-major, so view(kc, B) below
-        out = model(xr, return_log_ratio=True, generator=generator)
+        cr = condition.repeat(kc, *[1] * (condition.dim() - 1)) if condition is not None else None
+        out = model(xr, cr, return_log_ratio=True, generator=generator)
         log_w.append((-out.recon - out.log_ratio).view(kc, b))  # log p(x|z) + log p(z) - log q(z|x)
     log_w = torch.cat(log_w).double()  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))  # stable log-mean-exp
@@ -80,8 +87,44 @@ def iwae_sum(
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(data), batch_size):
-        x = data.batch(slice(start, start + batch_size)).to(device)
-        total += iwae_nll(model, x, k, generator).sum()
+        rows = slice(start, start + batch_size)
+        x = data.batch(rows).to(device)
+        total += iwae_nll(model, x, k, generator, data.condition(rows)).sum()
         if progress is not None:
             progress.update(len(x))
     return total.item()
+
+
+@torch.no_grad()
+def caption_ranks(
+    model: DRAW, images: Tensor, conditions: Tensor, generator: torch.Generator | None = None, progress=None
+) -> Tensor:
+    """alignDRAW's retrieval test: the rank of each image's own caption among all N captions,
+    ordered by the variational bound of the image under each caption (1 = its own caption is the
+    most likely).
+
+    images: (N, C, H, W) in [0, 1]; conditions: (N, L) token ids, row i the caption of image i.
+    Costs N^2 forward passes. Returns (N,) int64 ranks; ties count against the true caption.
+    """
+    device = next(model.parameters()).device
+    n = len(images)
+    conditions = conditions.to(device)
+    ranks = torch.empty(n, dtype=torch.long)
+    for i in range(n):
+        x = images[i : i + 1].to(device).expand(n, *images.shape[1:])  # image i under every caption
+        bound = model(x, conditions, generator=generator).loss  # (N,)
+        ranks[i] = int((bound <= bound[i]).sum())  # 1 + captions at least as likely as the true one
+        if progress is not None:
+            progress.update(1)
+    return ranks
+
+
+def retrieval_summary(ranks: Tensor) -> dict[str, float]:
+    """R@1, R@5 (shares of images whose caption ranks in the top 1 / 5) and the median rank."""
+    r = ranks.double()
+    return {
+        "r_at_1": (r <= 1).mean().item(),
+        "r_at_5": (r <= 5).mean().item(),
+        "median_rank": r.median().item(),
+        "candidates": len(r),
+    }

@@ -29,13 +29,15 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
+from cdraw.conditioning import SentencePieceTokenizer, make_tokenizer
 from cdraw.config import TrainConfig
 from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
@@ -171,8 +173,9 @@ class Trainer:
         cfg, st = self.cfg, self.state
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, st.step, self.total_steps)
-        x = self.train_data.batch(idx.to(self.acc.device))  # (B, C, H, W) in [0, 1]
-        out = self.model(x)
+        idx = idx.to(self.acc.device)
+        x = self.train_data.batch(idx)  # (B, C, H, W) in [0, 1]
+        out = self.model(x, self.train_data.condition(idx))  # condition: (B,) labels, (B, L) tokens, or None
         loss = out.loss.mean()  # nats per image
         self.acc.backward(loss)
         norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -263,7 +266,7 @@ class Trainer:
         cfg, acc, st = self.cfg, self.acc, self.state
         model = self._unwrapped
         gen = torch.Generator(acc.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET + self.rank)
-        shard = ImageData(self.valid_data.images[self.rank :: self.world], self.valid_data.levels)
+        shard = self.valid_data.select(slice(self.rank, None, self.world))
         sums = bound_sums(model, shard, cfg.eval_batch_size, gen)
         totals = acc.reduce(torch.tensor([sums.loss, sums.recon, sums.kl, sums.count], device=acc.device), "sum")
         valid = BoundSums(*totals.tolist()).means()
@@ -273,7 +276,9 @@ class Trainer:
         if self.main:
             tqdm.write(f"{name}: validation bound {valid['bound']:.2f} nats (step {st.step})")
             sample_gen = torch.Generator(acc.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET)
-            save_grid(model.sample(cfg.num_samples, generator=sample_gen), self.out / "samples" / f"{name}.png")
+            n = min(cfg.num_samples, len(self.valid_data))
+            cond = self.valid_data.condition(slice(0, n))  # conditional: the first validation conditions
+            save_grid(model.sample(n, cond, generator=sample_gen), self.out / "samples" / f"{name}.png")
         if valid["bound"] < st.best_valid:  # the same decision on every process: valid is all-reduced
             st.best_valid = valid["bound"]
             if self.main:
@@ -332,11 +337,11 @@ class Trainer:
         name = (self.ckpt_dir / "latest").read_text().strip()
         path = self.ckpt_dir / name
         saved = load_config(path / "model")
-        if saved != self.cfg.model:
+        if _architecture(saved) != _architecture(self.cfg.model):
             raise CDrawError(
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
-        self._unwrapped.load_state_dict(load_weights(path / "model", self._unwrapped))
+        self._unwrapped.load_checkpoint_state(load_weights(path / "model", self._unwrapped))
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
             self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
@@ -363,9 +368,38 @@ class Trainer:
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
 
 
+def _architecture(cfg: DRAWConfig) -> DRAWConfig:
+    """The config without where its encoder's files are (a checkpoint points at its own copies)."""
+    if cfg.condition is None:
+        return cfg
+    return dataclasses.replace(cfg, condition=dataclasses.replace(cfg.condition, tokenizer=None, text_encoder=""))
+
+
 def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
+    da, db = _architecture(a).to_dict(), _architecture(b).to_dict()
     return "\n".join(f"  {k}: checkpoint {da[k]!r}, now {db[k]!r}" for k in da if da[k] != db[k])
+
+
+def conditioned_data(
+    cfg: TrainConfig, images: torch.Tensor, levels: int, conditions: Sequence, image_index: torch.Tensor | None = None
+) -> ImageData:
+    """Images with their labels or captions, encoded by the tokenizer of ``cfg.model``'s encoder.
+
+    A BiLSTM caption model without a tokenizer yet gets one first: SentencePiece trained on these
+    conditions (call this on the training split first), saved in ``output_dir/tokenizer`` (the
+    main process trains it, the others wait and read it; a resumed run reuses it).
+    """
+    cond = cfg.model.condition
+    if cond is None:
+        raise CDrawError("this config has no condition encoder (model.condition); use an unconditional recipe")
+    if cond.kind == "bilstm" and cond.tokenizer is None:
+        folder = Path(cfg.output_dir) / "tokenizer"
+        with PartialState().main_process_first():
+            if not (folder / SentencePieceTokenizer.MODEL_FILE).is_file() and PartialState().is_main_process:
+                SentencePieceTokenizer.train(list(conditions), cond.vocab_size, cond.max_length).save(folder)
+        cond.tokenizer = str(folder.resolve())
+    ids = make_tokenizer(cond).encode(list(conditions) if not torch.is_tensor(conditions) else conditions)
+    return ImageData(images, levels, ids, image_index)
 
 
 def train(cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False) -> dict[str, float]:

