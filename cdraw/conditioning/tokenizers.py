@@ -195,13 +195,8 @@ class HFTokenizer:
         unk = self.tok.unk_token_id
         if unk is not None and any(unk in r for r in rows):
             warn_unknown(
-                w
-                for c in captions
-                for w in words_of(c)
-                if unk in self.tok(w, add_special_tokens=False)["input_ids"]
+                w for c in captions for w in words_of(c) if unk in self.tok(w, add_special_tokens=False)["input_ids"]
             )
         if any(len(r) > self.max_length for r in rows):  # cut, keeping the closing special token
-            rows = self.tok(captions, add_special_tokens=True, truncation=True, max_length=self.max_length)[
-                "input_ids"
-            ]
+            rows = self.tok(captions, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
         return pad(rows, self.max_length)  # (B, L)
