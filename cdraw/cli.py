@@ -83,27 +83,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from cdraw.data import ImageData, load_binarized_mnist
-    from cdraw.evaluate import bound_sums, iwae_sum
+    from cdraw.evaluate import EVAL_DATASETS, bound_sums, default_dataset, evaluation_data, iwae_sum
     from cdraw.model import DRAW
 
     folder = resolve_checkpoint(args.checkpoint)
     device = pick_device(args.device)
     model = DRAW.from_pretrained(folder, device=device).eval()
-    cfg = model.config
-    if (cfg.channels, *cfg.image_size) != (1, 28, 28) or cfg.context_size:
-        raise CDrawError(f"{folder} is not an unconditional 28x28 model; `cdraw eval` measures binarized MNIST")
-    data = ImageData(load_binarized_mnist(args.split, args.data_dir))
+    dataset = args.data or default_dataset(model)
+    split = args.split or EVAL_DATASETS.get(dataset, "test")
+    if (args.fidelity or args.retrieval) and model.config.condition is None:
+        raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
+    if args.retrieval and model.config.condition.kind == "label":
+        raise CDrawError("--retrieval ranks captions; this is a label model")
+    data = evaluation_data(model, dataset, split, args.data_dir)
     if args.limit:
-        data = ImageData(data.images[: args.limit], data.levels)
+        data = data.select(slice(0, args.limit))
     torch.manual_seed(args.seed)
     gen = torch.Generator(device).manual_seed(args.seed)
 
     start = time.perf_counter()
     with tqdm(total=len(data), desc="bound", unit="img", disable=args.quiet) as bar:
         result = bound_sums(model, data, args.batch_size, gen, progress=bar).means()
-    result.update(split=args.split, checkpoint=str(folder), seed=args.seed)
-    print(f"binarized MNIST {args.split} ({result['images']} images), model {folder}")
+    result.update(dataset=dataset, split=split, checkpoint=str(folder), seed=args.seed)
+    print(f"{dataset} {split} ({result['images']} images), model {folder}")
     print(
         f"variational bound: {result['bound']:.2f} nats  (reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})"
     )
@@ -112,6 +114,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
             total = iwae_sum(model, data, args.iw_samples, max(1, args.batch_size // 10), gen, progress=bar)
         result.update(iwae=total / len(data), iw_samples=args.iw_samples)
         print(f"IWAE estimate of -log p(x), k={args.iw_samples}: {result['iwae']:.2f} nats")
+    if args.fidelity:
+        result.update(_fidelity(model, dataset, args, gen, device))
+    if args.retrieval:
+        result.update(_retrieval(model, dataset, split, args, gen))
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         out = Path(args.json)
@@ -125,7 +131,58 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dict:
+    """Label fidelity (images generated per class) or caption fidelity (seen and held-out captions)."""
+    from cdraw.evaluate import caption_fidelity_of, label_fidelity_of
+    from cdraw.fidelity import shipped_classifier
+
+    if model.config.condition.kind == "label":
+        if dataset not in ("mnist", "fashion-mnist"):
+            raise CDrawError(f"label fidelity needs --data mnist or fashion-mnist, got {dataset}")
+        found = label_fidelity_of(model, shipped_classifier(dataset, device), args.fidelity_samples, generator=gen)
+        n, share = found["fidelity_images"], found["label_fidelity"]
+        print(f"label fidelity: {share:.1%} of {n} generated images show their class")
+        return found
+    if dataset != "mnist-captions":
+        raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
+    from cdraw.mnist_captions import load_mnist_captions
+
+    folder = Path(args.data_dir) / "mnist_captions" if args.data_dir else None
+    classifier, found = shipped_classifier("mnist", device), {}
+    for split in ("test_seen", "test_heldout"):
+        captions = load_mnist_captions(split, folder).captions[: args.fidelity_samples]
+        found[f"fidelity_{split}"] = caption_fidelity_of(model, classifier, captions, generator=gen)
+        print(f"caption fidelity, {split}: {found[f'fidelity_{split}']:.1%} of {len(captions)} generated images")
+    return found
+
+
+def _retrieval(model, dataset: str, split: str, args: argparse.Namespace, gen) -> dict:
+    """alignDRAW's retrieval: rank each image's caption among N distinct captions by the bound."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from cdraw.evaluate import caption_ranks, evaluation_data, retrieval_summary
+
+    data = evaluation_data(model, dataset, split, args.data_dir)
+    first = {}  # one example per distinct caption, in order
+    for i, row in enumerate(data.conditions.tolist()):
+        first.setdefault(tuple(row), i)
+        if len(first) == args.retrieval:
+            break
+    chosen = data.select(torch.tensor(list(first.values())))
+    with tqdm(total=len(chosen), desc="retrieval", unit="img", disable=args.quiet) as bar:
+        ranks = caption_ranks(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
+    found = {f"retrieval_{k}": v for k, v in retrieval_summary(ranks).items()}
+    print(
+        f"retrieval among {len(ranks)} captions ({split}): R@1 {found['retrieval_r_at_1']:.1%}, "
+        f"R@5 {found['retrieval_r_at_5']:.1%}, median rank {found['retrieval_median_rank']:.0f}"
+    )
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cdraw.evaluate import EVAL_DATASETS
+
     parser = argparse.ArgumentParser(
         prog="cdraw",
         description="DRAW and alignDRAW image generation. `cdraw COMMAND --help` for each command.",
@@ -135,24 +192,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
-        help="test-set variational bound and IWAE estimate of a model, in nats",
-        description="Measure a model's negative log-likelihood on binarized MNIST: the variational bound "
-        "(exact mean over the split) and an importance-weighted (IWAE) estimate with K samples.",
+        help="test-set bound, IWAE estimate, fidelity and retrieval of a model",
+        description="Measure a model on its data set: the variational bound in nats (exact mean over the "
+        "split) and an importance-weighted (IWAE) estimate with K samples; for conditional models also "
+        "--fidelity (do generated images show the label or caption asked for?) and --retrieval "
+        "(alignDRAW's caption ranking).",
         epilog="examples:\n"
         "  cdraw eval --checkpoint runs/mnist --split test\n"
         "  cdraw eval --checkpoint runs/mnist/best --iw-samples 1000 --json test.json\n"
-        "  cdraw eval --checkpoint runs/mnist --split valid --iw-samples 0   # the bound only",
+        "  cdraw eval --checkpoint runs/mnist_labels --iw-samples 0 --fidelity\n"
+        "  cdraw eval --checkpoint runs/mnist_captions --iw-samples 0 --fidelity --retrieval 100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
         "--checkpoint", required=True, help="model folder (config.json + model.safetensors) or a run folder"
     )
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split (default: test)")
+    ev.add_argument(
+        "--data",
+        choices=list(EVAL_DATASETS),
+        help="data set (default: from the model: binarized-mnist, mnist for labels, mnist-captions, coco)",
+    )
+    ev.add_argument(
+        "--split", help="which split (default: test; test_seen for mnist-captions, val for coco); see --data"
+    )
     ev.add_argument(
         "--iw-samples",
         type=non_negative_int,
         default=10,
         help="K for the IWAE estimate; 0 skips it; use 1000+ for paper-grade figures, slow on a CPU (default: 10)",
+    )
+    ev.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="labels: share of images generated per class that a shipped classifier reads as that class; "
+        "MNIST captions: share whose digits and positions fit the caption, on seen and held-out captions",
+    )
+    ev.add_argument(
+        "--fidelity-samples",
+        type=positive_int,
+        default=100,
+        help="images per class (labels) or captions per test split (captions) for --fidelity (default: 100)",
+    )
+    ev.add_argument(
+        "--retrieval",
+        type=positive_int,
+        metavar="N",
+        help="rank each of N images' caption among N distinct captions by the bound: R@1, R@5, median rank",
     )
     ev.add_argument("--json", help="also write the figures to this JSON file")
     ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from cdraw.data import ImageData
+from cdraw.errors import CDrawError
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -123,8 +125,94 @@ def retrieval_summary(ranks: Tensor) -> dict[str, float]:
     """R@1, R@5 (shares of images whose caption ranks in the top 1 / 5) and the median rank."""
     r = ranks.double()
     return {
-        "r_at_1": (r <= 1).mean().item(),
-        "r_at_5": (r <= 5).mean().item(),
+        "r_at_1": (r <= 1).double().mean().item(),
+        "r_at_5": (r <= 5).double().mean().item(),
         "median_rank": r.median().item(),
         "candidates": len(r),
     }
+
+
+# -- conditional models: which data, and does a generated image show what was asked? ------------
+
+#: The data sets `cdraw eval` knows, and their default evaluation split.
+EVAL_DATASETS = {
+    "binarized-mnist": "test",
+    "mnist": "test",
+    "fashion-mnist": "test",
+    "mnist-captions": "test_seen",
+    "coco": "val",
+}
+
+
+def default_dataset(model: DRAW) -> str:
+    """The data set a model of this shape and conditioning was most likely trained on."""
+    cfg = model.config
+    if cfg.condition is None:
+        return "binarized-mnist"
+    if cfg.condition.kind == "label":
+        return "mnist"
+    return "coco" if cfg.channels == 3 else "mnist-captions"
+
+
+def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None = None) -> ImageData:
+    """A split of ``dataset`` as :class:`ImageData`, its labels or captions encoded by ``model``'s tokenizer."""
+    from cdraw.data import binarize, load_binarized_mnist, load_labelled
+
+    if dataset not in EVAL_DATASETS:
+        raise CDrawError(f"unknown data set {dataset!r}: choose one of {', '.join(EVAL_DATASETS)}")
+    if dataset == "binarized-mnist":
+        if model.config.condition is not None:
+            raise CDrawError("binarized MNIST has no labels or captions; pick the data set the model was trained on")
+        return ImageData(load_binarized_mnist(split, data_dir))
+    if model.config.condition is None:
+        raise CDrawError(f"{dataset} is for conditional models; this model is unconditional (use binarized-mnist)")
+    if dataset in ("mnist", "fashion-mnist"):
+        parts = {"train": "train", "test": "t10k"}
+        if split not in parts:
+            raise CDrawError(f"{dataset} splits are train and test, got {split!r}")
+        images, labels = load_labelled(dataset, parts[split], data_dir)
+        return ImageData(binarize(images), 2, model.encode_condition(labels))
+    folder = Path(data_dir) if data_dir is not None else None
+    if dataset == "mnist-captions":
+        from cdraw.mnist_captions import load_mnist_captions
+
+        data = load_mnist_captions(split, folder / "mnist_captions" if folder is not None else None)
+        return ImageData(data.images, 2, model.encode_condition(data.captions))
+    from cdraw.coco import caption_pairs, load_coco
+
+    coco = load_coco(split, folder / "coco32" if folder is not None else None)
+    image_index, captions = caption_pairs(coco.captions)
+    return ImageData(coco.images, 256, model.encode_condition(captions), image_index)
+
+
+@torch.no_grad()
+def generate(model: DRAW, conditions: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+    """One image per condition, (N,) or (N, L) -> (N, C, H, W) means, in batches."""
+    out = [model.sample(len(c), c, generator=generator) for c in conditions.split(batch_size)]  # each (b, C, H, W)
+    return torch.cat(out).cpu()
+
+
+def label_fidelity_of(
+    model: DRAW, classifier, per_class: int, batch_size: int = 500, generator: torch.Generator | None = None
+) -> dict[str, float]:
+    """Generate ``per_class`` images of every class; the share the classifier reads as that class."""
+    from cdraw.fidelity import label_fidelity
+
+    classes = model.config.condition.num_classes
+    labels = torch.arange(classes).repeat_interleave(per_class)  # (classes * per_class,)
+    images = generate(model, labels, batch_size, generator)
+    result = {"label_fidelity": label_fidelity(classifier, images, labels), "fidelity_images": len(labels)}
+    for k in range(classes):
+        sel = labels == k
+        result[f"fidelity_class_{k}"] = label_fidelity(classifier, images[sel], labels[sel])
+    return result
+
+
+def caption_fidelity_of(
+    model: DRAW, classifier, captions: list[str], batch_size: int = 500, generator: torch.Generator | None = None
+) -> float:
+    """Generate one 60x60 image per caption; the share whose digits and positions fit the caption."""
+    from cdraw.fidelity import caption_fidelity
+
+    images = generate(model, model.encode_condition(captions), batch_size, generator)
+    return caption_fidelity(classifier, images, captions)
