@@ -1,7 +1,8 @@
-"""The ``cdraw`` command line.
+"""The ``cdraw`` command line: ``generate``, ``reconstruct``, ``eval``, ``info``, ``train``.
 
 User mistakes (a missing checkpoint, a bad number, missing data) are printed on one line and exit
-with status 2; nothing is half-written.
+with status 2; nothing is half-written. Warnings (an unknown word, a truncated caption) are one
+line each, starting with ``warning:``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +24,13 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run ``main``; a :class:`CDrawError` becomes one line on stderr and exit status 2."""
+    warnings.showwarning = _one_line_warning
     try:
         main()
     except CDrawError as e:
@@ -32,15 +41,40 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+#: What a Hugging Face Hub model id looks like (``owner/name``).
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A model folder from what a user points at: the folder itself, or a training run's ``model/``."""
+    """A model folder from what a user points at: the folder itself, a training run's ``model/``,
+    or a Hugging Face Hub id (``owner/name``, downloaded when online)."""
+    given = str(path)
     path = Path(path).expanduser()
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():
             return candidate
+    if not path.exists() and HUB_ID.fullmatch(given):
+        return _from_hub(given)
     if not path.exists():
         raise CDrawError(f"checkpoint {path} does not exist")
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CDrawError(f"{repo_id} is not a local folder, and huggingface_hub is not installed") from None
+    try:
+        folder = Path(snapshot_download(repo_id))
+    except Exception as e:  # offline, unknown id, no access: all the user's to fix
+        raise CDrawError(
+            f"{repo_id} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(e).__name__}; offline?)"
+        ) from None
+    if not (folder / "config.json").is_file():
+        raise CDrawError(f"the Hub repository {repo_id} is not a cdraw checkpoint (no config.json)")
+    return folder
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -79,17 +113,145 @@ def pick_device(name: str | None):
     return device
 
 
+def _load_model(args: argparse.Namespace, condition: str = "none"):
+    """The model of --checkpoint (or the shipped default for ``condition``) on --device, in eval mode."""
+    from cdraw.generate import default_checkpoint
+    from cdraw.model import DRAW
+
+    folder = resolve_checkpoint(args.checkpoint) if args.checkpoint else default_checkpoint(condition)
+    return folder, DRAW.from_pretrained(folder, device=pick_device(args.device)).eval()
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from cdraw.generate import generate
+
+    captions = list(args.caption or [])
+    if args.captions_file:
+        try:
+            lines = Path(args.captions_file).expanduser().read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CDrawError(f"cannot read --captions-file {args.captions_file}: {e}") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise CDrawError(f"--captions-file {args.captions_file} has no captions (one per line)")
+        captions += from_file
+    labels = args.label
+    condition = "caption" if captions else "label" if labels is not None else "none"
+    folder, model = _load_model(args, condition)
+    kind = model.config.condition.kind if model.config.condition is not None else "none"
+    if captions and kind not in ("bilstm", "pretrained"):
+        raise CDrawError(f"{folder} is not a caption model (it is {_describe(kind)}): drop --caption")
+    if labels is not None and kind != "label":
+        raise CDrawError(f"{folder} is not a label model (it is {_describe(kind)}): drop --label")
+    start = time.perf_counter()
+    paths = generate(
+        model,
+        args.out,
+        captions=captions or None,
+        labels=labels,
+        num=args.num,
+        seed=args.seed,
+        steps=args.steps,
+        gif=args.gif,
+    )
+    print(
+        f"model {folder}: {len(captions or labels or [None]) * args.num} images in {time.perf_counter() - start:.1f} s"
+    )
+    for path in paths:
+        print(path)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from cdraw.evaluate import EVAL_DATASETS, default_dataset, evaluation_data
+    from cdraw.generate import reconstruct
+
+    folder, model = _load_model(args)
+    dataset = args.data or default_dataset(model, folder)
+    data = evaluation_data(model, dataset, args.split or EVAL_DATASETS[dataset], args.data_dir)
+    rows = slice(0, args.num)
+    paths = reconstruct(model, data.batch(rows), args.out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
+    print(f"model {folder}: {min(args.num, len(data))} {dataset} images redrawn")
+    for path in paths:
+        print(path)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from cdraw.model import TRAINING_RECORD
+
+    folder, model = _load_model(args)
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    h, w = cfg.image_size
+    print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
+    print(f"model        DRAW, {n_params:,} parameters; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
+    print(f"steps        T = {cfg.steps}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
+    if cfg.attention:
+        print(f"attention    read {cfg.read_size}x{cfg.read_size}, write {cfg.write_size}x{cfg.write_size}")
+    else:
+        print("attention    none (reads the whole image, writes the whole canvas)")
+    kind = cfg.condition.kind if cfg.condition is not None else "none"
+    prior = "learned from the decoder state" if cfg.learned_prior else "N(0, I)"
+    print(f"conditioning {_describe(kind)}; prior {prior}")
+    record = folder / TRAINING_RECORD
+    if record.is_file():
+        r = json.loads(record.read_text())
+        print(
+            f"trained on   {r.get('dataset') or 'an unrecorded data set'}: {r['step']:,} steps ({r['epoch']} epochs), "
+            f"{r['training_s'] / 60:.1f} min on {r['processes']} x {r['device']}; "
+            f"validation bound {r['valid'].get('bound', float('nan')):.2f} nats"
+        )
+    else:
+        print("trained on   (no training.json in the folder)")
+    evaluated = folder / "eval.json"
+    if evaluated.is_file():
+        e = json.loads(evaluated.read_text())
+        extra = "".join(
+            f", {k} {e[k]:.3f}" for k in ("label_fidelity", "fidelity_test_seen", "fidelity_test_heldout") if k in e
+        )
+        print(f"evaluated    {e['dataset']} {e['split']}: bound {e['bound']:.2f} nats{extra} (eval.json)")
+    card = folder / "README.md"
+    if card.is_file():
+        print(f"model card   {card}")
+
+
+def _describe(kind: str) -> str:
+    return {
+        "none": "unconditional",
+        "label": "a class-label model",
+        "bilstm": "a caption model (BiLSTM encoder)",
+        "pretrained": "a caption model (pretrained text encoder)",
+    }[kind]
+
+
+#: ``cdraw train NAME`` runs ``recipes/train_NAME.py`` of a source checkout.
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    script = RECIPES_DIR / f"train_{args.recipe}.py"
+    if not script.is_file():
+        found = sorted(p.stem.removeprefix("train_") for p in RECIPES_DIR.glob("train_*.py"))
+        if not found:
+            raise CDrawError("cdraw train needs the recipes/ folder of a source checkout (git clone the project)")
+        raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(found)}")
+    cmd = ["accelerate", "launch", *args.launch_args, str(script), *args.overrides]
+    print("running:", " ".join(cmd), file=sys.stderr)
+    try:
+        sys.exit(subprocess.call(cmd))
+    except FileNotFoundError:
+        raise CDrawError("accelerate is not on PATH: activate the environment cdraw is installed in") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
 
     from cdraw.evaluate import EVAL_DATASETS, bound_sums, default_dataset, evaluation_data, iwae_sum
-    from cdraw.model import DRAW
 
-    folder = resolve_checkpoint(args.checkpoint)
-    device = pick_device(args.device)
-    model = DRAW.from_pretrained(folder, device=device).eval()
-    dataset = args.data or default_dataset(model)
+    folder, model = _load_model(args)
+    device = model.h_dec0.device
+    dataset = args.data or default_dataset(model, folder)
     split = args.split or EVAL_DATASETS.get(dataset, "test")
     if (args.fidelity or args.retrieval) and model.config.condition is None:
         raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
@@ -180,15 +342,103 @@ def _retrieval(model, dataset: str, split: str, args: argparse.Namespace, gen) -
     return found
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported on one line (and exit status 2, as argparse does)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    p.add_argument("--checkpoint", help=checkpoint_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cdraw.evaluate import EVAL_DATASETS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cdraw",
         description="DRAW and alignDRAW image generation. `cdraw COMMAND --help` for each command.",
+        epilog="examples:\n"
+        '  cdraw generate --caption "the digit 7 is at the top left of the image"\n'
+        "  cdraw generate --num 64 --out samples/\n"
+        "  cdraw info --checkpoint runs/mnist\n"
+        "  cdraw eval --checkpoint runs/mnist --split test",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    raw = argparse.RawDescriptionHelpFormatter
+
+    gen = sub.add_parser(
+        "generate",
+        help="draw images (from captions, a label, or nothing) and an animation of the drawing",
+        description="Draw images with a model and save images.png (one row per caption or label), "
+        "drawing.gif (the canvas step by step, write windows in green) and, for caption models, "
+        "alignment-K.png (which words each step looked at). Without --checkpoint the models that "
+        "ship with cdraw are used: a caption model for --caption, an unconditional MNIST model otherwise.",
+        epilog="examples:\n"
+        '  cdraw generate --caption "the digit 7 is at the top left of the image"\n'
+        '  cdraw generate --caption "the digit 1 is on the left of the digit 2" "the digit 3 is at the top of '
+        'the digit 8"\n'
+        "  cdraw generate --captions-file captions.txt --num 4 --out pictures/\n"
+        "  cdraw generate --checkpoint runs/mnist_labels --label 3 --num 16\n"
+        "  cdraw generate --num 64 --no-gif                 # the shipped unconditional model\n"
+        "  cdraw generate --checkpoint user/cdraw-model     # a Hugging Face Hub id (when online)",
+        formatter_class=raw,
+    )
+    _add_common(gen, "model folder, a training run folder, or a Hugging Face Hub id (default: the shipped model)")
+    what = gen.add_mutually_exclusive_group()
+    what.add_argument("--caption", nargs="+", metavar="TEXT", help="one or more captions (quote each)")
+    what.add_argument("--label", type=non_negative_int, nargs="+", metavar="K", help="one or more class labels")
+    gen.add_argument("--captions-file", metavar="F", help="more captions, one per line")
+    gen.add_argument("--num", type=positive_int, default=16, help="images per caption or label (default: 16)")
+    gen.add_argument("--steps", type=positive_int, help="drawing steps (default: the model's T)")
+    gen.add_argument("--out", default="cdraw-output", help="output folder (default: cdraw-output)")
+    gen.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
+    gen.set_defaults(func=cmd_generate)
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="encode real images and redraw them: read/write windows, per-step KL",
+        description="Run real images of the model's data set through the model and save originals.png, "
+        "reconstructions.png, drawing.gif (read windows red, write windows green, as in the DRAW paper's "
+        "figures) and kl.png (the mean KL of each step: what each glimpse added).",
+        epilog="examples:\n  cdraw reconstruct --num 16\n  cdraw reconstruct --checkpoint runs/mnist --split valid",
+        formatter_class=raw,
+    )
+    _add_common(rec, "model folder or run folder (default: the shipped unconditional model)")
+    rec.add_argument("--data", choices=list(EVAL_DATASETS), help="data set (default: the one the model was trained on)")
+    rec.add_argument("--split", help="which split (default: the test split)")
+    rec.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
+    rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
+    rec.add_argument("--out", default="cdraw-output", help="output folder (default: cdraw-output)")
+    rec.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
+    rec.set_defaults(func=cmd_reconstruct)
+
+    info = sub.add_parser(
+        "info",
+        help="what a model is: sizes, attention, conditioning, training data and recorded figures",
+        epilog="examples:\n  cdraw info\n  cdraw info --checkpoint runs/mnist_captions",
+        formatter_class=raw,
+    )
+    info.add_argument("--checkpoint", help="model folder, run folder or Hub id (default: the shipped model)")
+    info.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    info.set_defaults(func=cmd_info)
+
+    tr = sub.add_parser(
+        "train",
+        help="run a training recipe with accelerate launch (same as `accelerate launch recipes/train_NAME.py`)",
+        epilog="examples:\n  cdraw train mnist --max-steps 200\n  cdraw train mnist_captions --epochs 5\n"
+        "  cdraw train mnist --launch-args='--multi_gpu --num_processes 2'",
+        formatter_class=raw,
+    )
+    tr.add_argument("recipe", help="mnist, mnist_labels, mnist_captions or coco")
+    tr.add_argument("overrides", nargs=argparse.REMAINDER, help="flags for the recipe (see its --help)")
+    tr.add_argument("--launch-args", type=str.split, default=[], help="flags for accelerate launch, quoted")
+    tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
         "eval",
@@ -205,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
-        "--checkpoint", required=True, help="model folder (config.json + model.safetensors) or a run folder"
+        "--checkpoint", help="model folder, run folder or Hub id (default: the shipped unconditional MNIST model)"
     )
     ev.add_argument(
         "--data",

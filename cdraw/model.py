@@ -51,6 +51,8 @@ from cdraw.likelihoods import LIKELIHOODS, make_likelihood
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Written beside a model by training: the data set, training length and time, the validation bound.
+TRAINING_RECORD = "training.json"
 MODEL_TYPE = "draw"
 
 
@@ -159,6 +161,8 @@ class DRAWOutput:
     canvases: Tensor | None = None  # (T, B, C, H, W) sigmoid(c_t), on request
     log_ratio: Tensor | None = None  # (B,) sum_t log q(z_t) - log p(z_t) at the sampled z, on request
     alignments: Tensor | None = None  # (B, T, L) alignDRAW's alpha per step, for caption models
+    read_windows: Window | None = None  # (T, B) fields, on request (attention models)
+    write_windows: Window | None = None  # (T, B) fields, on request (attention models)
 
 
 @dataclass
@@ -428,6 +432,7 @@ class DRAW(nn.Module):
         *,
         return_canvases: bool = False,
         return_log_ratio: bool = False,
+        return_windows: bool = False,
         generator: torch.Generator | None = None,
     ) -> DRAWOutput:
         """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image.
@@ -441,9 +446,12 @@ class DRAW(nn.Module):
         h_enc, c_enc = self._initial(self.h_enc0, b), self._initial(self.c_enc0, b)  # (B, E)
         h_dec, c_dec = self._initial(self.h_dec0, b), self._initial(self.c_dec0, b)  # (B, F)
         canvas = self._initial(self.canvas0, b)  # (B, C, H, W)
-        kls, canvases, alphas = [], [], []
+        kls, canvases, alphas, reads, writes = [], [], [], [], []
         log_ratio = x.new_zeros(b) if return_log_ratio else None
+        windows = return_windows and self.config.attention
         for _ in range(self.config.steps):
+            if windows:
+                reads.append(self.reader.window(h_dec))
             x_hat = x - self.likelihood.mean(canvas)  # eq. (3)
             r = self.reader(x, x_hat, h_dec)  # eq. (4), window from h_dec_{t-1}
             h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), cond.vector), (h_enc, c_enc))  # (5)
@@ -457,6 +465,8 @@ class DRAW(nn.Module):
             dec_in, alpha = self._decoder_input(z, h_dec, cond)  # alignment from h_dec_{t-1}
             h_dec, c_dec = self.decoder(dec_in, (h_dec, c_dec))  # eq. (7)
             canvas = canvas + self.writer(h_dec)  # eq. (8)
+            if windows:
+                writes.append(self.writer.window(h_dec))
             if return_canvases:
                 canvases.append(self.likelihood.mean(canvas))
             if alpha is not None:
@@ -470,22 +480,38 @@ class DRAW(nn.Module):
             canvases=torch.stack(canvases) if return_canvases else None,
             log_ratio=log_ratio,
             alignments=torch.stack(alphas, dim=1) if alphas else None,
+            read_windows=Window.stack(reads) if reads else None,
+            write_windows=Window.stack(writes) if writes else None,
         )
 
     # -- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_trace(self, n: int, condition: Any = None, *, generator: torch.Generator | None = None) -> Trace:
-        """Draw ``n`` images from the prior, keeping every canvas, attention window and alignment."""
+    def sample_trace(
+        self,
+        n: int,
+        condition: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+    ) -> Trace:
+        """Draw ``n`` images from the prior, keeping every canvas, attention window and alignment.
+
+        ``steps``: how many glimpses to draw (default: the T the model was trained with; fewer
+        leave the picture unfinished, more let the decoder go on drawing past its training).
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise CDrawError(f"the number of images must be a positive integer, got {n!r}")
         cfg = self.config
+        steps = cfg.steps if steps is None else steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise CDrawError(f"the number of drawing steps must be a positive integer, got {steps!r}")
         cond = self._conditions(condition, n)
         h_dec, c_dec = self._initial(self.h_dec0, n), self._initial(self.c_dec0, n)  # (n, F)
         canvas = self._initial(self.canvas0, n)  # (n, C, H, W)
         z_shape = (n, cfg.z_size)
         canvases, reads, writes, alphas = [], [], [], []
-        for _ in range(cfg.steps):
+        for _ in range(steps):
             if cfg.attention:
                 reads.append(self.reader.window(h_dec))  # where a reconstruction would read
             p = self._prior(h_dec)

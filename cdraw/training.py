@@ -12,7 +12,7 @@ Output folder::
                                    rng_rank{r}.pt; written under a temporary name, then renamed
     checkpoints/latest             the name of the newest complete checkpoint
     best/                          the model with the best validation bound so far
-    model/                         the model at the end of training
+    model/                         the model at the end of training (both with training.json)
     train_config.yaml              the settings of the run
 
 Every process writes its RNG state into the checkpoint folder, so with several machines
@@ -43,7 +43,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.model import DRAW, DRAWConfig, load_config, load_weights
+from cdraw.model import DRAW, TRAINING_RECORD, DRAWConfig, load_config, load_weights
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
 #: Offset of the seeds of validation and sample noise, so they never share the training stream.
@@ -85,8 +85,16 @@ def weights_digest(model: torch.nn.Module) -> str:
 class Trainer:
     """Trains a :class:`~cdraw.DRAW` on image tensors; ``Trainer(cfg, train, valid).fit()``."""
 
-    def __init__(self, cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False):
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_data: ImageData,
+        valid_data: ImageData,
+        *,
+        resume: bool = False,
+        dataset: str | None = None,
+    ):
+        self.cfg, self.dataset = cfg, dataset
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         if cfg.deterministic:
@@ -159,7 +167,7 @@ class Trainer:
             self._flush_log()
             valid = self._end_of_period(f"step-{st.step:08d}")
         if self.main:
-            self._unwrapped.save_pretrained(self.out / "model")
+            self._save_model(self.out / "model", valid)
         if cfg.record_batches:
             audit = {"batches": self._batches_seen, "weights_sha256": weights_digest(self._unwrapped)}
             (self.out / f"audit_rank{self.rank}.json").write_text(json.dumps(audit))
@@ -282,10 +290,25 @@ class Trainer:
         if valid["bound"] < st.best_valid:  # the same decision on every process: valid is all-reduced
             st.best_valid = valid["bound"]
             if self.main:
-                model.save_pretrained(self.out / "best")
-                (self.out / "best" / "valid.json").write_text(json.dumps({"step": st.step, **valid}, indent=2))
+                self._save_model(self.out / "best", valid)
         self._save_checkpoint()
         return valid
+
+    def _save_model(self, folder: Path, valid: dict[str, float]) -> None:
+        """The model, and ``training.json``: what it was trained on, how long, its validation bound."""
+        st = self.state
+        self._unwrapped.save_pretrained(folder)
+        record = {
+            "dataset": self.dataset,
+            "step": st.step,
+            "epoch": st.epoch,
+            "images_seen": st.step * self.cfg.batch_size * self.world,
+            "training_s": round(time.perf_counter() - self._run_start, 1),
+            "processes": self.world,
+            "device": str(self.acc.device),
+            "valid": valid,
+        }
+        (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
 
     def _save_checkpoint(self) -> None:
         acc, st = self.acc, self.state
@@ -402,6 +425,11 @@ def conditioned_data(
     return ImageData(images, levels, ids, image_index)
 
 
-def train(cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False) -> dict[str, float]:
-    """Train with the one loop; returns the final validation figures (bound, recon, kl in nats)."""
-    return Trainer(cfg, train_data, valid_data, resume=resume).fit()
+def train(
+    cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False, dataset: str | None = None
+) -> dict[str, float]:
+    """Train with the one loop; returns the final validation figures (bound, recon, kl in nats).
+
+    ``dataset``: the data set's name (as `cdraw eval --data` knows it), recorded with the model.
+    """
+    return Trainer(cfg, train_data, valid_data, resume=resume, dataset=dataset).fit()

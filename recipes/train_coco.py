@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         coco = load_coco(name, folder)
         image_index, captions = caption_pairs(coco.captions)  # (M,), M captions
         splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index))
-    train(cfg, *splits, resume=resume)
+    train(cfg, *splits, resume=resume, dataset="coco")
 
 
 if __name__ == "__main__":

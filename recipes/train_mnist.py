@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, resume = parse_train_args(argv, default_config=default, description=__doc__)
     train_data = ImageData(load_binarized_mnist("train", cfg.data_dir))
     valid_data = ImageData(load_binarized_mnist("valid", cfg.data_dir))
-    train(cfg, train_data, valid_data, resume=resume)
+    train(cfg, train_data, valid_data, resume=resume, dataset="binarized-mnist")
 
 
 if __name__ == "__main__":

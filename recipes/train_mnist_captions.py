@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     train_set, valid_set = load_mnist_captions("train", folder), load_mnist_captions("valid", folder)
     train_data = conditioned_data(cfg, train_set.images, 2, train_set.captions)  # tokenizer fitted here
     valid_data = conditioned_data(cfg, valid_set.images, 2, valid_set.captions)
-    train(cfg, train_data, valid_data, resume=resume)
+    train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions")
 
 
 if __name__ == "__main__":

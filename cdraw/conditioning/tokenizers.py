@@ -89,6 +89,9 @@ class LabelTokenizer:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
 
+    def pieces(self, ids: Tensor) -> list[str]:
+        return [str(int(k)) for k in ids.reshape(-1)]
+
     def encode(self, labels: Sequence[int] | Tensor | int) -> Tensor:
         if isinstance(labels, Tensor):
             labels = labels.tolist()
@@ -173,6 +176,10 @@ class SentencePieceTokenizer:
         (folder / self.MODEL_FILE).write_bytes(self.proto)
         (folder / self.WORDS_FILE).write_text("\n".join(sorted(self.known_words)) + "\n")
 
+    def pieces(self, ids: Tensor) -> list[str]:
+        """The text of each real token of one caption's (L,) ids, for plots."""
+        return [self.sp.id_to_piece(int(k)) for k in ids if k != PAD]
+
     def encode(self, captions: Sequence[str] | str) -> Tensor:
         captions = check_captions(captions)
         warn_unknown(w for c in captions for w in words_of(c) if w not in self.known_words)
@@ -187,6 +194,10 @@ class HFTokenizer:
     def __init__(self, tokenizer, max_length: int):
         self.tok = tokenizer
         self.max_length = max_length
+
+    def pieces(self, ids: Tensor) -> list[str]:
+        """The text of each real token of one caption's (L,) ids, for plots."""
+        return self.tok.convert_ids_to_tokens([int(k) for k in ids if k != PAD])
 
     def encode(self, captions: Sequence[str] | str) -> Tensor:
         captions = check_captions(captions)

@@ -1,0 +1,164 @@
+"""Pictures from a model: generated images, the canvas being drawn, alignments, per-step KL.
+
+What ``cdraw generate`` and ``cdraw reconstruct`` write, as functions. Every run writes into a
+hidden temporary folder inside ``out`` and moves the files into place only when all of them are
+done, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from cdraw.errors import CDrawError
+from cdraw.images import save_grid
+from cdraw.model import DRAW, Trace
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "models"
+#: The models that ship inside the package, by what they are conditioned on.
+DEFAULT_MODELS = {"none": ASSETS / "mnist", "caption": ASSETS / "mnist_captions", "label": ASSETS / "mnist_labels"}
+#: The most images one command draws (a grid of them, and a GIF of every step).
+MAX_IMAGES = 1024
+#: Upscaling of the GIF frames, so 28x28 digits are visible.
+GIF_SCALE = 4
+
+
+def default_checkpoint(condition: str) -> Path:
+    """The shipped model for ``condition`` (``none``, ``caption`` or ``label``)."""
+    folder = DEFAULT_MODELS[condition]
+    if not (folder / "config.json").is_file():
+        what = {"none": "unconditional", "caption": "caption", "label": "label"}[condition]
+        raise CDrawError(f"no default {what} model ships with this install ({folder} is missing): pass --checkpoint")
+    return folder
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder inside ``out`` whose files move into ``out`` when the block succeeds.
+
+    ``out`` is created (and checked to be writable) before any work; on failure nothing is left.
+    """
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".cdraw-tmp-", dir=out))
+    except OSError as e:
+        raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
+    try:
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generate(
+    model: DRAW,
+    out: str | os.PathLike,
+    *,
+    captions: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+    num: int = 16,
+    seed: int = 0,
+    steps: int | None = None,
+    gif: bool = True,
+) -> list[Path]:
+    """Draw ``num`` images (per caption or label, if given) and save the pictures into ``out``.
+
+    Writes ``images.png`` (one row per condition), ``drawing.gif`` (the canvases step by step,
+    with each step's write window as a green box), and for caption models ``alignment-K.png`` (the
+    alignment over caption K's words at every step, for its first image). Returns the paths.
+    """
+    from cdraw import pictures
+
+    conditions = list(captions) if captions else list(labels) if labels is not None else None
+    if conditions is not None and not conditions:
+        raise CDrawError("no captions or labels given")
+    rows = len(conditions) if conditions else 1
+    if not isinstance(num, int) or num < 1 or num * rows > MAX_IMAGES:
+        raise CDrawError(f"--num must be between 1 and {MAX_IMAGES // rows} here ({rows} condition(s)), got {num}")
+    device = model.h_dec0.device
+    ids = model.encode_condition(conditions) if conditions is not None else None  # (R,) or (R, L)
+    if ids is None and (model.config.vector_size or model.config.words_size):
+        raise CDrawError(f"this model is conditional: {model._wants()}")
+    batch_ids = ids.repeat_interleave(num, dim=0) if ids is not None else None  # (R * num, ...)
+    gen = torch.Generator(device).manual_seed(seed)
+    trace = model.sample_trace(rows * num, batch_ids, generator=gen, steps=steps)
+    with staged_output(out) as tmp:
+        save_grid(trace.images, tmp / "images.png", nrow=num if conditions else None)
+        if gif:
+            _save_gif(model, trace, tmp / "drawing.gif", nrow=num if conditions else None)
+        if trace.alignments is not None:
+            tokenizer = model.condition.tokenizer
+            for k in range(rows):
+                pieces = tokenizer.pieces(ids[k])
+                alpha = trace.alignments[k * num, :, : len(pieces)].cpu()  # (T, L) of its real tokens
+                pictures.alignment_heatmap(alpha, pieces, tmp / f"alignment-{k + 1}.png")
+        names = sorted(f.name for f in tmp.iterdir())
+    return [Path(out).expanduser() / n for n in names]
+
+
+def reconstruct(
+    model: DRAW,
+    images: torch.Tensor,
+    out: str | os.PathLike,
+    *,
+    condition: torch.Tensor | None = None,
+    seed: int = 0,
+    gif: bool = True,
+) -> list[Path]:
+    """Encode and redraw ``images`` (B, C, H, W) in [0, 1]; save what each step did into ``out``.
+
+    Writes ``originals.png``, ``reconstructions.png``, ``drawing.gif`` (each step's canvas with the
+    read window in red and the write window in green, as in the paper's figures), ``kl.png`` (the
+    mean KL of each step, in nats: how much each glimpse told the decoder). Returns the paths.
+    """
+    from cdraw import pictures
+
+    if len(images) > MAX_IMAGES:
+        raise CDrawError(f"at most {MAX_IMAGES} images at once, got {len(images)}")
+    device = model.h_dec0.device
+    gen = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        out_ = model(images.to(device), condition, return_canvases=True, return_windows=True, generator=gen)
+    trace = Trace(
+        images=out_.canvases[-1],
+        canvases=out_.canvases,
+        read_windows=out_.read_windows,
+        write_windows=out_.write_windows,
+        alignments=out_.alignments,
+    )
+    with staged_output(out) as tmp:
+        save_grid(images, tmp / "originals.png")
+        save_grid(trace.images, tmp / "reconstructions.png")
+        if gif:
+            _save_gif(model, trace, tmp / "drawing.gif", reads=True)
+        pictures.kl_plot(out_.kl.mean(0).cpu(), tmp / "kl.png")
+        names = sorted(f.name for f in tmp.iterdir())
+    return [Path(out).expanduser() / n for n in names]
+
+
+def _save_gif(model: DRAW, trace: Trace, path: Path, *, nrow: int | None = None, reads: bool = False) -> None:
+    from cdraw import pictures
+
+    cfg = model.config
+    frames = pictures.canvas_frames(
+        trace.canvases.cpu(),
+        read_windows=_cpu(trace.read_windows) if reads else None,
+        write_windows=_cpu(trace.write_windows),
+        read_size=cfg.read_size,
+        write_size=cfg.write_size,
+        scale=GIF_SCALE,
+        nrow=nrow,
+    )
+    pictures.save_animation(frames, path)
+
+
+def _cpu(window):
+    return None if window is None else type(window)(*(t.cpu() for t in window))

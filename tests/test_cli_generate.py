@@ -1,0 +1,159 @@
+"""`cdraw generate / reconstruct / info / train` end to end through a subprocess, and each user mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cdraw import DRAW, ConditionConfig, DRAWConfig
+from cdraw.conditioning import SentencePieceTokenizer
+from cdraw.generate import DEFAULT_MODELS
+
+CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in ("top left", "bottom right")]
+
+
+def cdraw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CDRAW_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cdraw.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny unconditional, label and caption model, saved as checkpoints."""
+    root = tmp_path_factory.mktemp("models")
+    SentencePieceTokenizer.train(CAPTIONS, vocab_size=100, max_length=16).save(root / "tok")
+    small = dict(image_size=(16, 16), steps=3, enc_size=8, dec_size=8, z_size=2, read_size=2, write_size=3)
+    configs = {
+        "plain": DRAWConfig(**small),
+        "label": DRAWConfig(**small, condition=ConditionConfig(kind="label", num_classes=4, embed_size=3)),
+        "caption": DRAWConfig(
+            **small,
+            align_size=4,
+            learned_prior=True,
+            condition=ConditionConfig(kind="bilstm", embed_size=4, hidden_size=3, tokenizer=str(root / "tok")),
+        ),
+    }
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        DRAW(cfg).save_pretrained(root / name)
+    return root
+
+
+def test_generate_captions_writes_grid_gif_and_alignments(models, tmp_path):
+    out = tmp_path / "out"
+    proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[0], CAPTIONS[1],
+                 "--num", "3", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["alignment-1.png", "alignment-2.png", "drawing.gif", "images.png"]
+    assert str(out / "drawing.gif") in proc.stdout  # paths printed at the end
+    gif = Image.open(out / "drawing.gif")
+    assert gif.n_frames == 3  # one frame per step T
+    grid = Image.open(out / "images.png")
+    assert gif.size[0] > grid.size[0]  # frames are upscaled
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_unknown_words_warn_in_one_line_and_the_model_still_draws(models, tmp_path):
+    proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", "a stop sign flying",
+                 "--num", "1", "--no-gif", "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "stop" in warning[0] and "flying" in warning[0]
+    assert (tmp_path / "images.png").is_file() and not (tmp_path / "drawing.gif").exists()
+
+
+def test_generate_labels_and_unconditional(models, tmp_path):
+    proc = cdraw("generate", "--checkpoint", str(models / "label"), "--label", "0", "3", "--num", "2",
+                 "--steps", "5", "--out", str(tmp_path / "a"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "a" / "drawing.gif").n_frames == 5  # --steps draws longer than T=3
+    proc = cdraw("generate", "--checkpoint", str(models / "plain"), "--num", "4", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "b" / "images.png").is_file()
+
+
+def test_info_describes_the_model(models):
+    proc = cdraw("info", "--checkpoint", str(models / "caption"))
+    assert proc.returncode == 0, proc.stderr
+    assert "caption model (BiLSTM encoder)" in proc.stdout and "read 2x2, write 3x3" in proc.stdout
+    assert "learned from the decoder state" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["generate", "--checkpoint", "{models}/nowhere"], ["does not exist"]),
+        (["generate", "--checkpoint", "{models}/plain", "--caption", "the digit 1"], ["not a caption model"]),
+        (["generate", "--checkpoint", "{models}/plain", "--label", "1"], ["not a label model"]),
+        (["generate", "--checkpoint", "{models}/caption", "--label", "1"], ["not a label model"]),
+        (["generate", "--checkpoint", "{models}/label", "--caption", "the digit 1"], ["not a caption model"]),
+        (["generate", "--checkpoint", "{models}/label", "--label", "4"], ["out of range", "0..3"]),
+        (["generate", "--checkpoint", "{models}/caption", "--caption", "  "], ["empty caption"]),
+        (["generate", "--checkpoint", "{models}/plain", "--num", "0"], ["--num", "at least 1"]),
+        (["generate", "--checkpoint", "{models}/plain", "--num", "-3"], ["--num"]),
+        (["generate", "--checkpoint", "{models}/plain", "--num", "100000"], ["--num must be between 1 and 1024"]),
+        (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/empty.txt"], ["no captions"]),
+        (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/none.txt"], ["cannot read"]),
+        (["generate", "--checkpoint", "{models}/plain", "--out", "/proc/cdraw-out"], ["cannot write"]),
+        (["generate", "--checkpoint", "{models}/corrupt"], ["corrupt"]),
+        (["info", "--checkpoint", "{models}"], ["not a cdraw checkpoint"]),
+    ],
+)
+def test_user_mistakes_are_one_line_errors_with_exit_code_2(models, tmp_path, args, words):
+    (models / "empty.txt").write_text("\n  \n")
+    corrupt = models / "corrupt"
+    if not corrupt.exists():
+        corrupt.mkdir()
+        (corrupt / "config.json").write_text((models / "plain" / "config.json").read_text())
+        (corrupt / "model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "out"
+    args = [a.format(models=models) for a in args]
+    proc = cdraw(*args, *([] if "--out" in args or args[0] == "info" else ["--out", str(out)]))
+    one_line_error(proc, *words)
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):
+    from cdraw.model import TRAINING_RECORD
+
+    torch.manual_seed(0)
+    folder = tmp_path / "mnist"
+    DRAW(DRAWConfig(steps=4, enc_size=8, dec_size=8, z_size=2)).save_pretrained(folder)
+    (folder / TRAINING_RECORD).write_text('{"dataset": "binarized-mnist"}')
+    proc = cdraw("reconstruct", "--checkpoint", str(folder), "--num", "6", "--out", str(tmp_path / "r"),
+                 "--data-dir", str(data_dir))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == ["drawing.gif", "kl.png", "originals.png", "reconstructions.png"]
+    assert Image.open(tmp_path / "r" / "drawing.gif").n_frames == 4
+
+
+def test_train_forwards_to_a_recipe_and_names_the_recipes():
+    proc = cdraw("train", "nosuch")
+    one_line_error(proc, "no recipe 'nosuch'", "mnist_captions")
+
+
+@pytest.mark.parametrize("name", ["none", "caption"])
+def test_default_models_load_and_generate_offline(name, tmp_path):
+    if not (DEFAULT_MODELS[name] / "config.json").is_file():
+        pytest.fail(f"the default {name} model is missing from {DEFAULT_MODELS[name]}")
+    args = ["--caption", "the digit 7 is at the top left of the image"] if name == "caption" else []
+    proc = cdraw("generate", *args, "--num", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "images.png").is_file() and (tmp_path / "drawing.gif").is_file()
