@@ -1,0 +1,90 @@
+"""Copy a trained model into the package as a default model, with a model card made from its records.
+
+The card is written from the files beside the model, never by hand: ``training.json`` (data set,
+steps, time, validation bound, written by training), ``eval.json`` (written by
+``cdraw eval --json``) and the run's ``train_config.yaml``. The commands that made them are given
+on the command line and printed in the card.
+
+Example:
+  cdraw eval --checkpoint runs/mnist_captions/best --fidelity --retrieval 100 --json runs/mnist_captions/best/eval.json
+  python tools/ship_model.py runs/mnist_captions/best --name mnist_captions \\
+      --train-command "accelerate launch recipes/train_mnist_captions.py ..." --eval-command "cdraw eval ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from cdraw.cli import resolve_checkpoint, run_main
+from cdraw.errors import CDrawError
+from cdraw.generate import DEFAULT_MODELS
+from cdraw.model import DRAW, TRAINING_RECORD
+
+KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, "eval.json", "tokenizer.model", "tokenizer_words.txt")
+
+
+def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
+    model = DRAW.from_pretrained(folder)
+    cfg, n = model.config, sum(p.numel() for p in model.parameters())
+    training = json.loads((folder / TRAINING_RECORD).read_text()) if (folder / TRAINING_RECORD).is_file() else {}
+    figures = json.loads((folder / "eval.json").read_text())
+    kind = cfg.condition.kind if cfg.condition else "unconditional"
+    lines = [
+        f"# cdraw default model: {name}",
+        "",
+        f"DRAW ({kind}), {n:,} parameters, {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} images, "
+        f"T = {cfg.steps}, read {cfg.read_size}x{cfg.read_size}, write {cfg.write_size}x{cfg.write_size}, "
+        f"LSTMs {cfg.enc_size}/{cfg.dec_size}, z {cfg.z_size}, prior "
+        f"{'learned' if cfg.learned_prior else 'N(0, I)'}. Full settings: `config.json`.",
+        "",
+        "## Training",
+        "",
+        f"- data: {training.get('dataset', 'not recorded')}",
+        f"- length: {training.get('step', '?')} steps ({training.get('epoch', '?')} epochs), "
+        f"{training.get('training_s', float('nan')) / 60:.1f} min on {training.get('processes', '?')} x "
+        f"{training.get('device', '?')}",
+        f"- validation bound at the end: {training.get('valid', {}).get('bound', float('nan')):.2f} nats",
+        "- command:",
+        "",
+        f"```bash\n{train_command}\n```",
+        "",
+        "## Evaluation (`eval.json`)",
+        "",
+        f"```bash\n{eval_command}\n```",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="model folder with eval.json beside it")
+    parser.add_argument("--name", required=True, choices=[p.name for p in DEFAULT_MODELS.values()])
+    parser.add_argument("--train-command", required=True, help="the command that trained it")
+    parser.add_argument("--eval-command", required=True, help="the command that wrote eval.json")
+    args = parser.parse_args()
+    src = resolve_checkpoint(args.checkpoint)
+    if not (src / "eval.json").is_file():
+        raise CDrawError(f"{src} has no eval.json: run `cdraw eval --checkpoint {src} --json {src}/eval.json` first")
+    dst = next(p for p in DEFAULT_MODELS.values() if p.name == args.name)
+    text = card(src, args.name, args.train_command, args.eval_command)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for name in KEEP:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    (dst / "README.md").write_text(text)
+    DRAW.from_pretrained(dst)  # it loads from the package folder alone
+    size = sum(f.stat().st_size for f in dst.iterdir())
+    print(f"shipped {src} as {dst} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    run_main(main)
