@@ -171,21 +171,33 @@ def _covers(seen: Iterable[Caption]) -> bool:
     return True
 
 
-def choose_heldout(seed: int, fraction: float = HELDOUT_FRACTION) -> frozenset[Caption]:
-    """A seeded ``fraction`` of the one-digit combos and of the two-digit combos, kept out of training.
+def mirror(caption: Caption) -> Caption:
+    """The other caption of the same layout: "a on the left of b" <-> "b on the right of a", and
+    "a at the top of b" <-> "b at the bottom of a". A one-digit caption is its own mirror."""
+    if caption.template in ONE_DIGIT_TEMPLATES:
+        return caption
+    first = len(ONE_DIGIT_TEMPLATES)
+    return Caption(first + ((caption.template - first) ^ 1), caption.digits[::-1])
 
-    Drawn again (from the same seeded stream) until training keeps every template and every digit
-    in every role (see ``_covers``), so held-out combos test new *combinations*, not new words.
+
+def choose_heldout(seed: int, fraction: float = HELDOUT_FRACTION) -> frozenset[Caption]:
+    """A seeded ``fraction`` of the one-digit combos and of the two-digit layouts, kept out of training.
+
+    A two-digit layout is held out with both its captions (see :func:`mirror`), so no held-out
+    image layout is ever seen in training under the other wording. Drawn again (from the same
+    seeded stream) until training keeps every template and every digit in every role (see
+    ``_covers``), so held-out combos test new *combinations*, not new words.
     """
     if not 0 <= fraction < 1:
         raise CDrawError(f"the held-out fraction must be in [0, 1), got {fraction}")
     combos = all_combos()
     one = [c for c in combos if c.template in ONE_DIGIT_TEMPLATES]
-    two = [c for c in combos if c.template not in ONE_DIGIT_TEMPLATES]
+    layouts = sorted({min(c, mirror(c)) for c in combos if c.template not in ONE_DIGIT_TEMPLATES})
     rng = np.random.default_rng([seed, HELDOUT_STREAM])
     for _ in range(MAX_HELDOUT_TRIES):
         held = [one[i] for i in rng.choice(len(one), round(fraction * len(one)), replace=False)]
-        held += [two[i] for i in rng.choice(len(two), round(fraction * len(two)), replace=False)]
+        for i in rng.choice(len(layouts), round(fraction * len(layouts)), replace=False):
+            held += [layouts[i], mirror(layouts[i])]
         if _covers(set(combos) - set(held)):
             return frozenset(held)
     raise CDrawError(f"cannot hold out {fraction:.0%} of the combos and keep every digit and template in training")
