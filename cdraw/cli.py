@@ -257,7 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
     if args.retrieval and model.config.condition.kind == "label":
         raise CDrawError("--retrieval ranks captions; this is a label model")
-    data = evaluation_data(model, dataset, split, args.data_dir)
+    full = data = evaluation_data(model, dataset, split, args.data_dir)
     if args.limit:
         data = data.select(slice(0, args.limit))
     torch.manual_seed(args.seed)
@@ -279,7 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.fidelity:
         result.update(_fidelity(model, dataset, args, gen, device))
     if args.retrieval:
-        result.update(_retrieval(model, dataset, split, args, gen))
+        result.update(_retrieval(model, full, dataset, split, args, gen))
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         out = Path(args.json)
@@ -307,9 +307,9 @@ def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dic
         return found
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
-    from cdraw.mnist_captions import load_mnist_captions
+    from cdraw.mnist_captions import SUBDIR, load_mnist_captions
 
-    folder = Path(args.data_dir) / "mnist_captions" if args.data_dir else None
+    folder = Path(args.data_dir) / SUBDIR if args.data_dir else None
     classifier, found = shipped_classifier("mnist", device), {}
     for split in ("test_seen", "test_heldout"):
         captions = load_mnist_captions(split, folder).captions[: args.fidelity_samples]
@@ -318,20 +318,13 @@ def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dic
     return found
 
 
-def _retrieval(model, dataset: str, split: str, args: argparse.Namespace, gen) -> dict:
-    """alignDRAW's retrieval: rank each image's caption among N distinct captions by the bound."""
-    import torch
+def _retrieval(model, data, dataset: str, split: str, args: argparse.Namespace, gen) -> dict:
+    """alignDRAW's retrieval: rank each image's caption among N captions of distinct images by the bound."""
     from tqdm.auto import tqdm
 
-    from cdraw.evaluate import caption_ranks, evaluation_data, retrieval_summary
+    from cdraw.evaluate import caption_ranks, retrieval_picks, retrieval_summary
 
-    data = evaluation_data(model, dataset, split, args.data_dir)
-    first = {}  # one example per distinct caption, in order
-    for i, row in enumerate(data.conditions.tolist()):
-        first.setdefault(tuple(row), i)
-        if len(first) == args.retrieval:
-            break
-    chosen = data.select(torch.tensor(list(first.values())))
+    chosen = data.select(retrieval_picks(dataset, split, args.retrieval, args.data_dir))
     with tqdm(total=len(chosen), desc="retrieval", unit="img", disable=args.quiet) as bar:
         ranks = caption_ranks(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
     found = {f"retrieval_{k}": v for k, v in retrieval_summary(ranks).items()}

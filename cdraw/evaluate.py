@@ -106,7 +106,9 @@ def caption_ranks(
     most likely).
 
     images: (N, C, H, W) in [0, 1]; conditions: (N, L) token ids, row i the caption of image i.
-    Costs N^2 forward passes. Returns (N,) int64 ranks; ties count against the true caption.
+    Costs N^2 forward passes. All N captions of an image are scored on the same latent noise
+    (common random numbers), so the ranking compares captions, not noise draws. Returns (N,)
+    int64 ranks; ties count against the true caption.
     """
     device = next(model.parameters()).device
     n = len(images)
@@ -114,11 +116,35 @@ def caption_ranks(
     ranks = torch.empty(n, dtype=torch.long)
     for i in range(n):
         x = images[i : i + 1].to(device).expand(n, *images.shape[1:])  # image i under every caption
-        bound = model(x, conditions, generator=generator).loss  # (N,)
+        bound = model(x, conditions, generator=generator, shared_noise=True).loss  # (N,)
         ranks[i] = int((bound <= bound[i]).sum())  # 1 + captions at least as likely as the true one
         if progress is not None:
             progress.update(1)
     return ranks
+
+
+def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = None) -> Tensor:
+    """Indices of ``n`` examples of :func:`evaluation_data` with distinct targets, for retrieval:
+    one caption per image (COCO's images have about five), one per layout (MNIST with captions:
+    "a on the left of b" and "b on the right of a" are one layout)."""
+    folder = Path(data_dir) if data_dir is not None else None
+    if dataset == "mnist-captions":
+        from cdraw.mnist_captions import SUBDIR, load_mnist_captions, mirror, parse_caption
+
+        captions = load_mnist_captions(split, folder / SUBDIR if folder is not None else None).captions
+        keys = [min(c, mirror(c)) if (c := parse_caption(text)) else text for text in captions]
+    elif dataset == "coco":
+        from cdraw.coco import SUBDIR, caption_pairs, load_coco
+
+        keys = caption_pairs(load_coco(split, folder / SUBDIR if folder is not None else None).captions)[0].tolist()
+    else:
+        raise CDrawError(f"retrieval ranks captions: {dataset} has none")
+    first: dict = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+        if len(first) == n:
+            break
+    return torch.tensor(list(first.values()), dtype=torch.long)
 
 
 def retrieval_summary(ranks: Tensor) -> dict[str, float]:
@@ -182,13 +208,15 @@ def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None 
         return ImageData(binarize(images), 2, model.encode_condition(labels))
     folder = Path(data_dir) if data_dir is not None else None
     if dataset == "mnist-captions":
+        from cdraw.mnist_captions import SUBDIR as MC_SUBDIR
         from cdraw.mnist_captions import load_mnist_captions
 
-        data = load_mnist_captions(split, folder / "mnist_captions" if folder is not None else None)
+        data = load_mnist_captions(split, folder / MC_SUBDIR if folder is not None else None)
         return ImageData(data.images, 2, model.encode_condition(data.captions))
+    from cdraw.coco import SUBDIR as COCO_SUBDIR
     from cdraw.coco import caption_pairs, load_coco
 
-    coco = load_coco(split, folder / "coco32" if folder is not None else None)
+    coco = load_coco(split, folder / COCO_SUBDIR if folder is not None else None)
     image_index, captions = caption_pairs(coco.captions)
     return ImageData(coco.images, 256, model.encode_condition(captions), image_index)
 

@@ -92,6 +92,7 @@ MAX_HELDOUT_TRIES = 1_000
 SOURCES = ("auto", "mnist-train", "t10k-split")
 T10K_SPLIT_SEED = 0  # fixed, not the dataset seed: the shipped classifier is trained on the same part
 T10K_TRAIN_DIGITS = 8_000  # of the 10,000 t10k digits, the first 8,000 of the permutation feed train/valid
+SUBDIR = "mnist_captions"  # its folder inside a data folder
 METADATA_NAME = "metadata.json"
 FORMAT = "cdraw-mnist-captions-1"
 MAKE_COMMAND = "python data_scripts/make_mnist_captions.py --out {folder}"
@@ -467,7 +468,7 @@ def make_mnist_captions(
 
 def default_folder() -> Path:
     """Where the dataset lives unless told otherwise: ``<data dir>/mnist_captions``."""
-    return default_data_dir() / "mnist_captions"
+    return default_data_dir() / SUBDIR
 
 
 def load_mnist_captions(split: str, folder: str | os.PathLike | None = None) -> MnistCaptions:

@@ -182,9 +182,11 @@ class Gaussian(NamedTuple):
     mu: Tensor
     log_sigma: Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn(self.mu.shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
-        return self.mu + torch.exp(self.log_sigma) * eps  # eq. (6), reparameterised
+    def sample(self, generator: torch.Generator | None = None, shared: bool = False) -> Tensor:
+        """A reparameterised draw, eq. (6); ``shared``: one noise vector for the whole batch."""
+        shape = (1, *self.mu.shape[1:]) if shared else self.mu.shape
+        eps = torch.randn(shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
+        return self.mu + torch.exp(self.log_sigma) * eps
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log N(z; mu, sigma^2) summed over Z: (B, Z) -> (B,)."""
@@ -434,11 +436,13 @@ class DRAW(nn.Module):
         return_log_ratio: bool = False,
         return_windows: bool = False,
         generator: torch.Generator | None = None,
+        shared_noise: bool = False,
     ) -> DRAWOutput:
         """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image.
 
         ``condition``: for a conditional model, see the class docstring; one condition for a
-        whole batch is broadcast.
+        whole batch is broadcast. ``shared_noise``: every example gets the same latent noise (to
+        compare one image under several conditions on common random numbers).
         """
         self._check_images(x)
         b = x.shape[0]
@@ -456,7 +460,7 @@ class DRAW(nn.Module):
             r = self.reader(x, x_hat, h_dec)  # eq. (4), window from h_dec_{t-1}
             h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), cond.vector), (h_enc, c_enc))  # (5)
             q = self.posterior(h_enc)  # Q(Z_t | h_enc_t), eq. (1)-(2)
-            z = q.sample(generator)  # eq. (6)
+            z = q.sample(generator, shared_noise)  # eq. (6)
             p = self._prior(h_dec)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
             kls.append(kl_standard_normal(q) if p is None else kl_gaussians(q, p))  # eq. (10)
             if log_ratio is not None:

@@ -228,3 +228,48 @@ def test_frozen_text_encoder_caches_states_exactly():
     fresh = enc.project(enc._states(ids, mask))
     torch.testing.assert_close(first[mask], fresh[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, first)
+
+
+def test_frozen_text_encoder_cache_is_cleared_by_new_weights_and_dtype():
+    folder = pretrained_folder()
+    model = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)))
+    enc = model.condition.eval()
+    ids = model.encode_condition(["the digit 7 is at the top left of the image"])
+    enc(ids)
+    assert enc._cache
+    state = {k: v + 0.01 if k.startswith("condition.model.") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # the text model's weights change
+    assert not enc._cache
+    enc(ids)
+    enc.double()
+    assert not enc._cache and enc(ids).words.dtype == torch.float64
+    assert not any(p.requires_grad for n, p in enc.model.named_parameters() if n.startswith("pooler."))
+
+
+def test_shared_noise_gives_every_row_the_same_draw(tokenizer_dir):
+    torch.manual_seed(0)
+    model = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True))
+    x = (torch.rand(1, 1, 12, 12) > 0.5).float().expand(3, 1, 12, 12)
+    caption = ["the digit 1 is at the top left of the image"] * 3
+    shared = model(x, caption, generator=torch.Generator().manual_seed(0), shared_noise=True).loss
+    torch.testing.assert_close(shared, shared[:1].expand(3))
+    own = model(x, caption, generator=torch.Generator().manual_seed(0)).loss
+    assert not torch.allclose(own, own[:1].expand(3))
+
+
+def test_caption_ranks_count_captions_at_least_as_likely_as_the_true_one():
+    from cdraw.evaluate import caption_ranks, retrieval_summary
+
+    class Stub(torch.nn.Module):  # bound = distance between the image's mean and the "caption" value
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, cond, generator=None, shared_noise=False):
+            return type("Out", (), {"loss": (x.mean((1, 2, 3)) - cond.float()).abs()})
+
+    images = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1, 1)
+    ranks = caption_ranks(Stub(), images, torch.tensor([0, 1, 3, 2]))  # images 2 and 3 have swapped captions
+    assert ranks.tolist() == [1, 1, 3, 2]  # image 2: captions 1 and 3 tie with or beat its own
+    summary = retrieval_summary(ranks)
+    assert summary["r_at_1"] == 0.5 and summary["r_at_5"] == 1.0 and summary["median_rank"] == 1.0

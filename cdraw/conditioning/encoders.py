@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from cdraw.conditioning.base import DEFAULT_TEXT_ENCODER, ConditionConfig, Context
 from cdraw.conditioning.tokenizers import PAD, HFTokenizer, LabelTokenizer, SentencePieceTokenizer
@@ -92,6 +92,9 @@ class PretrainedTextEncoder(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.fine_tune = cfg.fine_tune
         self.model.requires_grad_(cfg.fine_tune)
+        for name, p in self.model.named_parameters():
+            if name.startswith("pooler."):  # only token states are used: a pooler would get no gradient (DDP fails)
+                p.requires_grad_(False)
         self._cache: dict[tuple[int, ...], Tensor] = {}
         self.project = nn.Linear(self.model.config.hidden_size, cfg.word_size)
 
@@ -117,19 +120,27 @@ class PretrainedTextEncoder(nn.Module):
     def _frozen_states(self, ids: Tensor, mask: Tensor) -> Tensor:
         """The same as :meth:`_states`, computed once per distinct caption (the weights never change)."""
         keys = [tuple(row) for row in ids.tolist()]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))  # distinct, in order
-        if len(self._cache) + len(todo) > FROZEN_CACHE_CAPTIONS:
-            return self._states(ids, mask)  # the cache is full: compute the batch as it is
-        if todo:
-            rows = [keys.index(k) for k in todo]
-            new = self._states(ids[rows], mask[rows])  # (U, L, H)
-            for k, states, n in zip(todo, new, mask[rows].sum(1).tolist(), strict=True):
-                self._cache[k] = states[:n].clone()  # (n, H): padding positions are never read
-        first = self._cache[keys[0]]
-        out = first.new_zeros(*ids.shape, first.shape[-1])  # (B, L, H), zeros at padding
+        first_row = {}  # distinct captions not cached yet -> a batch row that has it
         for i, k in enumerate(keys):
-            out[i, : len(self._cache[k])] = self._cache[k]
-        return out
+            if k not in self._cache:
+                first_row.setdefault(k, i)
+        if len(self._cache) + len(first_row) > FROZEN_CACHE_CAPTIONS:
+            return self._states(ids, mask)  # the cache is full: compute the batch as it is
+        if first_row:
+            rows = list(first_row.values())
+            new = self._states(ids[rows], mask[rows])  # (U, L, H)
+            for k, states, n in zip(first_row, new, mask[rows].sum(1).tolist(), strict=True):
+                self._cache[k] = states[:n].clone()  # (n, H): padding positions are never read
+        out = pad_sequence([self._cache[k] for k in keys], batch_first=True)  # (B, L', H), zeros at padding
+        return nn.functional.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))  # (B, L, H)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache.clear()  # .to(device), .half(): cached states would have the old device or dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache.clear()  # new weights, new states
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
         self.model.save_pretrained(folder / TEXT_ENCODER_DIR)

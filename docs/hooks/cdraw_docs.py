@@ -1,0 +1,275 @@
+"""MkDocs hooks of the cdraw site: pages that are generated from the code at build time, so they cannot go stale.
+
+Markers a page may hold (each on a line of its own):
+
+    <!-- cdraw-cli -->                    the reference of every `cdraw` command, from cdraw.cli.build_parser()
+    <!-- cdraw-train-flags -->            the flags every training recipe shares, from cdraw.config.train_arg_parser()
+    <!-- cdraw-recipe: train_mnist -->    a recipe's examples (its docstring), its own flags and its YAML config
+    <!-- cdraw-figure-caption: NAME -->   the caption docs/make_figures.py wrote for figure NAME (figures.json)
+
+and maths written as \\( inline \\) or \\[ display \\] (pymdownx.arithmatex) is turned into MathML here, so
+pages need no JavaScript and no CDN to show equations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import importlib.util
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+FIGURES = REPO / "docs" / "figures"
+MARKER = re.compile(r"^<!-- cdraw-(?P<kind>[a-z-]+)(?::\s*(?P<arg>[\w.-]+))? -->$", re.MULTILINE)
+#: Width the usage lines are wrapped to (argparse reads it from $COLUMNS).
+USAGE_COLUMNS = "80"
+INLINE_MATH = re.compile(r'<span class="arithmatex">\\\((?P<tex>.*?)\\\)</span>', re.DOTALL)
+DISPLAY_MATH = re.compile(r'<div class="arithmatex">\\\[(?P<tex>.*?)\\\]</div>', re.DOTALL)
+
+
+# -- hooks -------------------------------------------------------------------------------------
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    def replace(match: re.Match) -> str:
+        kind, arg = match["kind"], match["arg"]
+        where = f"{page.file.src_uri}: <!-- cdraw-{kind} -->"
+        if kind == "cli":
+            return cli_reference()
+        if kind == "train-flags":
+            return train_flags()
+        if kind == "recipe" and arg:
+            return recipe_section(arg, where)
+        if kind == "figure-caption" and arg:
+            return figure_caption(arg, where)
+        raise PluginError(f"{where}: unknown marker (see docs/hooks/cdraw_docs.py)")
+
+    return MARKER.sub(replace, markdown)
+
+
+def on_page_content(html_text: str, page, config, files) -> str:
+    from latex2mathml.converter import convert
+
+    def mathml(display: str):
+        def inner(match: re.Match) -> str:
+            tex = html.unescape(match["tex"]).strip()
+            try:
+                return convert(tex, display=display)
+            except Exception as e:  # latex2mathml raises its own types; a bad formula must name itself
+                raise PluginError(f"{page.file.src_uri}: cannot turn \\({tex}\\) into MathML: {e}") from None
+
+        return inner
+
+    html_text = DISPLAY_MATH.sub(mathml("block"), html_text)
+    return INLINE_MATH.sub(mathml("inline"), html_text)
+
+
+# -- argparse parsers as Markdown -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _columns() -> Iterator[None]:
+    """Usage lines wrapped at a fixed width, whatever terminal the build runs in."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = USAGE_COLUMNS
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _text(s: str) -> str:
+    """Help text as one line of Markdown: escaped outside `code spans`, which stay code."""
+    parts = " ".join(s.split()).split("`")
+    for i in range(0, len(parts), 2):  # even parts are outside backticks
+        parts[i] = re.sub(r"([\\*_|<>\[\]])", r"\\\1", parts[i])
+    return "`".join(parts)
+
+
+def _help(action: argparse.Action, prog: str) -> str:
+    """An action's help with argparse's %(default)s-style fields filled in, as argparse prints it."""
+    params = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+    params["prog"] = prog
+    if params.get("choices") is not None:
+        params["choices"] = ", ".join(map(str, params["choices"]))
+    text = (action.help or "") % params
+    if "default" not in text and isinstance(action, argparse.BooleanOptionalAction) and action.default is not None:
+        text += f" (default: `{action.option_strings[0 if action.default else 1]}`)"
+    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+        text += f" (one of: {', '.join(map(str, action.choices))})" if "one of" not in text else ""
+    return text
+
+
+def _invocation(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    return parser._get_formatter()._format_action_invocation(action)
+
+
+def actions_table(parser: argparse.ArgumentParser, actions: list[argparse.Action]) -> str:
+    rows = ["| option | what it does |", "| --- | --- |"]
+    for action in actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        invocation = _invocation(parser, action).replace(", ", "`, `")
+        rows.append(f"| `{invocation}` | {_text(_help(action, parser.prog))} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def _examples(epilog: str | None) -> str:
+    """An epilog of the form "examples:\\n  cmd\\n  cmd" as a shell code block."""
+    if not epilog:
+        return ""
+    lines = [line[2:] if line.startswith("  ") else line for line in epilog.splitlines()]
+    lines = [line for line in lines if line.strip() and line.strip() != "examples:"]
+    return "```bash\n" + "\n".join(lines) + "\n```" if lines else ""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> tuple[argparse._SubParsersAction, dict[str, str]]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    return sub, helps
+
+
+def cli_reference() -> str:
+    """Every `cdraw` command: what it does, its usage, its options and its examples."""
+    from cdraw.cli import build_parser
+
+    with _columns():
+        parser = build_parser()
+        sub, helps = _subcommands(parser)
+        out = [
+            _text(parser.description or ""),
+            "",
+            "```text\n" + parser.format_usage().strip() + "\n```",
+            "",
+            "| command | what it does |",
+            "| --- | --- |",
+            *(f"| [`cdraw {name}`](#cdraw-{name}) | {_text(helps[name])} |" for name in sub.choices),
+            "",
+            _examples(parser.epilog),
+        ]
+        for name, p in sub.choices.items():
+            positionals = [a for a in p._actions if not a.option_strings]
+            options = [a for a in p._actions if a.option_strings]
+            out += [f"## cdraw {name}", "", _text(p.description or helps[name]), ""]
+            out += ["```text\n" + p.format_usage().strip() + "\n```", ""]
+            if positionals:
+                out += ["**Arguments**", "", actions_table(p, positionals), ""]
+            out += ["**Options**", "", actions_table(p, options), ""]
+            examples = _examples(p.epilog)
+            if examples:
+                out += ["**Examples**", "", examples, ""]
+    return "\n".join(out)
+
+
+def train_flags() -> str:
+    """The flags every recipe shares, one table per group (training, model, conditioning)."""
+    from cdraw.config import train_arg_parser
+
+    with _columns():
+        parser = train_arg_parser("recipes/configs/NAME.yaml", conditional=True)
+        parser.prog = "recipes/train_NAME.py"
+        out = []
+        for group in parser._action_groups:
+            table = actions_table(parser, group._group_actions)
+            if table:
+                title = "general" if group.title in ("options", "optional arguments") else group.title
+                out += [f"**{_text(title)}**", "", table, ""]
+    return "\n".join(out)
+
+
+def _recipe_parser(name: str, where: str) -> tuple[argparse.ArgumentParser, str]:
+    """The parser recipes/NAME.py builds, caught by running its main(["--help"]), and its docstring."""
+    import cdraw.config
+
+    path = RECIPES / f"{name}.py"
+    if not path.is_file():
+        raise PluginError(f"{where}: no recipe {path}")
+    spec = importlib.util.spec_from_file_location(f"_cdraw_docs_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    caught = []
+    original = cdraw.config.train_arg_parser
+
+    def catching(*args, **kwargs):
+        caught.append(original(*args, **kwargs))
+        return caught[-1]
+
+    patched = [(cdraw.config, "train_arg_parser")]
+    if hasattr(module, "train_arg_parser"):
+        patched.append((module, "train_arg_parser"))
+    for owner, attr in patched:
+        setattr(owner, attr, catching)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _columns():
+            module.main(["--help"])
+    except SystemExit:
+        pass
+    finally:
+        for owner, attr in patched:
+            setattr(owner, attr, original)
+    if not caught:
+        raise PluginError(f"{where}: {path} did not build its parser with cdraw.config.train_arg_parser")
+    return caught[-1], module.__doc__ or ""
+
+
+def recipe_section(name: str, where: str) -> str:
+    """A recipe's docstring (what it trains, its examples), its own flags and its config file."""
+    from cdraw.config import train_arg_parser
+
+    parser, doc = _recipe_parser(name, where)
+    parser.prog = f"recipes/{name}.py"
+    shared = {a.dest for a in train_arg_parser(None, conditional=True)._actions}
+    own = [a for a in parser._actions if a.dest not in shared]
+    config = next(a.default for a in parser._actions if a.dest == "config")
+    summary, _, rest = doc.strip().partition("\n\n")
+    examples = rest.split("Examples:", 1)
+    out = [_text(summary), ""]
+    if examples[0].strip():
+        out += [_text(examples[0]), ""]
+    if len(examples) > 1:
+        lines = [line[2:] if line.startswith("  ") else line for line in examples[1].strip("\n").splitlines()]
+        out += ["```bash\n" + "\n".join(lines).rstrip() + "\n```", ""]
+    if own:
+        out += [
+            "Flags of its own, besides the [shared ones](#flags-every-recipe-takes):",
+            "",
+            actions_table(parser, own),
+            "",
+        ]
+    if config:
+        config = Path(config)
+        text = config.read_text().rstrip()
+        out += [
+            f"Its settings, `{config.relative_to(REPO)}` (every key is also a flag):",
+            "",
+            f"```yaml\n{text}\n```",
+            "",
+        ]
+    return "\n".join(out)
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+
+def figure_caption(name: str, where: str) -> str:
+    """The caption docs/make_figures.py recorded for a figure (it depends on which model drew it)."""
+    manifest = FIGURES / "figures.json"
+    try:
+        captions = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PluginError(f"{where}: cannot read {manifest} ({e}): run python docs/make_figures.py") from None
+    if name not in captions:
+        raise PluginError(f"{where}: {manifest} has no figure {name!r}: run python docs/make_figures.py")
+    return html.escape(" ".join(captions[name]["caption"].split()))
