@@ -18,7 +18,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
+
+#: What `cdraw eval --json` is conventionally called inside a model folder (`cdraw info` shows it).
+EVAL_RECORD = "eval.json"
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -176,7 +179,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.model import TRAINING_RECORD
+    from cdraw.model import TRAINING_RECORD, read_record
 
     folder, model = _load_model(args)
     cfg = model.config
@@ -193,23 +196,22 @@ def cmd_info(args: argparse.Namespace) -> None:
     kind = cfg.condition.kind if cfg.condition is not None else "none"
     prior = "learned from the decoder state" if cfg.learned_prior else "N(0, I)"
     print(f"conditioning {_describe(kind)}; prior {prior}")
-    record = folder / TRAINING_RECORD
-    if record.is_file():
-        r = json.loads(record.read_text())
+    r = read_record(folder)
+    if r:
+        source = f" ({r['source']} file)" if "source" in r else ""
+        minutes = f"{r['training_s'] / 60:.1f} min" if "training_s" in r else "? min"
         print(
-            f"trained on   {r.get('dataset') or 'an unrecorded data set'}: {r['step']:,} steps ({r['epoch']} epochs), "
-            f"{r['training_s'] / 60:.1f} min on {r['processes']} x {r['device']}; "
-            f"validation bound {r['valid'].get('bound', float('nan')):.2f} nats"
+            f"trained on   {r.get('dataset') or 'an unrecorded data set'}{source}: {r.get('step', '?')} steps "
+            f"({r.get('epoch', '?')} epochs), {minutes} on {r.get('processes', '?')} x {r.get('device', '?')}; "
+            f"validation bound {r.get('valid', {}).get('bound', float('nan')):.2f} nats"
         )
     else:
-        print("trained on   (no training.json in the folder)")
-    evaluated = folder / "eval.json"
-    if evaluated.is_file():
-        e = json.loads(evaluated.read_text())
-        extra = "".join(
-            f", {k} {e[k]:.3f}" for k in ("label_fidelity", "fidelity_test_seen", "fidelity_test_heldout") if k in e
-        )
-        print(f"evaluated    {e['dataset']} {e['split']}: bound {e['bound']:.2f} nats{extra} (eval.json)")
+        print(f"trained on   (no {TRAINING_RECORD} in the folder)")
+    e = read_record(folder, EVAL_RECORD)
+    if "bound" in e:
+        keys = ("label_fidelity", "fidelity_test_seen", "fidelity_test_heldout", "retrieval_r_at_1", "iwae")
+        extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
+        print(f"evaluated    {e.get('dataset')} {e.get('split')}: bound {e['bound']:.2f} nats{extra} ({EVAL_RECORD})")
     card = folder / "README.md"
     if card.is_file():
         print(f"model card   {card}")
@@ -248,7 +250,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from cdraw.evaluate import EVAL_DATASETS, bound_sums, default_dataset, evaluation_data, iwae_sum
+    from cdraw.model import _atomic_write, read_record
 
+    out = Path(args.json).expanduser() if args.json else None
+    if out is not None:  # find an unwritable --json before the work, not after
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CDrawError(f"cannot write {out}: {e.strerror}") from None
     folder, model = _load_model(args)
     device = model.h_dec0.device
     dataset = args.data or default_dataset(model, folder)
@@ -257,6 +266,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
     if args.retrieval and model.config.condition.kind == "label":
         raise CDrawError("--retrieval ranks captions; this is a label model")
+    if dataset in ("mnist", "fashion-mnist") and split == "test" and read_record(folder).get("source") == "t10k":
+        warnings.warn(
+            f"{folder} was trained on images of the {dataset} test file (--source t10k): its test figures "
+            "include training images",
+            CDrawWarning,
+            stacklevel=1,
+        )
     full = data = evaluation_data(model, dataset, split, args.data_dir)
     if args.limit:
         data = data.select(slice(0, args.limit))
@@ -282,12 +298,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result.update(_retrieval(model, full, dataset, split, args, gen))
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
-        out = Path(args.json)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, out)
+            _atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
         print(f"wrote {out}")
@@ -425,12 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="run a training recipe with accelerate launch (same as `accelerate launch recipes/train_NAME.py`)",
         epilog="examples:\n  cdraw train mnist --max-steps 200\n  cdraw train mnist_captions --epochs 5\n"
-        "  cdraw train mnist --launch-args='--multi_gpu --num_processes 2'",
+        "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # launch flags before the recipe",
         formatter_class=raw,
     )
     tr.add_argument("recipe", help="mnist, mnist_labels, mnist_captions or coco")
     tr.add_argument("overrides", nargs=argparse.REMAINDER, help="flags for the recipe (see its --help)")
-    tr.add_argument("--launch-args", type=str.split, default=[], help="flags for accelerate launch, quoted")
+    tr.add_argument(
+        "--launch-args", type=str.split, default=[], help="flags for accelerate launch, quoted, before RECIPE"
+    )
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError
-from cdraw.model import DRAW, TRAINING_RECORD
+from cdraw.model import DRAW, read_record
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
 IWAE_CHUNK = 2000
@@ -173,13 +173,9 @@ EVAL_DATASETS = {
 def default_dataset(model: DRAW, folder: str | Path | None = None) -> str:
     """The data set a model was trained on: as recorded in its folder's ``training.json``, else
     the likeliest for its shape and conditioning."""
-    import json
-
-    record = Path(folder) / TRAINING_RECORD if folder is not None else None
-    if record is not None and record.is_file():
-        dataset = json.loads(record.read_text()).get("dataset")
-        if dataset in EVAL_DATASETS:
-            return dataset
+    dataset = read_record(folder).get("dataset") if folder is not None else None
+    if dataset in EVAL_DATASETS:
+        return dataset
     cfg = model.config
     if cfg.condition is None:
         return "binarized-mnist"

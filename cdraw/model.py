@@ -360,7 +360,9 @@ class DRAW(nn.Module):
             raise CDrawError("this model is unconditional: it takes no --caption or --label")
         return self.condition.tokenizer.encode(values)
 
-    def _conditions(self, condition: Any, batch: int) -> _Conditions:
+    def _conditions(self, condition: Any, batch: int, check: bool = False) -> _Conditions:
+        """The batch's context from what the caller gave; ``check``: validate a tensor of ids too
+        (generation does; training skips it, as it would cost a host sync per step)."""
         if condition is None and (self.config.vector_size or self.config.words_size):
             raise CDrawError(f"this model is conditional: {self._wants()}")
         if condition is None or isinstance(condition, Context):
@@ -369,7 +371,10 @@ class DRAW(nn.Module):
             if self.condition is None:
                 what = "a Context" if self.config.context_size else "no condition"
                 raise CDrawError(f"this model has no condition encoder: it takes {what}, not {condition!r:.40}")
-            ids = condition if isinstance(condition, Tensor) else self.encode_condition(condition)
+            if isinstance(condition, Tensor):
+                ids = self.condition.tokenizer.check(condition) if check else condition
+            else:
+                ids = self.encode_condition(condition)
             ids = ids.to(self.h_dec0.device)
             if len(ids) == 1 and batch > 1:  # one condition for the whole batch
                 ids = ids.expand(batch, *ids.shape[1:])
@@ -510,7 +515,7 @@ class DRAW(nn.Module):
         steps = cfg.steps if steps is None else steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CDrawError(f"the number of drawing steps must be a positive integer, got {steps!r}")
-        cond = self._conditions(condition, n)
+        cond = self._conditions(condition, n, check=True)
         h_dec, c_dec = self._initial(self.h_dec0, n), self._initial(self.c_dec0, n)  # (n, F)
         canvas = self._initial(self.canvas0, n)  # (n, C, H, W)
         z_shape = (n, cfg.z_size)
@@ -611,6 +616,20 @@ def _atomic_write(target: Path, write) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[str, Any]:
+    """A JSON record kept beside a model (``training.json``, ``eval.json``); {} when there is none."""
+    file = Path(folder) / name
+    if not file.is_file():
+        return {}
+    try:
+        record = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CDrawError(f"{file} is corrupt ({e}); delete it or write it again") from None
+    if not isinstance(record, dict):
+        raise CDrawError(f"{file} is not a record (a JSON object); delete it or write it again")
+    return record
 
 
 def load_config(path: str | os.PathLike) -> DRAWConfig:

@@ -43,7 +43,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.model import DRAW, TRAINING_RECORD, DRAWConfig, load_config, load_weights
+from cdraw.model import DRAW, TRAINING_RECORD, DRAWConfig, _atomic_write, load_config, load_weights
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
 #: Offset of the seeds of validation and sample noise, so they never share the training stream.
@@ -93,8 +93,9 @@ class Trainer:
         *,
         resume: bool = False,
         dataset: str | None = None,
+        record: dict | None = None,
     ):
-        self.cfg, self.dataset = cfg, dataset
+        self.cfg, self.dataset, self.record = cfg, dataset, record or {}
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         if cfg.deterministic:
@@ -103,7 +104,7 @@ class Trainer:
         self.acc = acc = Accelerator(cpu=not torch.cuda.is_available())
         self.rank, self.world = acc.process_index, acc.num_processes
         self.main = acc.is_main_process
-        self._check_output_dir(resume)
+        check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         model = DRAW(cfg.model)
@@ -307,8 +308,9 @@ class Trainer:
             "processes": self.world,
             "device": str(self.acc.device),
             "valid": valid,
+            **self.record,
         }
-        (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
+        _atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
     def _save_checkpoint(self) -> None:
         acc, st = self.acc, self.state
@@ -346,16 +348,6 @@ class Trainer:
         latest_tmp.write_text(name)
         os.replace(latest_tmp, self.ckpt_dir / "latest")
 
-    def _check_output_dir(self, resume: bool) -> None:
-        has_checkpoint = (self.ckpt_dir / "latest").is_file()
-        if resume and not has_checkpoint:
-            raise CDrawError(f"--resume: no checkpoint in {self.ckpt_dir}; start without --resume")
-        if not resume and has_checkpoint:
-            raise CDrawError(
-                f"{self.out} already holds a training run: pass --resume to continue it, "
-                "or choose another --output-dir (nothing was overwritten)"
-            )
-
     def _load_checkpoint(self) -> None:
         name = (self.ckpt_dir / "latest").read_text().strip()
         path = self.ckpt_dir / name
@@ -364,7 +356,10 @@ class Trainer:
             raise CDrawError(
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
-        self._unwrapped.load_checkpoint_state(load_weights(path / "model", self._unwrapped))
+        if self._unwrapped._saved_apart() is None:
+            self._unwrapped.load_checkpoint_state(load_weights(path / "model", self._unwrapped))
+        else:  # a (possibly fine-tuned) text encoder lives in its own folder: load it from there too
+            self._unwrapped.load_state_dict(DRAW.from_pretrained(path / "model").state_dict())
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
             self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
@@ -391,6 +386,19 @@ class Trainer:
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
 
 
+def check_output_dir(out: Path, resume: bool) -> None:
+    """A new run never writes into an existing one; ``resume`` needs a checkpoint to resume from."""
+    ckpt_dir = Path(out) / "checkpoints"
+    has_checkpoint = (ckpt_dir / "latest").is_file()
+    if resume and not has_checkpoint:
+        raise CDrawError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
+    if not resume and has_checkpoint:
+        raise CDrawError(
+            f"{out} already holds a training run: pass --resume to continue it, "
+            "or choose another --output-dir (nothing was overwritten)"
+        )
+
+
 def _architecture(cfg: DRAWConfig) -> DRAWConfig:
     """The config without where its encoder's files are (a checkpoint points at its own copies)."""
     if cfg.condition is None:
@@ -404,21 +412,31 @@ def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
 
 
 def conditioned_data(
-    cfg: TrainConfig, images: torch.Tensor, levels: int, conditions: Sequence, image_index: torch.Tensor | None = None
+    cfg: TrainConfig,
+    images: torch.Tensor,
+    levels: int,
+    conditions: Sequence,
+    image_index: torch.Tensor | None = None,
+    *,
+    resume: bool = False,
 ) -> ImageData:
     """Images with their labels or captions, encoded by the tokenizer of ``cfg.model``'s encoder.
 
     A BiLSTM caption model without a tokenizer yet gets one first: SentencePiece trained on these
     conditions (call this on the training split first), saved in ``output_dir/tokenizer`` (the
-    main process trains it, the others wait and read it; a resumed run reuses it).
+    first process of each machine trains it, the others wait and read it; ``resume`` reuses the
+    one already there, a new run replaces it).
     """
     cond = cfg.model.condition
     if cond is None:
         raise CDrawError("this config has no condition encoder (model.condition); use an unconditional recipe")
     if cond.kind == "bilstm" and cond.tokenizer is None:
+        check_output_dir(Path(cfg.output_dir), resume)  # before touching an existing run's tokenizer
         folder = Path(cfg.output_dir) / "tokenizer"
-        with PartialState().main_process_first():
-            if not (folder / SentencePieceTokenizer.MODEL_FILE).is_file() and PartialState().is_main_process:
+        state = PartialState()
+        with state.local_main_process_first():
+            have = (folder / SentencePieceTokenizer.MODEL_FILE).is_file()
+            if state.is_local_main_process and not (resume and have):
                 SentencePieceTokenizer.train(list(conditions), cond.vocab_size, cond.max_length).save(folder)
         cond.tokenizer = str(folder.resolve())
     ids = make_tokenizer(cond).encode(list(conditions) if not torch.is_tensor(conditions) else conditions)
@@ -426,10 +444,17 @@ def conditioned_data(
 
 
 def train(
-    cfg: TrainConfig, train_data: ImageData, valid_data: ImageData, *, resume: bool = False, dataset: str | None = None
+    cfg: TrainConfig,
+    train_data: ImageData,
+    valid_data: ImageData,
+    *,
+    resume: bool = False,
+    dataset: str | None = None,
+    record: dict | None = None,
 ) -> dict[str, float]:
     """Train with the one loop; returns the final validation figures (bound, recon, kl in nats).
 
-    ``dataset``: the data set's name (as `cdraw eval --data` knows it), recorded with the model.
+    ``dataset``: the data set's name (as `cdraw eval --data` knows it) and ``record``: more facts
+    about the data (e.g. which file it came from), both kept in the model's ``training.json``.
     """
-    return Trainer(cfg, train_data, valid_data, resume=resume, dataset=dataset).fit()
+    return Trainer(cfg, train_data, valid_data, resume=resume, dataset=dataset, record=record).fit()

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in (args.train_split, args.valid_split):  # the training split first: it fits the tokenizer
         coco = load_coco(name, folder)
         image_index, captions = caption_pairs(coco.captions)  # (M,), M captions
-        splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index))
+        splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index, resume=resume))
     train(cfg, *splits, resume=resume, dataset="coco")
 
 

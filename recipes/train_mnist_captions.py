@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg.output_dir += "_pretrained"  # keep the two encoders' runs apart by default
     folder = args.captions_dir or (Path(cfg.data_dir) / "mnist_captions" if cfg.data_dir else None)
     train_set, valid_set = load_mnist_captions("train", folder), load_mnist_captions("valid", folder)
-    train_data = conditioned_data(cfg, train_set.images, 2, train_set.captions)  # tokenizer fitted here
-    valid_data = conditioned_data(cfg, valid_set.images, 2, valid_set.captions)
+    train_data = conditioned_data(cfg, train_set.images, 2, train_set.captions, resume=resume)  # fits the tokenizer
+    valid_data = conditioned_data(cfg, valid_set.images, 2, valid_set.captions, resume=resume)
     train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions")
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     valid, train_ = perm[: VALID_SIZE[args.source]], perm[VALID_SIZE[args.source] :]
     train_data = conditioned_data(cfg, images[train_], 2, labels[train_])
     valid_data = conditioned_data(cfg, images[valid], 2, labels[valid])
-    train(cfg, train_data, valid_data, resume=resume, dataset=args.dataset)
+    train(cfg, train_data, valid_data, resume=resume, dataset=args.dataset, record={"source": args.source})
 
 
 if __name__ == "__main__":

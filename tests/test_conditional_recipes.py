@@ -105,3 +105,29 @@ def test_coco_recipe_on_a_fixture(tmp_path):
     model = check_run(out)
     assert model.config.likelihood == "logistic" and model.sample(1, ["a red square"]).shape == (1, 3, 32, 32)
     assert torch.isfinite(model(torch.rand(2, 3, 32, 32), ["a red square", "a cat"]).loss).all()
+
+
+def test_caption_run_resumes_with_its_tokenizer_and_a_new_run_never_touches_it(captions_dir, tmp_path):
+    from cdraw import CDrawError
+
+    out = tmp_path / "captions"
+    flags = [*TINY, *TEXT_TINY, "--captions-dir", str(captions_dir), "--output-dir", str(out)]
+    run = recipe("train_mnist_captions.py")
+    run(flags)
+    tokenizer = (out / "tokenizer" / "tokenizer.model").read_bytes()
+    with pytest.raises(CDrawError, match="already holds a training run"):
+        run([*flags, "--vocab-size", "50"])  # a new run here would retrain the tokenizer: refused first
+    assert (out / "tokenizer" / "tokenizer.model").read_bytes() == tokenizer
+    run([*flags, "--resume", "--max-steps", "6"])
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[-1]["step"] == "6" and rows[-1]["split"] == "valid"
+
+
+def test_corrupt_training_record_is_a_one_line_error(tmp_path, capsys):
+    from cdraw import DRAWConfig
+
+    DRAW(DRAWConfig(steps=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "training.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_:
+        cdraw_main(["info", "--checkpoint", str(tmp_path / "m")])
+    assert exit_.value.code == 2 and "training.json is corrupt" in capsys.readouterr().err

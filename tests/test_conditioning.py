@@ -273,3 +273,17 @@ def test_caption_ranks_count_captions_at_least_as_likely_as_the_true_one():
     assert ranks.tolist() == [1, 1, 3, 2]  # image 2: captions 1 and 3 tie with or beat its own
     summary = retrieval_summary(ranks)
     assert summary["r_at_1"] == 0.5 and summary["r_at_5"] == 1.0 and summary["median_rank"] == 1.0
+
+
+def test_tensors_and_numpy_labels_given_for_generation_are_checked(tokenizer_dir):
+    import numpy as np
+
+    labels = DRAW(tiny(ConditionConfig(kind="label", num_classes=10, embed_size=4)))
+    assert labels.sample(2, np.array([1, 9])).shape == (2, 1, 12, 12)  # numpy integers are labels too
+    with pytest.raises(CDrawError, match="out of range"):
+        labels.sample(2, torch.tensor([1, 12]))
+    with pytest.raises(CDrawError, match="int64"):
+        labels.sample(2, torch.tensor([1.0, 2.0]))
+    captions = DRAW(tiny(bilstm(tokenizer_dir)))
+    with pytest.raises(CDrawError, match="out of range"):
+        captions.sample(1, torch.tensor([[3, 10_000]]))

@@ -2,8 +2,8 @@
 
 The card is written from the files beside the model, never by hand: ``training.json`` (data set,
 steps, time, validation bound, written by training), ``eval.json`` (written by
-``cdraw eval --json``) and the run's ``train_config.yaml``. The commands that made them are given
-on the command line and printed in the card.
+``cdraw eval --json``). The commands that made them are given on the command line and printed in
+the card.
 
 Example:
   cdraw eval --checkpoint runs/mnist_captions/best --fidelity --retrieval 100 --json runs/mnist_captions/best/eval.json
@@ -14,23 +14,22 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from cdraw.cli import resolve_checkpoint, run_main
+from cdraw.cli import EVAL_RECORD, resolve_checkpoint, run_main
+from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import DEFAULT_MODELS
-from cdraw.model import DRAW, TRAINING_RECORD
+from cdraw.model import DRAW, TRAINING_RECORD, read_record
 
-KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, "eval.json", "tokenizer.model", "tokenizer_words.txt")
+KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
 
 
 def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     model = DRAW.from_pretrained(folder)
     cfg, n = model.config, sum(p.numel() for p in model.parameters())
-    training = json.loads((folder / TRAINING_RECORD).read_text()) if (folder / TRAINING_RECORD).is_file() else {}
-    figures = json.loads((folder / "eval.json").read_text())
+    training, figures = read_record(folder), read_record(folder, EVAL_RECORD)
     kind = cfg.condition.kind if cfg.condition else "unconditional"
     lines = [
         f"# cdraw default model: {name}",
@@ -70,18 +69,22 @@ def main() -> None:
     parser.add_argument("--eval-command", required=True, help="the command that wrote eval.json")
     args = parser.parse_args()
     src = resolve_checkpoint(args.checkpoint)
-    if not (src / "eval.json").is_file():
+    if not (src / EVAL_RECORD).is_file():
         raise CDrawError(f"{src} has no eval.json: run `cdraw eval --checkpoint {src} --json {src}/eval.json` first")
     dst = next(p for p in DEFAULT_MODELS.values() if p.name == args.name)
     text = card(src, args.name, args.train_command, args.eval_command)
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
+    stage = dst.with_name(f".{dst.name}.tmp")  # built and checked beside, then swapped in
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     for name in KEEP:
         if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    (dst / "README.md").write_text(text)
-    DRAW.from_pretrained(dst)  # it loads from the package folder alone
+            shutil.copy2(src / name, stage / name)
+    if (src / TEXT_ENCODER_DIR).is_dir():
+        shutil.copytree(src / TEXT_ENCODER_DIR, stage / TEXT_ENCODER_DIR)
+    (stage / "README.md").write_text(text)
+    DRAW.from_pretrained(stage)  # it loads from the package folder alone
+    shutil.rmtree(dst, ignore_errors=True)
+    stage.rename(dst)
     size = sum(f.stat().st_size for f in dst.iterdir())
     print(f"shipped {src} as {dst} ({size / 1e6:.1f} MB)")
 

@@ -9,6 +9,7 @@ the model never saw are a :class:`~cdraw.errors.CDrawWarning` naming them.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 import warnings
@@ -83,11 +84,26 @@ def warn_unknown(words: Iterable[str]) -> None:
         )
 
 
+def check_ids(ids: Tensor, size: int, what: str) -> Tensor:
+    """A tensor of ids that a caller made itself: int64, each in 0..size-1 (or PAD for tokens)."""
+    if ids.dtype != torch.long:
+        raise CDrawError(f"{what} must be an int64 tensor, got {ids.dtype}")
+    low = PAD if ids.dim() == 2 else 0
+    if ids.numel() and (ids.min() < low or ids.max() >= size):
+        raise CDrawError(f"{what} out of range: this model knows 0..{size - 1}")
+    return ids
+
+
 class LabelTokenizer:
     """Class ids 0..num_classes-1 -> (B,) int64."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
+
+    def check(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 1:
+            raise CDrawError(f"labels must be a (B,) tensor, got shape {tuple(ids.shape)}")
+        return check_ids(ids, self.num_classes, "labels")
 
     def pieces(self, ids: Tensor) -> list[str]:
         return [str(int(k)) for k in ids.reshape(-1)]
@@ -100,8 +116,9 @@ class LabelTokenizer:
         labels = list(labels)
         if not labels:
             raise CDrawError("no labels given")
+        labels = [int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k for k in labels]
         for k in labels:
-            if isinstance(k, str) or isinstance(k, bool) or not isinstance(k, int):
+            if not isinstance(k, int) or isinstance(k, bool):
                 raise CDrawError(f"this model is conditioned on class labels, got {k!r}: pass --label K")
             if not 0 <= k < self.num_classes:
                 raise CDrawError(f"label {k} is out of range: this model knows labels 0..{self.num_classes - 1}")
@@ -131,6 +148,11 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
+
+    def check(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2:
+            raise CDrawError(f"token ids must be a (B, L) tensor, got shape {tuple(ids.shape)}")
+        return check_ids(ids, self.vocab_size, "token ids")
 
     @classmethod
     def train(cls, captions: Sequence[str], vocab_size: int, max_length: int) -> SentencePieceTokenizer:
@@ -171,10 +193,13 @@ class SentencePieceTokenizer:
             raise CDrawError(f"{model} is not a SentencePiece model ({e})") from None
 
     def save(self, folder: str | os.PathLike) -> None:
+        from cdraw.model import _atomic_write
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.MODEL_FILE).write_bytes(self.proto)
-        (folder / self.WORDS_FILE).write_text("\n".join(sorted(self.known_words)) + "\n")
+        words = "\n".join(sorted(self.known_words)) + "\n"
+        _atomic_write(folder / self.WORDS_FILE, lambda tmp: Path(tmp).write_text(words))
+        _atomic_write(folder / self.MODEL_FILE, lambda tmp: Path(tmp).write_bytes(self.proto))
 
     def pieces(self, ids: Tensor) -> list[str]:
         """The text of each real token of one caption's (L,) ids, for plots."""
@@ -194,6 +219,11 @@ class HFTokenizer:
     def __init__(self, tokenizer, max_length: int):
         self.tok = tokenizer
         self.max_length = max_length
+
+    def check(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2:
+            raise CDrawError(f"token ids must be a (B, L) tensor, got shape {tuple(ids.shape)}")
+        return check_ids(ids, len(self.tok), "token ids")
 
     def pieces(self, ids: Tensor) -> list[str]:
         """The text of each real token of one caption's (L,) ids, for plots."""
