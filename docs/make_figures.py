@@ -178,8 +178,9 @@ def drawing_figure(path: Path) -> str:
             "that step wrote."
         )
     else:
-        torch.manual_seed(RANDOM_SEED)
-        model = DRAW(RANDOM_MODEL).eval()
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's random state is left alone
+            torch.manual_seed(RANDOM_SEED)
+            model = DRAW(RANDOM_MODEL).eval()
         cfg = model.config
         caption = (
             f"A randomly initialised, untrained DRAW (T = {cfg.steps}, LSTMs of {cfg.enc_size}, z of {cfg.z_size}) "

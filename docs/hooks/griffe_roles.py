@@ -1,4 +1,4 @@
-"""Griffe extension for the API reference: Sphinx-style roles in cdraw's docstrings become links.
+"""Griffe extension for the API reference: cdraw's Sphinx-flavoured docstrings, made readable as Markdown.
 
 cdraw's docstrings name other objects the Sphinx way (:class:`~cdraw.conditioning.Context`,
 :func:`read_patch`, :meth:`DRAW.sample_trace`). mkdocstrings would print those verbatim; here each
@@ -9,6 +9,8 @@ naming something the site does not show never breaks ``mkdocs build --strict``.
 
 A section headed ``Example:`` holding doctest lines is renamed ``Examples:``, the Google-style name
 griffe reads as code (it takes a singular ``Example:`` for a note, and ``>>>`` for quotes).
+
+A reST literal-block marker (a line ending in ``::``) becomes a plain colon, as Sphinx prints it.
 
 Prose like ``<read_patch(x), w>`` (an inner product) would be read as an HTML tag and vanish, so a
 ``<`` that starts a word outside code is escaped first.
@@ -25,10 +27,11 @@ import griffe
 ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`(?P<tilde>~?)(?P<target>[\w.]+)`")
 TAG_LIKE = re.compile(r"<(?=[A-Za-z/!?])")
 DOCTEST = (">>>", "...")
+REST_LITERAL = re.compile(r"(?<=\S)::[ \t]*$", re.MULTILINE)
 EXAMPLE_HEADING = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*\n(?=(?:[ \t]*\n)*[ \t]*>>>)", re.MULTILINE)
 
 
-class SphinxRoles(griffe.Extension):
+class ReadableDocstrings(griffe.Extension):
     def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         if obj.docstring is None or not any(c in obj.docstring.value for c in ":<"):
             return
@@ -43,6 +46,7 @@ class SphinxRoles(griffe.Extension):
             return f'<autoref identifier="{html.escape(found)}" optional>{code}</autoref>'
 
         text = EXAMPLE_HEADING.sub(r"\g<indent>Examples:\n", obj.docstring.value)
+        text = REST_LITERAL.sub(":", text)
         obj.docstring.value = ROLE.sub(link, _escape_tags(text))
 
 
