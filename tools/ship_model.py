@@ -82,6 +82,8 @@ def main() -> None:
     if (src / TEXT_ENCODER_DIR).is_dir():
         shutil.copytree(src / TEXT_ENCODER_DIR, stage / TEXT_ENCODER_DIR)
     (stage / "README.md").write_text(text)
+    for f in stage.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # readable by everyone once installed
     DRAW.from_pretrained(stage)  # it loads from the package folder alone
     shutil.rmtree(dst, ignore_errors=True)
     stage.rename(dst)
