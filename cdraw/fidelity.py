@@ -15,7 +15,6 @@ its README says the command that made it and its accuracy on digits it never saw
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from cdraw.mnist_captions import (
     cells_matching,
     paste_digits,
 )
-from cdraw.model import CONFIG_NAME, WEIGHTS_NAME, _atomic_write, load_weights, typed_fields
+from cdraw.model import WEIGHTS_NAME, load_weights, read_config, save_folder, typed_fields
 
 EMPTY_CLASS = 10  # the classifier's class for a cell with no digit; classes 0..9 are the digits
 MODEL_TYPE = "digit_classifier"
@@ -97,28 +96,14 @@ class DigitClassifier(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **self.config.to_dict()}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        save_folder(path, MODEL_TYPE, self.config.to_dict(), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DigitClassifier:
         """Load a folder written by :meth:`save_pretrained`, in eval mode, onto ``device``."""
-        path = Path(path)
-        file = path / CONFIG_NAME
-        if not file.is_file():
-            raise CDrawError(f"{path} is not a digit classifier: {file} is missing")
-        try:
-            raw = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CDrawError(f"{file} is corrupt (not valid JSON: {e})") from None
-        if not isinstance(raw, dict) or raw.pop("model_type", None) != MODEL_TYPE:
-            raise CDrawError(f"{file} is not a digit classifier config (model_type must be {MODEL_TYPE!r})")
+        raw = read_config(path, MODEL_TYPE, "digit classifier")
         model = cls(DigitClassifierConfig(**typed_fields(DigitClassifierConfig, raw)))
         model.load_state_dict(load_weights(path, model))
         return model.to(device).eval()

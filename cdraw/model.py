@@ -571,17 +571,12 @@ class DRAW(nn.Module):
 
         Each file is written to a temporary name and renamed, so a crash leaves the old file whole.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         if self.condition is not None:  # the tokenizer (and text model) go beside; paths become relative
             cfg = dataclasses.replace(cfg, condition=self.condition.save_assets(path, cfg.condition))
-        config = {"model_type": MODEL_TYPE, **cfg.to_dict()}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.checkpoint_state().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        save_folder(path, MODEL_TYPE, cfg.to_dict(), self.checkpoint_state())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DRAW:
@@ -632,24 +627,42 @@ def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[
     return record
 
 
-def load_config(path: str | os.PathLike) -> DRAWConfig:
-    """Read ``config.json`` of a checkpoint folder, with a clear error for each way it can be wrong."""
+def save_folder(path: Path, model_type: str, config: dict[str, Any], state: dict[str, Tensor]) -> None:
+    """A model folder: ``config.json`` (with its ``model_type``) and ``model.safetensors``, each
+    written to a temporary name and renamed, so a crash leaves the old file whole."""
+    from safetensors.torch import save_file
+
+    config = {"model_type": model_type, **config}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def read_config(path: str | os.PathLike, model_type: str, what: str) -> dict[str, Any]:
+    """The fields of a model folder's ``config.json``, checked to be a ``model_type`` config;
+    a clear error for each way it can be wrong. ``what`` names the model in messages."""
     path = Path(path)
     if not path.is_dir():
-        raise CDrawError(f"checkpoint folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise CDrawError(f"{what} folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
     file = path / CONFIG_NAME
     if not file.is_file():
-        raise CDrawError(f"{path} is not a cdraw checkpoint: {CONFIG_NAME} is missing")
+        raise CDrawError(f"{path} is not a {what}: {CONFIG_NAME} is missing")
     try:
         raw = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CDrawError(f"{file} is corrupt (not valid JSON: {e})") from None
-    if not isinstance(raw, dict) or raw.pop("model_type", None) != MODEL_TYPE:
-        raise CDrawError(f"{file} is not a DRAW config (model_type must be {MODEL_TYPE!r})")
+    if not isinstance(raw, dict) or raw.pop("model_type", None) != model_type:
+        raise CDrawError(f"{file} is not a {what} config (model_type must be {model_type!r})")
+    return raw
+
+
+def load_config(path: str | os.PathLike) -> DRAWConfig:
+    """Read ``config.json`` of a checkpoint folder, with a clear error for each way it can be wrong."""
+    raw = read_config(path, MODEL_TYPE, "cdraw checkpoint")
     try:
         return DRAWConfig.from_dict(raw)
     except TypeError as e:
-        raise CDrawError(f"{file} has an invalid DRAW config: {e}") from None
+        raise CDrawError(f"{Path(path) / CONFIG_NAME} has an invalid DRAW config: {e}") from None
 
 
 def load_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:
