@@ -261,7 +261,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     folder, model = _load_model(args)
     device = model.h_dec0.device
     dataset = args.data or default_dataset(model, folder)
-    split = args.split or EVAL_DATASETS.get(dataset, "test")
+    split = args.split or EVAL_DATASETS[dataset]
     if (args.fidelity or args.retrieval) and model.config.condition is None:
         raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
     if args.retrieval and model.config.condition.kind == "label":

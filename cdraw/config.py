@@ -167,8 +167,10 @@ def parse_train_args(
             if d["model"]["condition"] is None:
                 raise CDrawError(f"--{key.removeprefix(COND).replace('_', '-')} needs a conditional config")
             d["model"]["condition"][key.removeprefix(COND)] = value
-            if key == COND + "text_encoder" and COND + "kind" not in args:  # naming one means using it
+            if key == COND + "text_encoder" and COND + "kind" not in args:  # naming one means using it,
                 d["model"]["condition"]["kind"] = "pretrained"
+                if "output_dir" not in args:  # in a folder of its own: never resumed as the BiLSTM's run
+                    d["output_dir"] = d["output_dir"] + "_pretrained"
         elif key.startswith("model."):
             d["model"][key.removeprefix("model.")] = value
         else:

@@ -218,7 +218,9 @@ def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None 
 
 
 @torch.no_grad()
-def generate(model: DRAW, conditions: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_batched(
+    model: DRAW, conditions: Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Tensor:
     """One image per condition, (N,) or (N, L) -> (N, C, H, W) means, in batches."""
     out = [model.sample(len(c), c, generator=generator) for c in conditions.split(batch_size)]  # each (b, C, H, W)
     return torch.cat(out).cpu()
@@ -232,7 +234,7 @@ def label_fidelity_of(
 
     classes = model.config.condition.num_classes
     labels = torch.arange(classes).repeat_interleave(per_class)  # (classes * per_class,)
-    images = generate(model, labels, batch_size, generator)
+    images = sample_batched(model, labels, batch_size, generator)
     result = {"label_fidelity": label_fidelity(classifier, images, labels), "fidelity_images": len(labels)}
     for k in range(classes):
         sel = labels == k
@@ -246,5 +248,5 @@ def caption_fidelity_of(
     """Generate one 60x60 image per caption; the share whose digits and positions fit the caption."""
     from cdraw.fidelity import caption_fidelity
 
-    images = generate(model, model.encode_condition(captions), batch_size, generator)
+    images = sample_batched(model, model.encode_condition(captions), batch_size, generator)
     return caption_fidelity(classifier, images, captions)

@@ -85,8 +85,6 @@ def generate(
         raise CDrawError(f"--num must be between 1 and {MAX_IMAGES // rows} here ({rows} condition(s)), got {num}")
     device = model.h_dec0.device
     ids = model.encode_condition(conditions) if conditions is not None else None  # (R,) or (R, L)
-    if ids is None and (model.config.vector_size or model.config.words_size):
-        raise CDrawError(f"this model is conditional: {model._wants()}")
     batch_ids = ids.repeat_interleave(num, dim=0) if ids is not None else None  # (R * num, ...)
     gen = torch.Generator(device).manual_seed(seed)
     trace = model.sample_trace(rows * num, batch_ids, generator=gen, steps=steps)
@@ -150,15 +148,11 @@ def _save_gif(model: DRAW, trace: Trace, path: Path, *, nrow: int | None = None,
     cfg = model.config
     frames = pictures.canvas_frames(
         trace.canvases.cpu(),
-        read_windows=_cpu(trace.read_windows) if reads else None,
-        write_windows=_cpu(trace.write_windows),
+        read_windows=trace.read_windows if reads else None,
+        write_windows=trace.write_windows,
         read_size=cfg.read_size,
         write_size=cfg.write_size,
         scale=GIF_SCALE,
         nrow=nrow,
     )
     pictures.save_animation(frames, path)
-
-
-def _cpu(window):
-    return None if window is None else type(window)(*(t.cpu() for t in window))

@@ -291,10 +291,10 @@ class Alignment(nn.Module):
         """U h_lang_k for every word, once per caption: (B, L, K) -> (B, L, A)."""
         return self.U(words)
 
-    def forward(self, keys: Tensor, words: Tensor, mask: Tensor, h_dec: Tensor) -> tuple[Tensor, Tensor]:
-        """-> s_t (B, K) and alpha_t (B, L), 0 on padding."""
+    def forward(self, keys: Tensor, words: Tensor, padding: Tensor, h_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """keys (B, L, A), words (B, L, K), padding (B, L) True at padding -> s_t (B, K), alpha_t (B, L)."""
         scores = self.v(torch.tanh(keys + self.W(h_dec)[:, None])).squeeze(-1)  # (B, L)
-        alpha = torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1)  # (B, L)
+        alpha = torch.softmax(scores.masked_fill(padding, -math.inf), dim=-1)  # (B, L), 0 on padding
         return torch.einsum("bl,blk->bk", alpha, words), alpha
 
 
@@ -303,7 +303,7 @@ class _Conditions(NamedTuple):
 
     vector: Tensor | None  # (B, D)
     words: Tensor | None  # (B, L, K)
-    mask: Tensor | None  # (B, L)
+    padding: Tensor | None  # (B, L) True at padding
     keys: Tensor | None  # (B, L, A) U h_lang, computed once
 
 
@@ -390,9 +390,9 @@ class DRAW(nn.Module):
             raise CDrawError(f"this is a caption model: {self._wants()}")
         words = _checked(ctx.words, (batch, ctx.words.shape[1], k), "word states")  # (B, L, K)
         mask = _checked(ctx.mask, words.shape[:2], "word mask").bool()  # (B, L)
-        if not mask.any(1).all():
+        if check and not mask.any(1).all():  # tokenizers never make an empty caption: checked when generating
             raise CDrawError("every caption needs at least one token")
-        return _Conditions(vector, words, mask, self.alignment.keys(words))
+        return _Conditions(vector, words, ~mask, self.alignment.keys(words))
 
     def _wants(self) -> str:
         kind = self.config.condition.kind if self.config.condition is not None else None
@@ -406,7 +406,7 @@ class DRAW(nn.Module):
         """[z_t, s_t, vector] and alpha_t (B, L) (None without a caption)."""
         parts, alpha = [z], None
         if cond.words is not None:
-            s, alpha = self.alignment(cond.keys, cond.words, cond.mask, h_dec)  # from h_dec_{t-1}
+            s, alpha = self.alignment(cond.keys, cond.words, cond.padding, h_dec)  # from h_dec_{t-1}
             parts.append(s)
         if cond.vector is not None:
             parts.append(cond.vector)

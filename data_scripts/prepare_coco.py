@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 
 from cdraw.cli import positive_int, run_main
 from cdraw.coco import IMAGE_SIZE, METADATA, SUBDIR, prepare_coco
@@ -33,7 +32,6 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split file")
     args = parser.parse_args()
 
-    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"  # one line, no source
     path = prepare_coco(
         args.captions,
         args.images,

@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    if cfg.model.condition.kind == "pretrained" and "output_dir" not in vars(args):
-        cfg.output_dir += "_pretrained"  # keep the two encoders' runs apart by default
     folder = args.captions_dir or (Path(cfg.data_dir) / "mnist_captions" if cfg.data_dir else None)
     train_set, valid_set = load_mnist_captions("train", folder), load_mnist_captions("valid", folder)
     train_data = conditioned_data(cfg, train_set.images, 2, train_set.captions, resume=resume)  # fits the tokenizer

@@ -125,7 +125,7 @@ def test_alignment_is_the_papers_formula():
     align = Alignment(word_size=5, dec_size=4, align_size=3)
     words, h_dec = torch.randn(2, 6, 5), torch.randn(2, 4)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    s, alpha = align(align.keys(words), words, mask, h_dec)
+    s, alpha = align(align.keys(words), words, ~mask, h_dec)
     U, W, b, v = align.U.weight, align.W.weight, align.W.bias, align.v.weight[0]
     for i in range(2):
         real = [k for k in range(6) if mask[i, k]]

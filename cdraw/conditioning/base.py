@@ -58,10 +58,6 @@ class ConditionConfig:
         return cls(**typed_fields(cls, d))
 
     @property
-    def is_text(self) -> bool:
-        return self.kind != "label"
-
-    @property
     def vector_size(self) -> int:
         """D: the fixed vector this encoder gives the encoder and decoder at every step."""
         return self.embed_size if self.kind == "label" else 0
