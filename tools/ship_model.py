@@ -41,7 +41,8 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "",
         "## Training",
         "",
-        f"- data: {training.get('dataset', 'not recorded')}",
+        f"- data: {training.get('dataset', 'not recorded')}"
+        + (f" (from its {training['source']} file)" if "source" in training else ""),
         f"- length: {training.get('step', '?')} steps ({training.get('epoch', '?')} epochs), "
         f"{training.get('training_s', float('nan')) / 60:.1f} min on {training.get('processes', '?')} x "
         f"{training.get('device', '?')}",
@@ -58,6 +59,8 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
+    if training.get("source") == "t10k" and figures.get("split") == "test":
+        lines += ["", "The bound above is on the test file this model was trained on (most of it): not a test figure."]
     return "\n".join(lines) + "\n"
 
 
