@@ -131,3 +131,13 @@ def test_corrupt_training_record_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cdraw_main(["info", "--checkpoint", str(tmp_path / "m")])
     assert exit_.value.code == 2 and "training.json is corrupt" in capsys.readouterr().err
+
+
+def test_label_recipe_on_fashion_mnist_training_file(fashion_idx_dir, tmp_path):
+    out = tmp_path / "fashion"
+    flags = [*TINY, "--dataset", "fashion-mnist", "--data-dir", str(fashion_idx_dir), "--output-dir", str(out)]
+    recipe("train_mnist_labels.py")(flags)
+    model = check_run(out)
+    record = json.loads((out / "model" / "training.json").read_text())
+    assert record["dataset"] == "fashion-mnist" and record["source"] == "train"
+    assert model.sample(2, [0, 9]).shape == (2, 1, 28, 28)
