@@ -31,6 +31,7 @@ import torch
 
 from cdraw.data import default_data_dir
 from cdraw.errors import CDrawError
+from cdraw.model import _atomic_write, read_record
 
 IMAGE_SIZE = 32  # alignDRAW's MS COCO setting
 SUBDIR = "coco32"
@@ -145,15 +146,6 @@ def _import_datasets():
     return datasets
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def prepare_coco(
     captions_json: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -236,12 +228,7 @@ def prepare_coco(
     ds = ds.select(ok).select_columns(list(COLUMNS))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{target.name}.{os.getpid()}.tmp"  # hidden; only a killed process leaves it behind
-    try:
-        ds.to_parquet(str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_write(target, lambda tmp: ds.to_parquet(tmp))  # a hidden name until complete
 
     split = {
         "file": target.name,
@@ -255,10 +242,8 @@ def prepare_coco(
         "source_captions": captions_json.name,
         "source_images": image_dir.name,
     }
-    _write_json_atomic(
-        out_dir / METADATA,
-        {"format": FORMAT, "size": size, "resample": RESAMPLE, "splits": {**others, split_name: split}},
-    )
+    metadata = {"format": FORMAT, "size": size, "resample": RESAMPLE, "splits": {**others, split_name: split}}
+    _atomic_write(out_dir / METADATA, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2) + "\n"))
     return target
 
 
@@ -296,13 +281,8 @@ def _few(names: list[str]) -> str:
 
 def _read_metadata(out_dir: Path) -> dict:
     path = out_dir / METADATA
-    if not path.is_file():
-        return {}
-    try:
-        metadata = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CDrawError(f"{path} is not valid JSON: delete it and prepare the splits again") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    metadata = read_record(out_dir, METADATA)  # {} when absent; a clear error when corrupt
+    if metadata and metadata.get("format") != FORMAT:
         raise CDrawError(f"{path} was not written by cdraw's prepare_coco: choose another output folder")
     return metadata
 
