@@ -69,14 +69,19 @@ def downloads_allowed() -> bool:
     return not any(os.environ.get(v, "0") == "1" for v in ("CDRAW_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+def find_data_file(data_dir: Path, subdir: str, name: str) -> Path | None:
+    """``name`` or ``name.gz`` (either way round) in ``data_dir/<subdir>/``, else at ``data_dir``'s top."""
+    plain = name.removesuffix(".gz")
+    for folder in (data_dir / subdir, data_dir):
+        for candidate in (name, plain, plain + ".gz"):
+            if (folder / candidate).is_file():
+                return folder / candidate
+    return None
+
+
 def find_split_file(split: str, data_dir: Path) -> Path | None:
     """The split's file inside ``data_dir`` (its ``binarized_mnist/`` subfolder or its top)."""
-    for folder in (data_dir / SUBDIR, data_dir):
-        for suffix in (".amat", ".amat.gz"):
-            f = folder / f"binarized_mnist_{split}{suffix}"
-            if f.is_file():
-                return f
-    return None
+    return find_data_file(data_dir, SUBDIR, f"binarized_mnist_{split}.amat")
 
 
 def parse_amat(raw: bytes) -> np.ndarray:
@@ -204,11 +209,7 @@ def labelled_files(part: str) -> tuple[str, str]:
 
 def find_labelled_file(dataset: str, name: str, data_dir: Path) -> Path | None:
     """``name`` (or its un-gzipped twin) in ``data_dir/<dataset>/`` or ``data_dir``."""
-    for folder in (data_dir / dataset, data_dir):
-        for candidate in (name, name.removesuffix(".gz")):
-            if (folder / candidate).is_file():
-                return folder / candidate
-    return None
+    return find_data_file(data_dir, dataset, name)
 
 
 def _check_labelled_args(dataset: str, part: str) -> None:
