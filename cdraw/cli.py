@@ -319,12 +319,11 @@ def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dic
         return found
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
-    from cdraw.mnist_captions import SUBDIR, load_mnist_captions
+    from cdraw.mnist_captions import load_mnist_captions
 
-    folder = Path(args.data_dir) / SUBDIR if args.data_dir else None
     classifier, found = shipped_classifier("mnist", device), {}
     for split in ("test_seen", "test_heldout"):
-        captions = load_mnist_captions(split, folder).captions[: args.fidelity_samples]
+        captions = load_mnist_captions(split, data_dir=args.data_dir).captions[: args.fidelity_samples]
         found[f"fidelity_{split}"] = caption_fidelity_of(model, classifier, captions, generator=gen)
         print(f"caption fidelity, {split}: {found[f'fidelity_{split}']:.1%} of {len(captions)} generated images")
     return found

@@ -287,14 +287,19 @@ def _read_metadata(out_dir: Path) -> dict:
     return metadata
 
 
-def load_coco(split: str, folder: str | os.PathLike | None = None) -> CocoCaptions:
+def load_coco(
+    split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+) -> CocoCaptions:
     """One prepared split (``folder/{split}.parquet``) as a :class:`CocoCaptions`.
 
     Args:
         split: the ``split_name`` given to :func:`prepare_coco`, e.g. ``train`` or ``val``.
-        folder: where it was written; default ``default_data_dir() / "coco32"``.
+        folder: where it was written; default ``data_dir / "coco32"``.
+        data_dir: the data folder; default :func:`~cdraw.data.default_data_dir`.
     """
-    folder = Path(folder).expanduser() if folder is not None else default_data_dir() / SUBDIR
+    if folder is None:
+        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
+    folder = Path(folder).expanduser()
     path = folder / f"{split}.parquet"
     if not path.is_file():
         raise CDrawError(

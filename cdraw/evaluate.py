@@ -127,16 +127,15 @@ def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = Non
     """Indices of ``n`` examples of :func:`evaluation_data` with distinct targets, for retrieval:
     one caption per image (COCO's images have about five), one per layout (MNIST with captions:
     "a on the left of b" and "b on the right of a" are one layout)."""
-    folder = Path(data_dir) if data_dir is not None else None
     if dataset == "mnist-captions":
-        from cdraw.mnist_captions import SUBDIR, load_mnist_captions, mirror, parse_caption
+        from cdraw.mnist_captions import load_mnist_captions, mirror, parse_caption
 
-        captions = load_mnist_captions(split, folder / SUBDIR if folder is not None else None).captions
+        captions = load_mnist_captions(split, data_dir=data_dir).captions
         keys = [min(c, mirror(c)) if (c := parse_caption(text)) else text for text in captions]
     elif dataset == "coco":
-        from cdraw.coco import SUBDIR, caption_pairs, load_coco
+        from cdraw.coco import caption_pairs, load_coco
 
-        keys = caption_pairs(load_coco(split, folder / SUBDIR if folder is not None else None).captions)[0].tolist()
+        keys = caption_pairs(load_coco(split, data_dir=data_dir).captions)[0].tolist()
     else:
         raise CDrawError(f"retrieval ranks captions: {dataset} has none")
     first: dict = {}
@@ -202,17 +201,14 @@ def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None 
             raise CDrawError(f"{dataset} splits are train and test, got {split!r}")
         images, labels = load_labelled(dataset, parts[split], data_dir)
         return ImageData(binarize(images), 2, model.encode_condition(labels))
-    folder = Path(data_dir) if data_dir is not None else None
     if dataset == "mnist-captions":
-        from cdraw.mnist_captions import SUBDIR as MC_SUBDIR
         from cdraw.mnist_captions import load_mnist_captions
 
-        data = load_mnist_captions(split, folder / MC_SUBDIR if folder is not None else None)
+        data = load_mnist_captions(split, data_dir=data_dir)
         return ImageData(data.images, 2, model.encode_condition(data.captions))
-    from cdraw.coco import SUBDIR as COCO_SUBDIR
     from cdraw.coco import caption_pairs, load_coco
 
-    coco = load_coco(split, folder / COCO_SUBDIR if folder is not None else None)
+    coco = load_coco(split, data_dir=data_dir)
     image_index, captions = caption_pairs(coco.captions)
     return ImageData(coco.images, 256, model.encode_condition(captions), image_index)
 

@@ -471,14 +471,19 @@ def default_folder() -> Path:
     return default_data_dir() / SUBDIR
 
 
-def load_mnist_captions(split: str, folder: str | os.PathLike | None = None) -> MnistCaptions:
-    """Read one split written by :func:`make_mnist_captions` (default folder :func:`default_folder`)."""
+def load_mnist_captions(
+    split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+) -> MnistCaptions:
+    """Read one split written by :func:`make_mnist_captions`: from ``folder``, else from
+    ``data_dir/mnist_captions``, else from :func:`default_folder`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if split not in SPLITS:
         raise CDrawError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    folder = Path(folder).expanduser() if folder is not None else default_folder()
+    if folder is None:
+        folder = Path(data_dir) / SUBDIR if data_dir is not None else default_folder()
+    folder = Path(folder).expanduser()
     file = folder / f"{split}.parquet"
     if not file.is_file():
         raise CDrawError(

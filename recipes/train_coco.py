@@ -33,10 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    folder = args.coco_dir or (Path(cfg.data_dir) / "coco32" if cfg.data_dir else None)
     splits = []
     for name in (args.train_split, args.valid_split):  # the training split first: it fits the tokenizer
-        coco = load_coco(name, folder)
+        coco = load_coco(name, args.coco_dir, data_dir=cfg.data_dir)
         image_index, captions = caption_pairs(coco.captions)  # (M,), M captions
         splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index, resume=resume))
     train(cfg, *splits, resume=resume, dataset="coco")

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    folder = args.captions_dir or (Path(cfg.data_dir) / "mnist_captions" if cfg.data_dir else None)
-    train_set, valid_set = load_mnist_captions("train", folder), load_mnist_captions("valid", folder)
+    train_set, valid_set = (
+        load_mnist_captions(s, args.captions_dir, data_dir=cfg.data_dir) for s in ("train", "valid")
+    )
     train_data = conditioned_data(cfg, train_set.images, 2, train_set.captions, resume=resume)  # fits the tokenizer
     valid_data = conditioned_data(cfg, valid_set.images, 2, valid_set.captions, resume=resume)
     train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions")
