@@ -135,7 +135,12 @@ class WindowParams(nn.Module):
             self.linear.bias[2] = 2 * math.log(stride / 2)
 
     def forward(self, h: Tensor) -> Window:
-        gx_, gy_, log_sigma2, log_delta_, log_gamma = self.linear(h).unbind(-1)  # each (B,)
+        return self.from_raw(self.linear(h))
+
+    def from_raw(self, raw: Tensor) -> Window:
+        """The window from the linear layer's output (B, 5), eq. (22)-(24); the model computes that
+        output together with its other maps of h_dec (:class:`cdraw.model.FusedLinear`)."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = raw.unbind(-1)  # each (B,)
         a, b = self.width, self.height
         gx = (a + 1) / 2 * (gx_ + 1)  # eq. (22)
         gy = (b + 1) / 2 * (gy_ + 1)  # eq. (23)

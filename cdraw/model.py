@@ -182,10 +182,9 @@ class Gaussian(NamedTuple):
     mu: Tensor
     log_sigma: Tensor
 
-    def sample(self, generator: torch.Generator | None = None, shared: bool = False) -> Tensor:
-        """A reparameterised draw, eq. (6); ``shared``: one noise vector for the whole batch."""
-        shape = (1, *self.mu.shape[1:]) if shared else self.mu.shape
-        eps = torch.randn(shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
+    def sample(self, eps: Tensor) -> Tensor:
+        """The reparameterised draw mu + sigma * eps of eq. (6), for standard normal noise ``eps``
+        (B, Z), or (1, Z) to give the whole batch the same noise."""
         return self.mu + torch.exp(self.log_sigma) * eps
 
     def log_prob(self, z: Tensor) -> Tensor:
@@ -220,8 +219,56 @@ class GaussianLayer(nn.Module):
         self.linear = nn.Linear(in_size, 2 * z_size)
 
     def forward(self, h: Tensor) -> Gaussian:
-        mu, log_sigma = self.linear(h).chunk(2, dim=-1)  # (B, Z) each
+        return self.from_raw(self.linear(h))
+
+    @staticmethod
+    def from_raw(raw: Tensor) -> Gaussian:
+        """The Gaussian from the linear layer's output (B, 2Z)."""
+        mu, log_sigma = raw.chunk(2, dim=-1)  # (B, Z) each
         return Gaussian(mu, log_sigma)
+
+
+class FusedLinear(NamedTuple):
+    """Several linear maps of one input as a single matrix product, ``h -> {name: h W_k^T + b_k}``.
+
+    Every step of DRAW multiplies h_dec_t by up to six matrices (the write patch and window, the
+    next read window, the prior, the alignment's query, the encoder's and the decoder's gates) and
+    h_enc_t by two: one product each keeps the arithmetic the same and does it in one kernel with
+    one weight gradient. Built from the modules' own parameters at each forward (a ``torch.cat``,
+    differentiable), so checkpoints and optimisers see the modules unchanged.
+    """
+
+    weight: Tensor  # (P, I), the maps' weights stacked, P = sum of their output sizes
+    bias: Tensor  # (P,)
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, maps: dict[str, tuple[Tensor, Tensor | None]]) -> FusedLinear:
+        """``maps``: name -> (weight (P_k, I), bias (P_k,) or None), in the order of the output."""
+        weights = [w for w, _ in maps.values()]
+        biases = [b if b is not None else w.new_zeros(len(w)) for w, b in maps.values()]
+        return cls(torch.cat(weights), torch.cat(biases), tuple(maps), tuple(len(w) for w in weights))
+
+    def __call__(self, h: Tensor) -> dict[str, Tensor]:
+        """(B, I) -> {name: (B, P_k)}."""
+        out = torch.addmm(self.bias, h, self.weight.t())  # (B, P)
+        return dict(zip(self.names, out.split(self.sizes, dim=-1), strict=True))
+
+
+def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """An LSTM's update from its gate pre-activations, as :class:`torch.nn.LSTMCell` computes it.
+
+    gates (B, 4H) = W_ih input + W_hh h + b in PyTorch's order (input, forget, cell, output);
+    c (B, H) the previous cell -> (h, c) the new hidden state and cell.
+    """
+    i, f, g, o = gates.chunk(4, dim=-1)  # (B, H) each
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _head(linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    return linear.weight, linear.bias
 
 
 class AttentionReader(nn.Module):
@@ -233,8 +280,13 @@ class AttentionReader(nn.Module):
         self.window = WindowParams(cfg.dec_size, cfg.read_size, cfg.image_size)
         self.out_size = 2 * cfg.channels * cfg.read_size**2
 
-    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
-        return attention.read(x, x_hat, self.window(h_dec), self.n)  # (B, 2 C N N)
+    def head(self) -> tuple[Tensor, Tensor | None] | None:
+        """The linear map of h_dec this reader takes (the window's, eq. 21)."""
+        return _head(self.window.linear)
+
+    def forward(self, x: Tensor, x_hat: Tensor, raw: Tensor) -> Tensor:
+        """``raw`` (B, 5): :meth:`head` applied to h_dec_{t-1} -> (B, 2 C N N)."""
+        return attention.read(x, x_hat, self.window.from_raw(raw), self.n)
 
 
 class PlainReader(nn.Module):
@@ -244,7 +296,11 @@ class PlainReader(nn.Module):
         super().__init__()
         self.out_size = 2 * cfg.channels * cfg.image_size[0] * cfg.image_size[1]
 
-    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+    def head(self) -> None:
+        """This reader does not look at h_dec."""
+        return None
+
+    def forward(self, x: Tensor, x_hat: Tensor, raw: Tensor | None) -> Tensor:
         return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1)  # (B, 2 C H W)
 
 
@@ -257,9 +313,19 @@ class AttentionWriter(nn.Module):
         self.patch = nn.Linear(cfg.dec_size, cfg.channels * cfg.write_size**2)  # eq. (28)
         self.window = WindowParams(cfg.dec_size, cfg.write_size, cfg.image_size)
 
-    def forward(self, h_dec: Tensor) -> Tensor:
-        w = self.patch(h_dec).view(-1, self.c, self.n, self.n)  # (B, C, N, N)
-        return attention.write(w, self.window(h_dec), self.size)  # (B, C, H, W)
+    def head(self) -> tuple[Tensor, Tensor]:
+        """The linear map of h_dec this writer takes: the patch w_t (eq. 28) and the window's 5."""
+        return torch.cat([self.patch.weight, self.window.linear.weight]), torch.cat(
+            [self.patch.bias, self.window.linear.bias]
+        )
+
+    def window_of(self, raw: Tensor) -> Window:
+        return self.window.from_raw(raw[:, -5:])
+
+    def forward(self, raw: Tensor) -> Tensor:
+        """``raw`` (B, C N N + 5): :meth:`head` applied to h_dec_t -> (B, C, H, W)."""
+        w = raw[:, :-5].reshape(-1, self.c, self.n, self.n)  # (B, C, N, N)
+        return attention.write(w, self.window_of(raw), self.size)
 
 
 class PlainWriter(nn.Module):
@@ -270,8 +336,11 @@ class PlainWriter(nn.Module):
         self.shape = (cfg.channels, *cfg.image_size)
         self.linear = nn.Linear(cfg.dec_size, math.prod(self.shape))
 
-    def forward(self, h_dec: Tensor) -> Tensor:
-        return self.linear(h_dec).view(-1, *self.shape)  # (B, C, H, W)
+    def head(self) -> tuple[Tensor, Tensor]:
+        return _head(self.linear)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        return raw.reshape(-1, *self.shape)  # (B, C, H, W)
 
 
 class Alignment(nn.Module):
@@ -291,11 +360,40 @@ class Alignment(nn.Module):
         """U h_lang_k for every word, once per caption: (B, L, K) -> (B, L, A)."""
         return self.U(words)
 
-    def forward(self, keys: Tensor, words: Tensor, padding: Tensor, h_dec: Tensor) -> tuple[Tensor, Tensor]:
-        """keys (B, L, A), words (B, L, K), padding (B, L) True at padding -> s_t (B, K), alpha_t (B, L)."""
-        scores = self.v(torch.tanh(keys + self.W(h_dec)[:, None])).squeeze(-1)  # (B, L)
+    def forward(self, keys: Tensor, words: Tensor, padding: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """keys (B, L, A), words (B, L, K), padding (B, L) True at padding, query (B, A) the
+        product W h_dec_{t-1} + b -> s_t (B, K), alpha_t (B, L)."""
+        scores = self.v(torch.tanh(keys + query[:, None])).squeeze(-1)  # (B, L)
         alpha = torch.softmax(scores.masked_fill(padding, -math.inf), dim=-1)  # (B, L), 0 on padding
         return torch.einsum("bl,blk->bk", alpha, words), alpha
+
+
+class _Weights(NamedTuple):
+    """What every step multiplies by, gathered once per forward (:meth:`DRAW._weights`)."""
+
+    dec: FusedLinear  # h_dec_t -> write, [read, prior, align,] [enc,] dec: every map that reads it
+    enc: FusedLinear | None  # h_enc_t -> posterior, rec (W_hh of the encoder); None when sampling
+    read_in: Tensor | None  # (4E, R) the encoder's weight of r_t
+    dec_in: Tensor  # (4F, Z + K) the decoder's weight of [z_t, s_t]
+    enc_const: Tensor | None  # (B, 4E) the context vector's term in the encoder's gates
+    dec_const: Tensor | None  # (B, 4F) and in the decoder's
+
+
+class _State(NamedTuple):
+    """What step t-1 hands step t: the cells, the canvas, and h_enc_{t-1}, h_dec_{t-1} already
+    multiplied by every matrix that reads them (the hidden states themselves are needed no more)."""
+
+    c_enc: Tensor | None  # (B, E); None when sampling
+    enc_rec: Tensor | None  # (B, 4E) W_hh h_enc_{t-1}
+    c_dec: Tensor  # (B, F)
+    dec: dict[str, Tensor]  # the heads of h_dec_{t-1}, :attr:`_Weights.dec`
+    canvas: Tensor  # (B, C, H, W) c_{t-1}, logits
+
+
+class _StepOut(NamedTuple):
+    kl: Tensor  # (B,)
+    log_ratio: Tensor | None  # (B,) log q(z_t) - log p(z_t), on request
+    alpha: Tensor | None  # (B, L) the alignment, for caption models
 
 
 class _Conditions(NamedTuple):
@@ -347,6 +445,7 @@ class DRAW(nn.Module):
         self.h_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
+        self._compiled_step = None  # set by compile_step()
 
     # -- conditions -------------------------------------------------------------------------
 
@@ -402,33 +501,119 @@ class DRAW(nn.Module):
             return "give it captions (--caption TEXT)"
         return "pass a Context(vector) of size context_size"
 
-    def _decoder_input(self, z: Tensor, h_dec: Tensor, cond: _Conditions) -> tuple[Tensor, Tensor | None]:
-        """[z_t, s_t, vector] and alpha_t (B, L) (None without a caption)."""
-        parts, alpha = [z], None
-        if cond.words is not None:
-            s, alpha = self.alignment(cond.keys, cond.words, cond.padding, h_dec)  # from h_dec_{t-1}
-            parts.append(s)
-        if cond.vector is not None:
-            parts.append(cond.vector)
-        return torch.cat(parts, -1) if len(parts) > 1 else z, alpha
+    # -- one step ---------------------------------------------------------------------------
 
-    # -- the pieces of one step -------------------------------------------------------------
+    def _weights(self, cond: _Conditions, encoding: bool = True) -> _Weights:
+        """What every step multiplies by, gathered once per forward from the modules' parameters."""
+        cfg = self.config
+        r, f, zk = self.reader.out_size, cfg.dec_size, cfg.z_size + cfg.words_size
+        enc, dec = self.encoder, self.decoder  # LSTMCell inputs: encoder [r, h_dec, v], decoder [z, s, v]
+        heads = {"write": self.writer.head()}  # first: read at every step, and the only one at the last
+        if (read := self.reader.head()) is not None:
+            heads["read"] = read
+        if self.prior is not None:
+            heads["prior"] = _head(self.prior.linear)
+        if self.alignment is not None:
+            heads["align"] = _head(self.alignment.W)
+        if encoding:
+            heads["enc"] = (enc.weight_ih[:, r : r + f], enc.bias_ih + enc.bias_hh)
+        heads["dec"] = (dec.weight_hh, dec.bias_ih + dec.bias_hh)
+        v = cond.vector  # (B, D): its terms in the gates are the same at every step
+        return _Weights(
+            dec=FusedLinear.of(heads),
+            enc=FusedLinear.of({"posterior": _head(self.posterior.linear), "rec": (enc.weight_hh, None)})
+            if encoding
+            else None,
+            read_in=enc.weight_ih[:, :r] if encoding else None,
+            dec_in=dec.weight_ih[:, :zk],
+            enc_const=v @ enc.weight_ih[:, r + f :].t() if encoding and v is not None else None,
+            dec_const=v @ dec.weight_ih[:, zk:].t() if v is not None else None,
+        )
 
-    def _initial(self, param: Tensor, batch: int) -> Tensor:
-        return param.expand(batch, *param.shape)
+    def _initial_state(self, w: _Weights, batch: int) -> _State:
+        """t = 0: the learned initial states and canvas, for every example of the batch."""
 
-    def _prior(self, h_dec: Tensor) -> Gaussian | None:
+        def expand(t: Tensor) -> Tensor:
+            return t.expand(batch, *t.shape[1:])
+
+        encoding = w.enc is not None
+        return _State(
+            c_enc=expand(self.c_enc0[None]) if encoding else None,
+            enc_rec=expand(w.enc(self.h_enc0[None])["rec"]) if encoding else None,
+            c_dec=expand(self.c_dec0[None]),
+            dec={k: expand(v) for k, v in w.dec(self.h_dec0[None]).items()},
+            canvas=expand(self.canvas0[None]),
+        )
+
+    def _step(
+        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, log_ratio: bool = False
+    ) -> tuple[_State, _StepOut]:
+        """One glimpse of training or reconstruction, eq. (3)-(8): step t from the state of t-1."""
+        x_hat = x - self.likelihood.mean(s.canvas)  # eq. (3)
+        r = self.reader(x, x_hat, s.dec.get("read"))  # eq. (4), window from h_dec_{t-1}
+        gates = torch.addmm(s.dec["enc"] + s.enc_rec, r, w.read_in.t())  # W [r_t, h_dec_{t-1}] + W_hh h_enc + b
+        if w.enc_const is not None:
+            gates = gates + w.enc_const
+        h_enc, c_enc = lstm_cell(gates, s.c_enc)  # eq. (5)
+        enc = w.enc(h_enc)
+        q = GaussianLayer.from_raw(enc["posterior"])  # Q(Z_t | h_enc_t), eq. (1)-(2)
+        z = q.sample(eps)  # eq. (6)
+        p = self._prior(s)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
+        kl = kl_standard_normal(q) if p is None else kl_gaussians(q, p)  # eq. (10)
+        ratio = None
+        if log_ratio:
+            ratio = q.log_prob(z) - (standard_normal_log_prob(z) if p is None else p.log_prob(z))
+        c_dec, dec, alpha = self._decode(z, s, w, cond)  # eq. (7)
+        canvas = s.canvas + self.writer(dec["write"])  # eq. (8)
+        return _State(c_enc, enc["rec"], c_dec, dec, canvas), _StepOut(kl, ratio, alpha)
+
+    def _sample_step(self, s: _State, eps: Tensor, w: _Weights, cond: _Conditions) -> tuple[_State, Tensor | None]:
+        """One step of generation: z_t from the prior, then eq. (7)-(8)."""
+        p = self._prior(s)
+        z = eps if p is None else p.sample(eps)
+        c_dec, dec, alpha = self._decode(z, s, w, cond)  # eq. (7)
+        canvas = s.canvas + self.writer(dec["write"])  # eq. (8)
+        return _State(None, None, c_dec, dec, canvas), alpha
+
+    def _prior(self, s: _State) -> Gaussian | None:
         """P(z_t | h_dec_{t-1}) when learned; None means N(0, I)."""
-        return self.prior(h_dec) if self.prior is not None else None
+        return GaussianLayer.from_raw(s.dec["prior"]) if "prior" in s.dec else None
+
+    def _decode(
+        self, z: Tensor, s: _State, w: _Weights, cond: _Conditions
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """Eq. (7), h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t, v]) -> (c_dec_t, the heads of h_dec_t, alpha_t)."""
+        inputs, alpha = z, None
+        if cond.words is not None:  # alignDRAW's s_t, from h_dec_{t-1}
+            words, alpha = self.alignment(cond.keys, cond.words, cond.padding, s.dec["align"])
+            inputs = torch.cat([z, words], dim=-1)
+        gates = torch.addmm(s.dec["dec"], inputs, w.dec_in.t())  # (B, 4F)
+        if w.dec_const is not None:
+            gates = gates + w.dec_const
+        h_dec, c_dec = lstm_cell(gates, s.c_dec)
+        return c_dec, w.dec(h_dec), alpha
+
+    def compile_step(self, enabled: bool = True, **options: Any) -> DRAW:
+        """Run each training step through ``torch.compile`` (``options`` are passed on), which fuses
+        a step's element-wise work into a few kernels; ``enabled=False`` goes back to eager.
+
+        Only steps that record gradients are compiled; evaluation and sampling stay eager. The
+        first compiled step takes a while (tens of seconds on a CPU), and a C++ compiler must be
+        installed for CPU training. The maths is the same (tested to float32 precision).
+        """
+        self._compiled_step = torch.compile(self._step, **{"dynamic": False, **options}) if enabled else None
+        return self
+
+    def _noise(self, steps: int, batch: int, generator: torch.Generator | None, shared: bool = False) -> Tensor:
+        """Standard normal noise for every step's z_t: (T, B, Z), or (T, 1, Z) shared by the batch."""
+        p = self.h_dec0
+        shape = (steps, 1 if shared else batch, self.config.z_size)
+        return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
 
     def _check_images(self, x: Tensor) -> None:
         expected = (self.config.channels, *self.config.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise CDrawError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-
-    @staticmethod
-    def _with(inputs: Tensor, ctx: Tensor | None) -> Tensor:
-        return inputs if ctx is None else torch.cat([inputs, ctx], dim=-1)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -452,42 +637,33 @@ class DRAW(nn.Module):
         self._check_images(x)
         b = x.shape[0]
         cond = self._conditions(condition, b)
-        h_enc, c_enc = self._initial(self.h_enc0, b), self._initial(self.c_enc0, b)  # (B, E)
-        h_dec, c_dec = self._initial(self.h_dec0, b), self._initial(self.c_dec0, b)  # (B, F)
-        canvas = self._initial(self.canvas0, b)  # (B, C, H, W)
-        kls, canvases, alphas, reads, writes = [], [], [], [], []
-        log_ratio = x.new_zeros(b) if return_log_ratio else None
+        w = self._weights(cond)
+        state = self._initial_state(w, b)
+        eps = self._noise(self.config.steps, b, generator, shared_noise)  # (T, B or 1, Z)
+        step = self._compiled_step if self._compiled_step is not None and torch.is_grad_enabled() else self._step
         windows = return_windows and self.config.attention
-        for _ in range(self.config.steps):
+        kls, ratios, canvases, alphas, reads, writes = [], [], [], [], [], []
+        for eps_t in eps:
             if windows:
-                reads.append(self.reader.window(h_dec))
-            x_hat = x - self.likelihood.mean(canvas)  # eq. (3)
-            r = self.reader(x, x_hat, h_dec)  # eq. (4), window from h_dec_{t-1}
-            h_enc, c_enc = self.encoder(self._with(torch.cat([r, h_dec], -1), cond.vector), (h_enc, c_enc))  # (5)
-            q = self.posterior(h_enc)  # Q(Z_t | h_enc_t), eq. (1)-(2)
-            z = q.sample(generator, shared_noise)  # eq. (6)
-            p = self._prior(h_dec)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
-            kls.append(kl_standard_normal(q) if p is None else kl_gaussians(q, p))  # eq. (10)
-            if log_ratio is not None:
-                log_p = standard_normal_log_prob(z) if p is None else p.log_prob(z)
-                log_ratio = log_ratio + q.log_prob(z) - log_p
-            dec_in, alpha = self._decoder_input(z, h_dec, cond)  # alignment from h_dec_{t-1}
-            h_dec, c_dec = self.decoder(dec_in, (h_dec, c_dec))  # eq. (7)
-            canvas = canvas + self.writer(h_dec)  # eq. (8)
+                reads.append(self.reader.window.from_raw(state.dec["read"]))  # from h_dec_{t-1}
+            state, out = step(x, state, eps_t, w, cond, return_log_ratio)
+            kls.append(out.kl)
+            if return_log_ratio:
+                ratios.append(out.log_ratio)
+            if out.alpha is not None:
+                alphas.append(out.alpha)
             if windows:
-                writes.append(self.writer.window(h_dec))
+                writes.append(self.writer.window_of(state.dec["write"]))
             if return_canvases:
-                canvases.append(self.likelihood.mean(canvas))
-            if alpha is not None:
-                alphas.append(alpha)
-        recon = self.likelihood.nll(canvas, x)  # eq. (9), (B,)
+                canvases.append(self.likelihood.mean(state.canvas))
+        recon = self.likelihood.nll(state.canvas, x)  # eq. (9), (B,)
         kl = torch.stack(kls, dim=1)  # (B, T)
         return DRAWOutput(
             loss=recon + kl.sum(1),  # eq. (12)
             recon=recon,
             kl=kl,
             canvases=torch.stack(canvases) if return_canvases else None,
-            log_ratio=log_ratio,
+            log_ratio=torch.stack(ratios).sum(0) if return_log_ratio else None,
             alignments=torch.stack(alphas, dim=1) if alphas else None,
             read_windows=Window.stack(reads) if reads else None,
             write_windows=Window.stack(writes) if writes else None,
@@ -516,25 +692,16 @@ class DRAW(nn.Module):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CDrawError(f"the number of drawing steps must be a positive integer, got {steps!r}")
         cond = self._conditions(condition, n, check=True)
-        h_dec, c_dec = self._initial(self.h_dec0, n), self._initial(self.c_dec0, n)  # (n, F)
-        canvas = self._initial(self.canvas0, n)  # (n, C, H, W)
-        z_shape = (n, cfg.z_size)
+        w = self._weights(cond, encoding=False)
+        state = self._initial_state(w, n)
         canvases, reads, writes, alphas = [], [], [], []
-        for _ in range(steps):
+        for eps_t in self._noise(steps, n, generator):
             if cfg.attention:
-                reads.append(self.reader.window(h_dec))  # where a reconstruction would read
-            p = self._prior(h_dec)
-            if p is None:
-                dev, dt = canvas.device, canvas.dtype
-                z = torch.randn(z_shape, generator=generator, device=dev, dtype=dt)  # (n, Z)
-            else:
-                z = p.sample(generator)
-            dec_in, alpha = self._decoder_input(z, h_dec, cond)
-            h_dec, c_dec = self.decoder(dec_in, (h_dec, c_dec))  # eq. (7)
+                reads.append(self.reader.window.from_raw(state.dec["read"]))  # where a reconstruction would read
+            state, alpha = self._sample_step(state, eps_t, w, cond)
             if cfg.attention:
-                writes.append(self.writer.window(h_dec))
-            canvas = canvas + self.writer(h_dec)  # eq. (8)
-            canvases.append(self.likelihood.mean(canvas))
+                writes.append(self.writer.window_of(state.dec["write"]))
+            canvases.append(self.likelihood.mean(state.canvas))
             if alpha is not None:
                 alphas.append(alpha)
         return Trace(

@@ -125,7 +125,7 @@ def test_alignment_is_the_papers_formula():
     align = Alignment(word_size=5, dec_size=4, align_size=3)
     words, h_dec = torch.randn(2, 6, 5), torch.randn(2, 4)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    s, alpha = align(align.keys(words), words, ~mask, h_dec)
+    s, alpha = align(align.keys(words), words, ~mask, align.W(h_dec))  # the query W h_dec + b
     U, W, b, v = align.U.weight, align.W.weight, align.W.bias, align.v.weight[0]
     for i in range(2):
         real = [k for k in range(6) if mask[i, k]]
@@ -133,6 +133,28 @@ def test_alignment_is_the_papers_formula():
         a = torch.exp(e) / torch.exp(e).sum()
         torch.testing.assert_close(alpha[i, real], a)
         torch.testing.assert_close(s[i], sum(a[j] * words[i, k] for j, k in enumerate(real)))
+
+
+def test_caption_model_step_equals_the_papers_equations(tokenizer_dir):
+    """alignDRAW's step (alignment from h_dec_{t-1}, learned prior) through the fused matrix
+    products equals the equations written plainly (tests/paper_draw.py), loss and gradients."""
+    from paper_draw import paper_loss
+
+    torch.manual_seed(0)
+    model = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True)).double()
+    ids = model.encode_condition(["the digit 1 is on the left of the digit 2", "the digit 3 is at the top left"])
+    x = (torch.rand(2, 1, 12, 12) > 0.5).double()
+    ctx = model.condition(ids)
+    eps = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fast = model(x, ctx, generator=torch.Generator().manual_seed(1)).loss
+    slow = paper_loss(model, x, eps, ctx.vector, ctx.words, ~ctx.mask.bool())
+    torch.testing.assert_close(fast, slow)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast_grads = torch.autograd.grad(fast.sum(), params, retain_graph=True, allow_unused=True)
+    for a, b in zip(fast_grads, torch.autograd.grad(slow.sum(), params, allow_unused=True), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
 
 
 def test_learned_prior_kl_equals_torch_distributions():

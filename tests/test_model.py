@@ -7,12 +7,13 @@ import math
 
 import pytest
 import torch
+from paper_draw import paper_loss
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
 from cdraw import DRAW, CDrawError, Context, DRAWConfig
 from cdraw.likelihoods import LEVELS, Bernoulli, DiscretizedLogistic
-from cdraw.model import Gaussian, kl_gaussians, kl_standard_normal, standard_normal_log_prob
+from cdraw.model import Gaussian, kl_gaussians, kl_standard_normal, lstm_cell, standard_normal_log_prob
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -75,6 +76,44 @@ def test_forward_returns_nats_per_image_and_per_step_kl(tiny_cfg):
     # the final canvas is the one the likelihood scores
     logits = torch.logit(out.canvases[-1].clamp(1e-6, 1 - 1e-6))
     torch.testing.assert_close(Bernoulli().nll(logits, x), out.recon, rtol=1e-3, atol=1e-2)
+
+
+def test_lstm_cell_is_torchs():
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(5, 7)
+    x, h, c = torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 7)
+    gates = x @ cell.weight_ih.t() + h @ cell.weight_hh.t() + cell.bias_ih + cell.bias_hh
+    for got, want in zip(lstm_cell(gates, c), cell(x, (h, c)), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+PAPER_VARIANTS = {
+    "attention": {},
+    "no attention": {"attention": False},
+    "context and learned prior": {"context_size": 3, "learned_prior": True},
+}
+
+
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+def test_fused_step_equals_the_papers_equations(tiny_cfg, variant):
+    """The model's step (its matrix products fused, h_dec's and h_enc's products shared between
+    steps) gives the loss and every gradient of eq. (3)-(12) written plainly, in float64."""
+    cfg = dataclasses.replace(tiny_cfg, **PAPER_VARIANTS[variant])
+    torch.manual_seed(0)
+    model = DRAW(cfg).double()
+    with torch.no_grad():  # learned initial states away from 0, so their gradients are tested too
+        for p in (model.h_enc0, model.c_enc0, model.h_dec0, model.c_dec0, model.canvas0):
+            p.normal_(0, 0.3)
+    x = (torch.rand(5, 1, 28, 28) > 0.7).double()
+    vector = torch.randn(5, 3, dtype=torch.float64) if cfg.context_size else None
+    eps = torch.randn(cfg.steps, 5, cfg.z_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fast = model(x, Context(vector) if vector is not None else None, generator=torch.Generator().manual_seed(1))
+    fast_grads = torch.autograd.grad(fast.loss.sum(), list(model.parameters()))
+    slow = paper_loss(model, x, eps, vector)
+    slow_grads = torch.autograd.grad(slow.sum(), list(model.parameters()))
+    torch.testing.assert_close(fast.loss, slow)
+    for (name, _), a, b in zip(model.named_parameters(), fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_gradcheck_through_one_draw_step():
