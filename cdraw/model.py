@@ -533,8 +533,8 @@ class DRAW(nn.Module):
     def _initial_state(self, w: _Weights, batch: int) -> _State:
         """t = 0: the learned initial states and canvas, for every example of the batch."""
 
-        def expand(t: Tensor) -> Tensor:
-            return t.expand(batch, *t.shape[1:])
+        def expand(t: Tensor) -> Tensor:  # contiguous: every step then sees the same memory layout
+            return t.expand(batch, *t.shape[1:]).contiguous()
 
         encoding = w.enc is not None
         return _State(
