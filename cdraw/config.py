@@ -45,6 +45,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints (also each epoch)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     num_samples: int = field(default=64, metadata={"help": "images in each epoch's sample grid"})
+    compile: bool = field(
+        default=True,
+        metadata={"help": "compile the training step with torch.compile (faster; the first step takes a while)"},
+    )
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (slower; exact resume)"})
     record_batches: bool = field(default=False, metadata={"help": "write each process's batch indices (audit)"})
 

@@ -36,6 +36,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from cdraw import attention
 from cdraw.attention import Window, WindowParams
 from cdraw.conditioning.base import ConditionConfig, Context
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.likelihoods import LIKELIHOODS, make_likelihood
 
 CONFIG_NAME = "config.json"
@@ -405,6 +406,37 @@ class _Conditions(NamedTuple):
     keys: Tensor | None  # (B, L, A) U h_lang, computed once
 
 
+class _FirstCallFallback:
+    """Calls a compiled function; if its first call fails (no C++ compiler, a backend that cannot
+    handle this machine), warns once and calls the eager function from then on."""
+
+    def __init__(self, compiled: Any, eager: Any):
+        self.compiled, self.eager, self.tried = compiled, eager, False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.tried:
+            return self.compiled(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as e:  # compilation errors come in many types; eager re-raises real ones
+            for _ in range(10):  # the backend's own error, not the wrappers around it
+                inner = e.__cause__ or getattr(e, "inner_exception", None)
+                if not isinstance(inner, Exception):
+                    break
+                e = inner
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.compile could not compile the DRAW step ({type(e).__name__}: {reason}); "
+                "training without it, which is slower (pass --no-compile to skip the attempt)",
+                CDrawWarning,
+                stacklevel=3,
+            )
+            self.compiled = self.eager
+            out = self.eager(*args)
+        self.tried = True
+        return out
+
+
 class DRAW(nn.Module):
     """The DRAW network: ``out = model(x)`` for training, ``model.sample(n)`` to generate.
 
@@ -598,10 +630,12 @@ class DRAW(nn.Module):
         a step's element-wise work into a few kernels; ``enabled=False`` goes back to eager.
 
         Only steps that record gradients are compiled; evaluation and sampling stay eager. The
-        first compiled step takes a while (tens of seconds on a CPU), and a C++ compiler must be
-        installed for CPU training. The maths is the same (tested to float32 precision).
+        first compiled step takes a while (tens of seconds on a CPU, which needs a C++ compiler);
+        if it cannot be compiled, a warning says why and the model trains eagerly. The maths is the
+        same (tested to float32 precision).
         """
-        self._compiled_step = torch.compile(self._step, **{"dynamic": False, **options}) if enabled else None
+        compiled = torch.compile(self._step, **{"dynamic": False, **options}) if enabled else None
+        self._compiled_step = _FirstCallFallback(compiled, self._step) if enabled else None
         return self
 
     def _noise(self, steps: int, batch: int, generator: torch.Generator | None, shared: bool = False) -> Tensor:

@@ -107,7 +107,7 @@ class Trainer:
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        model = DRAW(cfg.model)
+        model = DRAW(cfg.model).compile_step(cfg.compile)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.state = TrainerState(world_size=self.world)
@@ -139,6 +139,10 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if cfg.compile and self.main:
+            tqdm.write(
+                "compiling the training step (torch.compile): the first step takes longer; --no-compile skips it"
+            )
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.main, desc="training", unit="step")
         self._run_start = time.perf_counter() - st.elapsed_s
         valid, validated_at = {}, -1

@@ -16,7 +16,7 @@ from cdraw.cli import main as cdraw_main
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4", "--write-size", "3"]
 TINY += ["--log-every", "2", "--eval-batch-size", "500", "--num-samples", "4", "--batch-size", "20"]
-TINY += ["--max-steps", "4"]
+TINY += ["--max-steps", "4", "--no-compile"]
 TEXT_TINY = ["--align-size", "8", "--hidden-size", "8", "--embed-size", "8", "--word-size", "8"]
 
 

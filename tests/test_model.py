@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from paper_draw import paper_loss
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
-from cdraw import DRAW, CDrawError, Context, DRAWConfig
+from cdraw import DRAW, CDrawError, CDrawWarning, Context, DRAWConfig
 from cdraw.likelihoods import LEVELS, Bernoulli, DiscretizedLogistic
 from cdraw.model import Gaussian, kl_gaussians, kl_standard_normal, lstm_cell, standard_normal_log_prob
 
@@ -114,6 +117,45 @@ def test_fused_step_equals_the_papers_equations(tiny_cfg, variant):
     torch.testing.assert_close(fast.loss, slow)
     for (name, _), a, b in zip(model.named_parameters(), fast_grads, slow_grads, strict=True):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.skipif(
+    not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile needs a C++ compiler on a CPU"
+)
+def test_compiled_step_equals_the_eager_step(tiny_cfg):
+    """torch.compile changes no maths: the same loss and gradients as the eager step."""
+    torch.manual_seed(0)
+    eager = DRAW(tiny_cfg)
+    compiled = DRAW(tiny_cfg).compile_step()
+    compiled.load_state_dict(eager.state_dict())
+    x = (torch.rand(6, 1, 28, 28) > 0.7).float()
+    losses = []
+    for model in (eager, compiled):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CDrawWarning)  # no quiet fallback to eager
+            loss = model(x, generator=torch.Generator().manual_seed(1)).loss
+        loss.sum().backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-3)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_a_step_that_cannot_be_compiled_warns_once_and_trains_eagerly(tiny_cfg):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler on this machine")
+
+    torch.manual_seed(0)
+    model = DRAW(tiny_cfg).compile_step(backend=broken_backend)
+    x = (torch.rand(3, 1, 28, 28) > 0.7).float()
+    with pytest.warns(CDrawWarning, match="no C\\+\\+ compiler on this machine") as record:
+        loss = model(x, generator=torch.Generator().manual_seed(1)).loss
+    assert len(record) == 1
+    want = DRAW(tiny_cfg)
+    want.load_state_dict(model.state_dict())
+    torch.testing.assert_close(loss, want(x, generator=torch.Generator().manual_seed(1)).loss)
+    loss.sum().backward()
+    assert model.encoder.weight_hh.grad is not None
 
 
 def test_gradcheck_through_one_draw_step():

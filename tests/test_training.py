@@ -22,7 +22,7 @@ from cdraw.training import TrainingDiverged, train
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_mnist.py"
 TINY_FLAGS = ["--steps", "4", "--enc-size", "32", "--dec-size", "32", "--z-size", "5", "--write-size", "3"]
-TINY_FLAGS += ["--log-every", "5", "--eval-batch-size", "2000", "--num-samples", "16"]
+TINY_FLAGS += ["--log-every", "5", "--eval-batch-size", "2000", "--num-samples", "16", "--no-compile"]
 
 
 @pytest.fixture
@@ -61,14 +61,18 @@ def free_port() -> int:
 
 
 def test_recipe_on_two_cpu_processes_shards_data_and_keeps_weights_equal(data_dir, tmp_path):
+    """Also the one training test with the compiled step (the default): compiled inside DDP."""
     out = tmp_path / "ddp"
+    flags = [f for f in TINY_FLAGS if f != "--no-compile"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["--main_process_port", str(free_port()), str(RECIPE), *TINY_FLAGS, "--max-steps", "6"]
+    cmd += ["--main_process_port", str(free_port()), str(RECIPE), *flags, "--max-steps", "6"]
     cmd += ["--batch-size", "20", "--record-batches", "--output-dir", str(out), "--data-dir", str(data_dir)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compiling the training step" in proc.stderr + proc.stdout
+    assert "could not compile" not in proc.stderr  # it really ran compiled
     audits = [json.loads((out / f"audit_rank{r}.json").read_text()) for r in range(2)]
     seen = [{i for batch in a["batches"] for i in batch} for a in audits]
     assert len(audits[0]["batches"]) == len(audits[1]["batches"]) == 6
