@@ -391,10 +391,21 @@ class _State(NamedTuple):
     canvas: Tensor  # (B, C, H, W) c_{t-1}, logits
 
 
+class _Wanted(NamedTuple):
+    """What a forward pass was asked to return beyond the loss (constants to ``torch.compile``)."""
+
+    log_ratio: bool = False
+    canvases: bool = False
+    windows: bool = False
+
+
 class _StepOut(NamedTuple):
     kl: Tensor  # (B,)
     log_ratio: Tensor | None  # (B,) log q(z_t) - log p(z_t), on request
     alpha: Tensor | None  # (B, L) the alignment, for caption models
+    canvas: Tensor | None  # (B, C, H, W) sigmoid(c_t), on request
+    read: Window | None  # where step t read (from h_dec_{t-1}), on request
+    write: Window | None  # where it wrote (from h_dec_t), on request
 
 
 class _Conditions(NamedTuple):
@@ -477,7 +488,7 @@ class DRAW(nn.Module):
         self.h_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
-        self._compiled_step = None  # set by compile_step()
+        self._compiled_steps, self._steps_per_call = None, self.config.steps  # see compile_step()
 
     # -- conditions -------------------------------------------------------------------------
 
@@ -578,7 +589,7 @@ class DRAW(nn.Module):
         )
 
     def _step(
-        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, log_ratio: bool = False
+        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, want: _Wanted
     ) -> tuple[_State, _StepOut]:
         """One glimpse of training or reconstruction, eq. (3)-(8): step t from the state of t-1."""
         x_hat = x - self.likelihood.mean(s.canvas)  # eq. (3)
@@ -593,11 +604,29 @@ class DRAW(nn.Module):
         p = self._prior(s)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
         kl = kl_standard_normal(q) if p is None else kl_gaussians(q, p)  # eq. (10)
         ratio = None
-        if log_ratio:
+        if want.log_ratio:
             ratio = q.log_prob(z) - (standard_normal_log_prob(z) if p is None else p.log_prob(z))
         c_dec, dec, alpha = self._decode(z, s, w, cond)  # eq. (7)
         canvas = s.canvas + self.writer(dec["write"])  # eq. (8)
-        return _State(c_enc, enc["rec"], c_dec, dec, canvas), _StepOut(kl, ratio, alpha)
+        windows = want.windows and self.config.attention
+        return _State(c_enc, enc["rec"], c_dec, dec, canvas), _StepOut(
+            kl,
+            ratio,
+            alpha,
+            canvas=self.likelihood.mean(canvas) if want.canvases else None,
+            read=self.reader.window.from_raw(s.dec["read"]) if windows else None,
+            write=self.writer.window_of(dec["write"]) if windows else None,
+        )
+
+    def _steps(
+        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, want: _Wanted
+    ) -> tuple[_State, list[_StepOut]]:
+        """len(eps) steps in a row (eps: (k, B, Z)): the unit that :meth:`compile_step` compiles."""
+        outs = []
+        for eps_t in eps:
+            s, out = self._step(x, s, eps_t, w, cond, want)
+            outs.append(out)
+        return s, outs
 
     def _sample_step(self, s: _State, eps: Tensor, w: _Weights, cond: _Conditions) -> tuple[_State, Tensor | None]:
         """One step of generation: z_t from the prior, then eq. (7)-(8)."""
@@ -625,17 +654,22 @@ class DRAW(nn.Module):
         h_dec, c_dec = lstm_cell(gates, s.c_dec)
         return c_dec, w.dec(h_dec), alpha
 
-    def compile_step(self, enabled: bool = True, **options: Any) -> DRAW:
-        """Run each training step through ``torch.compile`` (``options`` are passed on), which fuses
-        a step's element-wise work into a few kernels; ``enabled=False`` goes back to eager.
+    def compile_step(self, enabled: bool = True, steps_per_call: int = 8, **options: Any) -> DRAW:
+        """Run training steps through ``torch.compile`` (``options`` are passed on), which fuses
+        their element-wise work into a few kernels; ``enabled=False`` goes back to eager.
 
-        Only steps that record gradients are compiled; evaluation and sampling stay eager. The
-        first compiled step takes a while (tens of seconds on a CPU, which needs a C++ compiler);
-        if it cannot be compiled, a warning says why and the model trains eagerly. The maths is the
-        same (tested to float32 precision).
+        ``steps_per_call`` glimpses are compiled as one graph (a divisor of T is used, at most this
+        many): fewer calls, less overhead per step, a longer first compilation. Only passes that
+        record gradients are compiled; evaluation and sampling stay eager. The first compiled step
+        takes a while (about a minute on a 2-core CPU, which needs a C++ compiler); if it cannot be
+        compiled, a warning says why and the model trains eagerly. The maths is the same (tested).
         """
-        compiled = torch.compile(self._step, **{"dynamic": False, **options}) if enabled else None
-        self._compiled_step = _FirstCallFallback(compiled, self._step) if enabled else None
+        if not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise CDrawError(f"steps_per_call must be a positive integer, got {steps_per_call!r}")
+        t = self.config.steps
+        self._steps_per_call = max(k for k in range(1, min(t, steps_per_call) + 1) if t % k == 0)
+        compiled = torch.compile(self._steps, **{"dynamic": False, **options}) if enabled else None
+        self._compiled_steps = _FirstCallFallback(compiled, self._steps) if enabled else None
         return self
 
     def _noise(self, steps: int, batch: int, generator: torch.Generator | None, shared: bool = False) -> Tensor:
@@ -674,33 +708,24 @@ class DRAW(nn.Module):
         w = self._weights(cond)
         state = self._initial_state(w, b)
         eps = self._noise(self.config.steps, b, generator, shared_noise)  # (T, B or 1, Z)
-        step = self._compiled_step if self._compiled_step is not None and torch.is_grad_enabled() else self._step
-        windows = return_windows and self.config.attention
-        kls, ratios, canvases, alphas, reads, writes = [], [], [], [], [], []
-        for eps_t in eps:
-            if windows:
-                reads.append(self.reader.window.from_raw(state.dec["read"]))  # from h_dec_{t-1}
-            state, out = step(x, state, eps_t, w, cond, return_log_ratio)
-            kls.append(out.kl)
-            if return_log_ratio:
-                ratios.append(out.log_ratio)
-            if out.alpha is not None:
-                alphas.append(out.alpha)
-            if windows:
-                writes.append(self.writer.window_of(state.dec["write"]))
-            if return_canvases:
-                canvases.append(self.likelihood.mean(state.canvas))
+        compiled = self._compiled_steps is not None and torch.is_grad_enabled()
+        run = self._compiled_steps if compiled else self._steps
+        want = _Wanted(return_log_ratio, return_canvases, return_windows)
+        outs: list[_StepOut] = []
+        for chunk in eps.split(self._steps_per_call):  # (k, B or 1, Z)
+            state, chunk_outs = run(x, state, chunk, w, cond, want)
+            outs += chunk_outs
         recon = self.likelihood.nll(state.canvas, x)  # eq. (9), (B,)
-        kl = torch.stack(kls, dim=1)  # (B, T)
+        kl = torch.stack([o.kl for o in outs], dim=1)  # (B, T)
         return DRAWOutput(
             loss=recon + kl.sum(1),  # eq. (12)
             recon=recon,
             kl=kl,
-            canvases=torch.stack(canvases) if return_canvases else None,
-            log_ratio=torch.stack(ratios).sum(0) if return_log_ratio else None,
-            alignments=torch.stack(alphas, dim=1) if alphas else None,
-            read_windows=Window.stack(reads) if reads else None,
-            write_windows=Window.stack(writes) if writes else None,
+            canvases=torch.stack([o.canvas for o in outs]) if return_canvases else None,
+            log_ratio=torch.stack([o.log_ratio for o in outs]).sum(0) if return_log_ratio else None,
+            alignments=torch.stack([o.alpha for o in outs], dim=1) if outs[0].alpha is not None else None,
+            read_windows=Window.stack([o.read for o in outs]) if outs[0].read is not None else None,
+            write_windows=Window.stack([o.write for o in outs]) if outs[0].write is not None else None,
         )
 
     # -- generation -------------------------------------------------------------------------
