@@ -3,18 +3,26 @@
 Prints one table and, with --json, writes the same figures. Not a test: nothing here asserts a time.
 
 Examples:
-  python benchmarks/bench_train.py                              # the paper's MNIST config, CPU
-  python benchmarks/bench_train.py --config paper-no-attention
+  python benchmarks/bench_train.py                              # the paper's MNIST config, CPU, compiled
+  python benchmarks/bench_train.py --no-compile                 # the same, eager
+  python benchmarks/bench_train.py --config mnist-captions      # alignDRAW's MNIST-with-captions model
   python benchmarks/bench_train.py --device cuda --batch-size 100 --json bench.json
   python benchmarks/bench_train.py --smoke                      # a few steps of a tiny model (CI)
+  python benchmarks/compare.py                                  # side by side with the eager baseline
 
 Figures:
-  train images/s   optimiser steps (forward, backward, clip, Adam) over a window after warm-up
+  train images/s   optimiser steps (forward, backward, clip, Adam) on a fixed batch: the median over
+                   --windows timing windows of --steps steps each, after warm-up (and compilation)
+  first steps s    the untimed warm-up steps, compilation included
   GFLOP/image      forward + backward, counted by torch's FLOP counter (matmuls and einsums)
   achieved         GFLOP/image x images/s, as a fraction of a measured matmul rate on LSTM-sized
                    operands (batch x (input + hidden) @ (input + hidden) x 4 hidden)
   peak memory      CUDA: max allocated; CPU: the process's peak resident set
-  sample 64        seconds to draw 64 images with all T steps
+  sample 64        seconds to draw 64 images with all T steps (eager: sampling is never compiled)
+
+Only the public API (DRAW, DRAWConfig, from_pretrained, encode_condition, sample, compile_step) is
+used, and compile_step only when compiling, so with PYTHONPATH pointing at an older checkout this
+script measures that version (what benchmarks/compare.py does).
 """
 
 from __future__ import annotations
@@ -24,19 +32,30 @@ import dataclasses
 import json
 import platform
 import resource
+import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import cdraw
 from cdraw import DRAW, DRAWConfig
 
 CONFIGS = {
     "paper": DRAWConfig(),  # DRAW with attention, MNIST (Table 3)
     "paper-no-attention": DRAWConfig(attention=False),
+    "mnist-captions": None,  # alignDRAW on MNIST with captions: the shipped model's config
     "tiny": DRAWConfig(steps=4, enc_size=32, dec_size=32, z_size=5, write_size=3),
 }
+CAPTIONS_MODEL = Path(cdraw.__file__).parent / "assets" / "models" / "mnist_captions"
+CAPTIONS = [  # the two kinds of sentence of MNIST with captions
+    "the digit 3 is at the top left of the image",
+    "the digit 1 is on the left of the digit 7",
+    "the digit 8 is at the bottom right of the image",
+    "the digit 0 is at the right of the digit 5",
+]
 GRAD_CLIP = 10.0
 SAMPLES = 64
 
@@ -61,48 +80,66 @@ def matmul_rate(device: torch.device, batch: int, k: int, n: int, seconds: float
     return 2 * batch * k * n * reps / (time.perf_counter() - start) / 1e9
 
 
-def train_step(model: DRAW, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
-    loss = model(x).loss.mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-    opt.step()
+def make_model(name: str) -> tuple[DRAW, list[str] | None]:
+    """The model of a named config (random weights), and captions for a caption model."""
+    if name == "mnist-captions":
+        return DRAW.from_pretrained(CAPTIONS_MODEL), CAPTIONS
+    return DRAW(CONFIGS[name]), None
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    cfg = CONFIGS[args.config]
     torch.manual_seed(0)
-    model = DRAW(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model, captions = make_model(args.config)
+    model = model.to(device)
+    cfg = model.config
+    condition = None
+    if captions is not None:  # token ids, as training passes them
+        condition = model.encode_condition([captions[i % len(captions)] for i in range(args.batch_size)])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = (torch.rand(args.batch_size, cfg.channels, *cfg.image_size, device=device) > 0.87).float()
 
-    with FlopCounterMode(display=False) as counter:
-        model(x).loss.mean().backward()
+    def train_step() -> None:
+        loss = model(x, condition).loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:  # eager, before any compilation
+        model(x, condition).loss.mean().backward()
     gflop_per_image = counter.get_total_flops() / args.batch_size / 1e9
     opt.zero_grad(set_to_none=True)
+    if args.compile:
+        model.compile_step(steps_per_call=args.steps_per_call)
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
-        train_step(model, opt, x)
+        train_step()
     sync(device)
+    first_steps_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        train_step(model, opt, x)
-    sync(device)
-    images_per_s = args.steps * args.batch_size / (time.perf_counter() - start)
+    rates = []
+    for _ in range(args.windows):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step()
+        sync(device)
+        rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
+    images_per_s = statistics.median(rates)
 
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # ru_maxrss is KiB on Linux
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    model.sample(SAMPLES)  # warm-up
+    sample_condition = None if captions is None else [captions[i % len(captions)] for i in range(SAMPLES)]
+    model.sample(SAMPLES, sample_condition)  # warm-up
     sync(device)
     start = time.perf_counter()
     for _ in range(args.sample_repeats):
-        model.sample(SAMPLES)
+        model.sample(SAMPLES, sample_condition)
     sync(device)
     sample_s = (time.perf_counter() - start) / args.sample_repeats
 
@@ -111,12 +148,16 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "config": args.config,
         "model": dataclasses.asdict(cfg),
+        "compiled": args.compile,
+        "cdraw": str(Path(cdraw.__file__).parent),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "train_images_per_s": images_per_s,
+        "train_images_per_s_windows": rates,
+        "first_steps_s": first_steps_s,
         "gflop_per_image": gflop_per_image,
         "achieved_gflop_per_s": gflop_per_image * images_per_s,
         "matmul_gflop_per_s": rate,
@@ -132,22 +173,38 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="paper")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile the training step, as training does by default (default: on)",
+    )
+    parser.add_argument("--steps-per-call", type=int, default=8, help="glimpses per compiled graph (default: 8)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps (default: 10)")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per timing window (default: 5)")
+    parser.add_argument("--windows", type=int, default=5, help="timing windows; the median is reported (default: 5)")
     parser.add_argument("--sample-repeats", type=int, default=3)
     parser.add_argument("--matmul-seconds", type=float, default=2.0)
-    parser.add_argument("--smoke", action="store_true", help="tiny config, 2 steps: checks the script runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny config, eager, 2 steps: checks the script runs")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.smoke:
-        args.config, args.warmup, args.steps, args.sample_repeats, args.matmul_seconds = "tiny", 1, 2, 1, 0.05
+        args.config, args.compile, args.warmup, args.steps, args.windows = "tiny", False, 1, 2, 1
+        args.sample_repeats, args.matmul_seconds = 1, 0.05
+    if min(args.batch_size, args.steps, args.windows, args.steps_per_call) < 1 or args.warmup < 0:
+        sys.exit("error: --batch-size, --steps, --windows and --steps-per-call must be positive")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA GPU is available")
+    if args.config == "mnist-captions" and not CAPTIONS_MODEL.is_dir():
+        sys.exit(f"error: the mnist-captions config is read from {CAPTIONS_MODEL}, which this cdraw lacks")
     r = run(args)
     rows = [
         ("config", f"{r['config']} on {r['device']} ({r['threads']} threads, torch {r['torch']})"),
+        ("step", "compiled" if r["compiled"] else "eager"),
         ("batch", r["batch_size"]),
-        ("train images/s", f"{r['train_images_per_s']:.1f}"),
+        ("train images/s (median)", f"{r['train_images_per_s']:.1f}"),
+        ("  windows", " ".join(f"{v:.0f}" for v in r["train_images_per_s_windows"])),
+        ("first steps s (compile)", f"{r['first_steps_s']:.1f}"),
         ("GFLOP/image (fwd+bwd)", f"{r['gflop_per_image']:.3f}"),
         ("matmul rate GFLOP/s", f"{r['matmul_gflop_per_s']:.1f}"),
         ("arithmetic ceiling img/s", f"{r['ceiling_images_per_s']:.0f}"),

@@ -73,21 +73,27 @@ def filterbanks(window: Window, n: int, height: int, width: int) -> tuple[Tensor
 def read_patch(x: Tensor, fy: Tensor, fx: Tensor) -> Tensor:
     """F_Y x F_X^T for every channel, eq. (27) without gamma: (B, C, H, W) -> (B, C, N, N).
 
-    Written as products and sums (here and in :func:`write_patch`) rather than an ``einsum``:
-    the matrices are tiny (N = 2..5), and ``torch.compile`` fuses this form, forward and backward,
-    into a few loops, where the einsum's batched matrix products cost more than their arithmetic.
+    Eagerly this is one ``einsum`` (batched matrix products). Under ``torch.compile`` it is written
+    as products and sums, which the compiler fuses, forward and backward, into a few loops; its
+    batched products of tiny matrices (N = 2..5) would cost more than their arithmetic. The two
+    forms are the same sum (tested against each other).
     """
-    rows = (fy[:, None, :, :, None] * x[:, :, None]).sum(3)  # (B, C, N, W): F_Y x
-    return (rows[:, :, :, None, :] * fx[:, None, None]).sum(-1)  # (B, C, N, N): (F_Y x) F_X^T
+    if torch.compiler.is_compiling():
+        rows = (fy[:, None, :, :, None] * x[:, :, None]).sum(3)  # (B, C, N, W): F_Y x
+        return (rows[:, :, :, None, :] * fx[:, None, None]).sum(-1)  # (B, C, N, N): (F_Y x) F_X^T
+    return torch.einsum("bnh,bchw,bmw->bcnm", fy, x, fx)
 
 
 def write_patch(w: Tensor, fy: Tensor, fx: Tensor) -> Tensor:
     """F_Y^T w F_X for every channel, eq. (29) without 1/gamma: (B, C, N, N) -> (B, C, H, W).
 
-    The adjoint of :func:`read_patch`: <read_patch(x), w> == <x, write_patch(w)>.
+    The adjoint of :func:`read_patch`: <read_patch(x), w> == <x, write_patch(w)>. Two forms, eager
+    and compiled, as in :func:`read_patch`.
     """
-    cols = (w[..., None] * fx[:, None, None]).sum(3)  # (B, C, N, W): w F_X
-    return (fy[:, None, :, :, None] * cols[:, :, :, None, :]).sum(2)  # (B, C, H, W): F_Y^T (w F_X)
+    if torch.compiler.is_compiling():
+        cols = (w[..., None] * fx[:, None, None]).sum(3)  # (B, C, N, W): w F_X
+        return (fy[:, None, :, :, None] * cols[:, :, :, None, :]).sum(2)  # (B, C, H, W): F_Y^T (w F_X)
+    return torch.einsum("bnh,bcnm,bmw->bchw", fy, w, fx)
 
 
 def read(x: Tensor, x_hat: Tensor, window: Window, n: int) -> Tensor:

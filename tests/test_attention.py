@@ -103,6 +103,29 @@ def test_read_and_write_patches_are_adjoint():
     torch.testing.assert_close(lhs, rhs)
 
 
+def test_compiled_form_of_the_patches_equals_the_einsum():
+    """Under torch.compile the patches are written as products and sums; traced by dynamo (its
+    eager backend: that form, run by PyTorch) they give the einsum's values and gradients."""
+    gen = torch.Generator().manual_seed(1)
+    b, c, h, w_ = 3, 2, 11, 9
+    for n in (1, 2, 5):
+        fy = torch.rand(b, n, h, generator=gen, dtype=torch.float64).requires_grad_()
+        fx = torch.rand(b, n, w_, generator=gen, dtype=torch.float64).requires_grad_()
+        x = torch.randn(b, c, h, w_, generator=gen, dtype=torch.float64).requires_grad_()
+        w = torch.randn(b, c, n, n, generator=gen, dtype=torch.float64).requires_grad_()
+        for fn, args in ((read_patch, (x, fy, fx)), (write_patch, (w, fy, fx))):
+            traced = torch.compile(fn, backend="eager", fullgraph=True)
+            want, got = fn(*args), traced(*args)
+            torch.testing.assert_close(got, want)
+            probe = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+            for a, e in zip(
+                torch.autograd.grad((got * probe).sum(), args),
+                torch.autograd.grad((want * probe).sum(), args),
+                strict=True,
+            ):
+                torch.testing.assert_close(a, e)
+
+
 def test_write_divides_by_gamma_and_matches_the_transcription():
     """Eq. (29): write = (1/gamma) F_Y^T w F_X, checked with explicit matrix products."""
     gen = torch.Generator().manual_seed(1)

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks" / "bench_train.py"
 
 
 def test_benchmark_smoke_mode_writes_its_figures(tmp_path):
@@ -18,5 +21,25 @@ def test_benchmark_smoke_mode_writes_its_figures(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert r["config"] == "tiny" and r["train_images_per_s"] > 0 and r["gflop_per_image"] > 0
-    assert r["matmul_gflop_per_s"] > 0 and r["sample_64_s"] > 0
+    assert r["matmul_gflop_per_s"] > 0 and r["sample_64_s"] > 0 and r["first_steps_s"] >= 0
+    assert r["cdraw"] == str(REPO / "cdraw") and not r["compiled"]
     assert "train images/s" in proc.stdout
+
+
+def test_compare_runs_an_older_revision_beside_this_one(tmp_path):
+    """benchmarks/compare.py checks the baseline revision out and benchmarks it (smoke mode)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from compare import BASELINE
+    finally:
+        sys.path.pop(0)
+    have = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", BASELINE + "^{commit}"], capture_output=True)
+    if have.returncode != 0:
+        pytest.skip(f"this checkout lacks the baseline revision {BASELINE} (a shallow clone?)")
+    out = tmp_path / "compare.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--smoke", "--rounds", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())
+    assert [Path(r["cdraw"]).parent == REPO for r in runs] == [False, True, True]  # the baseline is elsewhere
+    assert proc.stdout.count("| tiny |") == 3
