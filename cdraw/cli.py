@@ -230,6 +230,26 @@ def _describe(kind: str) -> str:
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
+def cpu_thread_flags(launch_args: list[str]) -> list[str]:
+    """``--num_cpu_threads_per_process N`` for a machine without a GPU, where ``accelerate launch``
+    would otherwise set OMP_NUM_THREADS=1 and train on one core; nothing if the user chose."""
+    import torch
+
+    from cdraw.training import cpu_threads_per_process
+
+    chosen = any(a == "--cpu" or a.startswith("--num_cpu_threads_per_process") for a in launch_args)
+    if chosen or "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return []
+    processes = 1
+    for i, a in enumerate(launch_args):
+        value = a.split("=", 1)[1] if a.startswith("--num_processes=") else None
+        if a == "--num_processes" and i + 1 < len(launch_args):
+            value = launch_args[i + 1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            processes = int(value)
+    return ["--num_cpu_threads_per_process", str(cpu_threads_per_process(processes))]
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     script = RECIPES_DIR / f"train_{args.recipe}.py"
     if not script.is_file():
@@ -237,7 +257,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not found:
             raise CDrawError("cdraw train needs the recipes/ folder of a source checkout (git clone the project)")
         raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(found)}")
-    cmd = ["accelerate", "launch", *args.launch_args, str(script), *args.overrides]
+    cmd = ["accelerate", "launch", *cpu_thread_flags(args.launch_args), *args.launch_args, str(script), *args.overrides]
     print("running:", " ".join(cmd), file=sys.stderr)
     try:
         sys.exit(subprocess.call(cmd))

@@ -551,7 +551,7 @@ class DRAW(nn.Module):
         cfg = self.config
         r, f, zk = self.reader.out_size, cfg.dec_size, cfg.z_size + cfg.words_size
         enc, dec = self.encoder, self.decoder  # LSTMCell inputs: encoder [r, h_dec, v], decoder [z, s, v]
-        heads = {"write": self.writer.head()}  # first: read at every step, and the only one at the last
+        heads = {"write": self.writer.head()}
         if (read := self.reader.head()) is not None:
             heads["read"] = read
         if self.prior is not None:
@@ -646,8 +646,8 @@ class DRAW(nn.Module):
         """Eq. (7), h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t, v]) -> (c_dec_t, the heads of h_dec_t, alpha_t)."""
         inputs, alpha = z, None
         if cond.words is not None:  # alignDRAW's s_t, from h_dec_{t-1}
-            words, alpha = self.alignment(cond.keys, cond.words, cond.padding, s.dec["align"])
-            inputs = torch.cat([z, words], dim=-1)
+            sentence, alpha = self.alignment(cond.keys, cond.words, cond.padding, s.dec["align"])
+            inputs = torch.cat([z, sentence], dim=-1)
         gates = torch.addmm(s.dec["dec"], inputs, w.dec_in.t())  # (B, 4F)
         if w.dec_const is not None:
             gates = gates + w.dec_const
@@ -659,8 +659,9 @@ class DRAW(nn.Module):
         their element-wise work into a few kernels; ``enabled=False`` goes back to eager.
 
         ``steps_per_call`` glimpses are compiled as one graph (a divisor of T is used, at most this
-        many): fewer calls, less overhead per step, a longer first compilation. Only passes that
-        record gradients are compiled; evaluation and sampling stay eager. The first compiled step
+        many): fewer calls, less overhead per step, a longer first compilation. Each new batch
+        size is compiled anew (training keeps one: it drops the incomplete last batch). Only passes
+        that record gradients are compiled; evaluation and sampling stay eager. The first compiled step
         takes a while (about a minute on a 2-core CPU, which needs a C++ compiler); if it cannot be
         compiled, a warning says why and the model trains eagerly. The maths is the same (tested).
         """

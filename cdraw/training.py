@@ -73,6 +73,17 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.lr
 
 
+def cpu_threads_per_process(local_processes: int = 1) -> int:
+    """The CPU cores each of ``local_processes`` training processes on this machine can use
+    (physical cores, within this process's CPU affinity)."""
+    import psutil  # a dependency of accelerate
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    return max(1, cores // max(1, local_processes))
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes, to compare models across processes."""
     h = hashlib.sha256()
@@ -104,6 +115,13 @@ class Trainer:
         self.acc = acc = Accelerator(cpu=not torch.cuda.is_available())
         self.rank, self.world = acc.process_index, acc.num_processes
         self.main = acc.is_main_process
+        threads, cores = torch.get_num_threads(), cpu_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        if acc.device.type == "cpu" and threads < cores and self.main:
+            tqdm.write(
+                f"note: training on {threads} CPU thread(s) per process, where {cores} cores are free for each: "
+                "accelerate launch sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process "
+                f"{cores} (or --cpu); `cdraw train` passes it for you"
+            )
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process

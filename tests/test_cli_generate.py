@@ -149,6 +149,36 @@ def test_train_forwards_to_a_recipe_and_names_the_recipes():
     one_line_error(proc, "no recipe 'nosuch'", "mnist_captions")
 
 
+def test_train_gives_accelerate_the_cpu_cores(monkeypatch):
+    """accelerate launch alone would train on one CPU thread (OMP_NUM_THREADS=1)."""
+    from cdraw import cli
+    from cdraw.training import cpu_threads_per_process
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for launch, processes in (("", 1), ("--multi_gpu --num_processes 2", 2), ("--num_cpu_threads_per_process 3", None)):
+        with pytest.raises(SystemExit) as done:
+            cli.main(["train", f"--launch-args={launch}", "mnist", "--max-steps", "1"])
+        assert done.value.code == 0
+        cmd = calls.pop()
+        assert cmd[:2] == ["accelerate", "launch"] and cmd[-3:] == [
+            str(cli.RECIPES_DIR / "train_mnist.py"),
+            "--max-steps",
+            "1",
+        ]
+        if processes is None:  # the user's choice stands
+            assert cmd.count("--num_cpu_threads_per_process") == 1 and "3" in cmd
+        else:
+            i = cmd.index("--num_cpu_threads_per_process")
+            assert cmd[i + 1] == str(cpu_threads_per_process(processes))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # so does a thread count set in the environment
+    with pytest.raises(SystemExit):
+        cli.main(["train", "mnist"])
+    assert "--num_cpu_threads_per_process" not in calls.pop()
+
+
 @pytest.mark.parametrize("name", ["none", "caption"])
 def test_default_models_load_and_generate_offline(name, tmp_path):
     if not (DEFAULT_MODELS[name] / "config.json").is_file():
