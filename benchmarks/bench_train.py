@@ -19,6 +19,8 @@ Figures:
                    operands (batch x (input + hidden) @ (input + hidden) x 4 hidden)
   peak memory      CUDA: max allocated; CPU: the process's peak resident set
   sample 64        seconds to draw 64 images with all T steps (eager: sampling is never compiled)
+  profile          with --profile N: self time per operator over N more steps, and the share of
+                   matrix products (aten::mm, addmm, bmm) in it
 
 Only the public API (DRAW, DRAWConfig, from_pretrained, encode_condition, sample, compile_step) is
 used, and compile_step only when compiling, so with PYTHONPATH pointing at an older checkout this
@@ -129,6 +131,10 @@ def run(args: argparse.Namespace) -> dict:
         rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
     images_per_s = statistics.median(rates)
 
+    profile = None
+    if args.profile:
+        profile = profile_steps(train_step, args.profile, device)
+
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # ru_maxrss is KiB on Linux
@@ -165,7 +171,29 @@ def run(args: argparse.Namespace) -> dict:
         "ceiling_images_per_s": rate / gflop_per_image,
         "peak_memory_mib": peak_mib,
         "sample_64_s": sample_s,
+        "profile": profile,
     }
+
+
+def profile_steps(train_step, steps: int, device: torch.device) -> dict:
+    """Self time of every operator over ``steps`` training steps, per step: the share of matrix
+    products, and the 15 costliest operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, attr))
+    total = sum(getattr(e, attr) for e in ops)
+    matmul = sum(getattr(e, attr) for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    top = [
+        {"op": e.key, "ms_per_step": getattr(e, attr) / steps / 1e3, "calls_per_step": e.count / steps}
+        for e in ops[:15]
+    ]
+    return {"ms_per_step": total / steps / 1e3, "matmul_share": matmul / total, "top": top}
 
 
 def main() -> None:
@@ -185,6 +213,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=5, help="timing windows; the median is reported (default: 5)")
     parser.add_argument("--sample-repeats", type=int, default=3)
     parser.add_argument("--matmul-seconds", type=float, default=2.0)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps (default: 0)")
     parser.add_argument("--smoke", action="store_true", help="tiny config, eager, 2 steps: checks the script runs")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -212,6 +241,13 @@ def main() -> None:
         ("peak memory MiB", f"{r['peak_memory_mib']:.0f}"),
         ("sample 64 images s", f"{r['sample_64_s']:.3f}"),
     ]
+    if r["profile"]:
+        rows.append(("profiled ms/step (self)", f"{r['profile']['ms_per_step']:.1f}"))
+        rows.append(("  of it matrix products", f"{r['profile']['matmul_share']:.0%}"))
+        rows += [
+            (f"  {t['op'][:40]}", f"{t['ms_per_step']:.1f} ms, {t['calls_per_step']:.0f} calls")
+            for t in r["profile"]["top"]
+        ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -16,7 +16,10 @@ BENCH = REPO / "benchmarks" / "bench_train.py"
 def test_benchmark_smoke_mode_writes_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCH), "--smoke", "--profile", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -24,6 +27,7 @@ def test_benchmark_smoke_mode_writes_its_figures(tmp_path):
     assert r["matmul_gflop_per_s"] > 0 and r["sample_64_s"] > 0 and r["first_steps_s"] >= 0
     assert r["cdraw"] == str(REPO / "cdraw") and not r["compiled"]
     assert "train images/s" in proc.stdout
+    assert 0 < r["profile"]["matmul_share"] < 1 and r["profile"]["top"][0]["ms_per_step"] > 0
 
 
 def test_compare_runs_an_older_revision_beside_this_one(tmp_path):
