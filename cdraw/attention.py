@@ -26,6 +26,9 @@ from torch import Tensor, nn
 #: weights underflowing to 0) gives a zero filter instead of 0/0.
 FILTER_EPS = 1e-8
 
+#: Outputs of :class:`WindowParams`' linear layer: g~X, g~Y, log sigma^2, log delta~, log gamma.
+WINDOW_PARAMS = 5
+
 
 class Window(NamedTuple):
     """An attention window in pixel units; every field is a (B,) tensor (or (T, B) when stacked)."""
@@ -135,7 +138,7 @@ class WindowParams(nn.Module):
 
     def __init__(self, hidden_size: int, n: int, size: tuple[int, int]):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 5)
+        self.linear = nn.Linear(hidden_size, WINDOW_PARAMS)
         self.n = n
         self.height, self.width = size
         # Initialisation (the paper gives none; the maths is unchanged): each filter starts as wide as
@@ -151,7 +154,7 @@ class WindowParams(nn.Module):
         return self.from_raw(self.linear(h))
 
     def from_raw(self, raw: Tensor) -> Window:
-        """The window from the linear layer's output (B, 5), eq. (22)-(24); the model computes that
+        """The window from the linear layer's output (B, WINDOW_PARAMS), eq. (22)-(24); the model computes that
         output together with its other maps of h_dec (:class:`cdraw.model.FusedLinear`)."""
         gx_, gy_, log_sigma2, log_delta_, log_gamma = raw.unbind(-1)  # each (B,)
         a, b = self.width, self.height

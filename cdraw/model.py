@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from cdraw import attention
-from cdraw.attention import Window, WindowParams
+from cdraw.attention import WINDOW_PARAMS, Window, WindowParams
 from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.likelihoods import LIKELIHOODS, make_likelihood
@@ -321,11 +321,11 @@ class AttentionWriter(nn.Module):
         )
 
     def window_of(self, raw: Tensor) -> Window:
-        return self.window.from_raw(raw[:, -5:])
+        return self.window.from_raw(raw[:, -WINDOW_PARAMS:])
 
     def forward(self, raw: Tensor) -> Tensor:
         """``raw`` (B, C N N + 5): :meth:`head` applied to h_dec_t -> (B, C, H, W)."""
-        w = raw[:, :-5].reshape(-1, self.c, self.n, self.n)  # (B, C, N, N)
+        w = raw[:, :-WINDOW_PARAMS].reshape(-1, self.c, self.n, self.n)  # (B, C, N, N)
         return attention.write(w, self.window_of(raw), self.size)
 
 
