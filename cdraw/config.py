@@ -21,6 +21,9 @@ from cdraw.conditioning import ConditionConfig
 from cdraw.errors import CDrawError
 from cdraw.model import DRAWConfig, typed_fields
 
+#: torch.compile's modes that training offers ("max-autotune" fails on the CPU stack we test on).
+COMPILE_MODES = ("default", "reduce-overhead")
+
 
 @dataclass
 class TrainConfig:
@@ -39,8 +42,19 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     grad_clip: float = field(default=10.0, metadata={"help": "clip the global gradient norm to this"})
+    init_from_data: bool = field(
+        default=True,
+        metadata={"help": "start the canvas at the training mean image and the write window at unit gain"},
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "raise the learning rate linearly over this many steps"})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "stop after this much training time (wall-clock), then validate and save"}
+    )
     seed: int = 0
     eval_batch_size: int = 1000
+    valid_images: int = field(
+        default=0, metadata={"help": "validate on the first this many validation images (0: all of them)"}
+    )
     log_every: int = field(default=50, metadata={"help": "steps between log lines (and finite-loss checks)"})
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints (also each epoch)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
@@ -49,6 +63,12 @@ class TrainConfig:
         default=True,
         metadata={"help": "compile the training step with torch.compile (faster; the first step takes a while)"},
     )
+    compile_mode: str = field(
+        default="default",
+        metadata={"help": "torch.compile mode: default, or reduce-overhead (CUDA graphs, for a GPU)"},
+    )
+    tf32: bool = field(default=False, metadata={"help": "allow TF32 matrix products on a CUDA GPU (faster)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, or bf16 (autocast through accelerate)"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (slower; exact resume)"})
     record_batches: bool = field(default=False, metadata={"help": "write each process's batch indices (audit)"})
 
@@ -67,6 +87,16 @@ class TrainConfig:
         for name in (*at_least_one, "keep_checkpoints", "num_samples"):
             if getattr(self, name) < 1:
                 raise CDrawError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.valid_images < 0:
+            raise CDrawError(f"valid_images must be >= 0, got {self.valid_images}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise CDrawError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise CDrawError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.warmup_steps < 0:
+            raise CDrawError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise CDrawError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CDrawError(f"max_steps must be at least 1, got {self.max_steps}")
 

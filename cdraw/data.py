@@ -324,6 +324,10 @@ class ImageData:
         conditions = self.conditions[index] if self.conditions is not None else None
         return ImageData(self.images, self.levels, conditions, image_index.to(self.images.device)[index])
 
+    def mean_image(self) -> torch.Tensor:
+        """(C, H, W) the mean of every image, in [0, 1] (what training starts the canvas at)."""
+        return self.images.double().mean(0).float() / (self.levels - 1)
+
     def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
         """(B, C, H, W) floats in [0, 1] for the examples at ``index``."""
         rows = self.image_index[index] if self.image_index is not None else index

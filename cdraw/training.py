@@ -67,9 +67,13 @@ class TrainerState:
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based): constant, or cosine decay to 0."""
+    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
+    ``warmup_steps``, then constant, or cosine decay to 0 at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+        done = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
     return cfg.lr
 
 
@@ -112,7 +116,9 @@ class Trainer:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        if cfg.tf32 and acc.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.rank, self.world = acc.process_index, acc.num_processes
         self.main = acc.is_main_process
         threads, cores = torch.get_num_threads(), cpu_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -125,7 +131,10 @@ class Trainer:
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        model = DRAW(cfg.model).compile_step(cfg.compile)
+        model = DRAW(cfg.model)
+        if cfg.init_from_data and not resume:
+            model.init_from_data(train_data.mean_image())
+        model.compile_step(cfg.compile, **({} if cfg.compile_mode == "default" else {"mode": cfg.compile_mode}))
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.state = TrainerState(world_size=self.world)
@@ -135,7 +144,7 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1_000 + self.rank + 1)  # each process its own noise
 
         self.train_data = train_data.to(acc.device)  # a batch is then one index on the device
-        self.valid_data = valid_data
+        self.valid_data = valid_data.select(slice(0, cfg.valid_images)) if cfg.valid_images else valid_data
         self.steps_per_epoch = len(shard_batches(len(train_data), cfg.batch_size, 0, cfg.seed, 0, self.world))
         if self.steps_per_epoch == 0:
             raise CDrawError(
@@ -183,8 +192,10 @@ class Trainer:
                 elif st.step % cfg.checkpoint_every == 0 and st.step < self.total_steps:
                     self._flush_log()
                     self._save_checkpoint()
-                if st.step >= self.total_steps:
+                if st.step >= self.total_steps or self._out_of_time():
                     break
+            if self._out_of_time():
+                break
         bar.close()
         if validated_at != st.step:  # stopped mid-epoch (--max-steps): validate and save there too
             self._flush_log()
@@ -199,6 +210,13 @@ class Trainer:
             self._writer.close()
         acc.end_training()
         return valid
+
+    def _out_of_time(self) -> bool:
+        """--max-minutes: checked at log intervals only (the same decision on every process)."""
+        if self.cfg.max_minutes is None or self.state.step % self.cfg.log_every:
+            return False
+        spent = torch.tensor([time.perf_counter() - self._run_start], device=self.acc.device)
+        return self.acc.reduce(spent, "max").item() >= 60 * self.cfg.max_minutes
 
     def _train_step(self, idx: torch.Tensor) -> None:
         cfg, st = self.cfg, self.state

@@ -175,3 +175,51 @@ def test_nan_gradients_with_a_finite_loss_also_stop_training(small_sets, tmp_pat
     with pytest.raises(TrainingDiverged, match="gradients became NaN/Inf at or before step 11"):
         train(bad, train_set, valid_set, resume=True)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-00000010"
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_zero():
+    from cdraw.training import lr_at
+
+    cfg = TrainConfig(lr=2e-3, warmup_steps=10, lr_schedule="cosine")
+    assert lr_at(cfg, 0, 110) == pytest.approx(2e-4) and lr_at(cfg, 9, 110) == pytest.approx(2e-3)
+    assert lr_at(cfg, 10, 110) == pytest.approx(2e-3)  # the cosine starts after the warm-up
+    assert lr_at(cfg, 60, 110) == pytest.approx(1e-3) and lr_at(cfg, 110, 110) == pytest.approx(0, abs=1e-12)
+    constant = TrainConfig(lr=2e-3, warmup_steps=4)
+    assert [lr_at(constant, s, 100) for s in (1, 3, 50)] == pytest.approx([1e-3, 2e-3, 2e-3])
+    with pytest.raises(CDrawError, match="warmup_steps"):
+        TrainConfig(warmup_steps=-1)
+    with pytest.raises(CDrawError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
+def test_init_from_data_starts_at_the_mean_image_with_a_unit_gain_writer(small_sets):
+    """c_0 = logit(mean image): a model that writes nothing draws the mean image; the write window
+    starts at gamma = 1 / delta^2 with the patch's weights divided by as much (same first writes)."""
+    from cdraw import DRAWConfig
+
+    train_set, _ = small_sets
+    torch.manual_seed(0)
+    plain = DRAW(DRAWConfig(steps=4, enc_size=16, dec_size=16, z_size=3))
+    torch.manual_seed(0)
+    model = DRAW(DRAWConfig(steps=4, enc_size=16, dec_size=16, z_size=3)).init_from_data(train_set.mean_image())
+    mean = train_set.images.float().mean(0)
+    assert torch.allclose(torch.sigmoid(model.canvas0), mean.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+    stride = 27 / 4  # a 5x5 write window spanning 28 pixels
+    assert model.writer.window.linear.bias[4].item() == pytest.approx(-2 * torch.log(torch.tensor(stride)).item())
+    assert torch.allclose(model.writer.patch.weight * stride**2, plain.writer.patch.weight)
+    w = torch.randn(2, 25)
+    with torch.no_grad():
+        plain.writer.window.linear.bias[4] = 0.0  # gamma = 1, against gamma = 1 / delta^2
+    raw_plain = torch.cat([w, plain.writer.window.linear.bias.expand(2, -1)], 1)
+    raw_init = torch.cat([w / stride**2, model.writer.window.linear.bias.expand(2, -1)], 1)
+    assert torch.allclose(plain.writer(raw_plain), model.writer(raw_init), atol=1e-6)  # same first writes
+    with pytest.raises(CDrawError, match="mean image"):
+        model.init_from_data(torch.zeros(1, 5, 5))
+
+
+def test_max_minutes_stops_training_and_saves_the_model(small_sets, tmp_path):
+    train_set, valid_set = small_sets
+    cfg = tiny_train_config(tmp_path / "run", epochs=1000, max_minutes=1e-6, log_every=5)
+    train(cfg, train_set, valid_set)
+    record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert record["step"] == 5  # stopped at the first check
