@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,26 @@ def test_compare_runs_an_older_revision_beside_this_one(tmp_path):
     runs = json.loads(out.read_text())
     assert [Path(r["cdraw"]).parent == REPO for r in runs] == [False, True, True]  # the baseline is elsewhere
     assert proc.stdout.count("| tiny |") == 3
+
+
+def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
+    """benchmarks/gpu_run.py --smoke: every stage on the CPU at tiny sizes, the files it promises."""
+    out = tmp_path / "gpu"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_run.py"), "--smoke", "--out", str(out)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CDRAW_DATA_DIR": str(data_dir)}
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert names == {"report.md", "report.json", "tests.txt"} | {
+        f"model/{n}" for n in ("config.json", "model.safetensors", "training.json", "eval.json")
+    }
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert not stages["environment"]["missing"] and stages["tests"]["exit_code"] == 0
+    assert stages["speed"]["cells"]["8/eager"]["images_per_s"] > 0
+    assert stages["speed"]["cells"]["8/cudagraphs"] == {"skipped": "needs CUDA"}
+    assert abs(stages["speed"]["precision"]["bf16 autocast"]["bound_minus_fp32"]) < 1.0
+    test = stages["training"]["test"]
+    assert test["bound"] > 0 and test["iwae"] > 0 and test["iw_samples"] == 2
+    assert json.loads((out / "model" / "eval.json").read_text())["bound"] == test["bound"]
+    assert "| 8 |" in (out / "report.md").read_text()

@@ -1,0 +1,498 @@
+"""One prepared command for a short GPU window: check, test, measure and train DRAW on CUDA.
+
+In this order, writing what it has under --out after every stage (so a timeout still leaves a report):
+
+  a. environment: torch, CUDA, GPU, cdraw and how it was installed, what is missing
+  b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step)
+  c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
+     batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead");
+     then TF32 and bf16 autocast on a fixed batch, each checked against float32 (within 0.1 nats)
+  d. with the time left: the paper config trained at the fastest setting found (the CPU recipe's
+     learning rate scaled for the batch), then its test bound and an IWAE estimate (k = 100), the
+     model folder (config, weights, training and eval records) saved under --out/model
+
+Files under --out (at most 8 come back from the GPU machine): report.md (the tables), report.json
+(every figure), tests.txt (pytest's output), model/{config.json, model.safetensors, training.json,
+eval.json}. Scratch files (checkpoints, logs) go to --scratch.
+
+Installing on the GPU machine (its image has torch, accelerate, safetensors, ...; no network):
+  pip install --no-deps -e .       # cdraw over the image's torch
+  python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
+(``build/gpu-data`` holds binarized_mnist/*.amat.gz, copied there and carried with the tree.)
+
+  python benchmarks/gpu_run.py --smoke --out /tmp/x   # the same on the CPU at tiny sizes (CI)
+
+Not a test: nothing asserts a time. Figures that were not measured are written as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: What cdraw's training and evaluation import (the text encoder's packages are not needed here).
+NEEDED = ("torch", "numpy", "safetensors", "accelerate", "yaml", "tqdm", "PIL", "psutil", "cdraw")
+PAPER_BATCHES = (100, 500, 2000)
+MODES = ("eager", "compiled", "cudagraphs")
+#: The time-to-quality study's recipe at batch 100 (docs/results.md); scaled by sqrt(batch / 100).
+BASE_LR, BASE_BATCH, BETA1, MAX_LR = 2e-3, 100, 0.5, 4e-3
+PRECISION_TOLERANCE = 0.1  # nats per image
+
+
+class Report:
+    """Everything measured so far; written (json + md) after every stage."""
+
+    def __init__(self, out: Path):
+        self.out, self.data = out, {"stages": {}}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def stage(self, name: str, value) -> None:
+        self.data["stages"][name] = value
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.out / "report.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.replace(self.out / "report.json")
+        tmp = self.out / "report.md.tmp"
+        tmp.write_text(markdown(self.data))
+        tmp.replace(self.out / "report.md")
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- a. environment ---------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    """Versions and what is missing, as one line each; importing nothing that may be absent twice."""
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "missing": []}
+    for name in NEEDED:
+        try:
+            mod = importlib.import_module(name)
+            env[name] = getattr(mod, "__version__", "present")
+        except Exception as e:  # a broken install is as missing as an absent one
+            env["missing"].append(f"{name} ({type(e).__name__}: {e})"[:200])
+    if "cdraw" not in " ".join(env["missing"]):
+        import cdraw
+
+        env["cdraw_path"] = str(Path(cdraw.__file__).parent)
+        try:
+            dist = importlib.metadata.distribution("cdraw")
+            direct = dist.read_text("direct_url.json") or ""
+            env["cdraw_install"] = "editable" if '"editable": true' in direct else "installed"
+        except importlib.metadata.PackageNotFoundError:
+            env["cdraw_install"] = "not installed (imported from the working tree)"
+    try:
+        import torch
+
+        env["cuda_available"] = torch.cuda.is_available()
+        env["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            env["gpu"] = p.name
+            env["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
+            env["gpus"] = torch.cuda.device_count()
+        env["threads"] = torch.get_num_threads()
+    except Exception:  # reported as missing above
+        pass
+    env["nvidia_smi"] = _run_quiet(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"])
+    return env
+
+
+def _run_quiet(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({type(e).__name__})"
+
+
+# -- b. the CUDA tests ------------------------------------------------------------------------
+
+
+def cuda_tests(out: Path, data_dir: Path, timeout_s: float) -> dict:
+    """``pytest -m cuda`` in a subprocess; its output in tests.txt."""
+    env = {**os.environ, "CDRAW_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", str(REPO / "tests")]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=REPO)
+        text, code = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:
+        text, code = f"{e.stdout or ''}{e.stderr or ''}\n[timed out after {timeout_s:.0f} s]", None
+    (out / "tests.txt").write_text(text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return {"exit_code": code, "summary": lines[-1] if lines else "", "seconds": round(time.perf_counter() - start, 1)}
+
+
+# -- c. speed and precision -------------------------------------------------------------------
+
+
+def speed_cell(cfg, batch: int, mode: str, device, steps: int, tf32: bool = False, bf16: bool = False) -> dict:
+    """Training images/s of one (batch, mode): forward, backward, clip, Adam, as the training loop does."""
+    import torch
+
+    from cdraw import DRAW
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    model = DRAW(cfg).to(device)
+    if mode != "eager":
+        model.compile_step(**({"mode": "reduce-overhead"} if mode == "cudagraphs" else {}))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = (torch.rand(batch, cfg.channels, *cfg.image_size, device=device) > 0.87).float()
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x).loss.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    for _ in range(3):  # compilation and warm-up
+        step()
+    _sync(device)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"images_per_s": round(steps * batch / seconds, 1), "first_steps_s": round(first_s, 1), "peak_mib": peak}
+
+
+def precision_check(cfg, device, data, tf32: bool, bf16: bool) -> dict:
+    """The bound on a fixed batch with fixed noise, minus float32's (nats per image)."""
+    import torch
+
+    from cdraw import DRAW
+
+    torch.manual_seed(0)
+    model = DRAW(cfg).to(device).eval()
+    x = data.to(device)
+
+    def bound(tf32_on: bool, bf16_on: bool) -> float:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_on
+        gen = torch.Generator(device).manual_seed(1)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_on):
+            return model(x, generator=gen).loss.double().mean().item()
+
+    reference = bound(False, False)
+    other = bound(tf32, bf16)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return {"bound_fp32": reference, "bound_minus_fp32": other - reference}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- d. training and evaluation ---------------------------------------------------------------
+
+
+def train_and_eval(args, setting: dict, minutes: float, data_dir: Path, out: Path) -> dict:
+    """The paper config trained for ``minutes`` through the training loop, then test bound and IWAE."""
+    import torch
+
+    from cdraw.config import TrainConfig
+    from cdraw.data import ImageData, load_binarized_mnist
+    from cdraw.evaluate import bound_sums, iwae_sum
+    from cdraw.model import DRAW
+    from cdraw.training import train
+
+    batch = setting["batch"]
+    lr = min(MAX_LR, BASE_LR * (batch / BASE_BATCH) ** 0.5)  # Adam: square-root scaling, capped
+    # a cosine decay over the steps the measured speed allows (compilation and validation aside);
+    # --max-minutes stops it in time if the estimate was high
+    steps = max(10, int(0.8 * setting.get("images_per_s", 0) * max(minutes * 60 - 60, 0) / batch))
+    run_dir = Path(args.scratch) / "train"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = TrainConfig(
+        model=args.model_config,
+        output_dir=str(run_dir),
+        data_dir=str(data_dir),
+        epochs=10_000,
+        max_steps=steps,
+        max_minutes=minutes,
+        batch_size=batch,
+        lr=lr,
+        adam_beta1=BETA1,
+        warmup_steps=min(steps // 10, 100),
+        lr_schedule="cosine",
+        compile=setting["mode"] != "eager",
+        compile_mode="reduce-overhead" if setting["mode"] == "cudagraphs" else "default",
+        tf32=setting.get("tf32", False),
+        mixed_precision="bf16" if setting.get("bf16") else "no",
+        valid_images=args.valid_images,
+        eval_batch_size=args.eval_batch,
+        log_every=args.log_every,
+        checkpoint_every=10**9,  # each epoch only
+        num_samples=16,
+    )
+    train_set = ImageData(load_binarized_mnist("train", data_dir))
+    valid_set = ImageData(load_binarized_mnist("valid", data_dir))
+    start = time.perf_counter()
+    valid = train(cfg, train_set, valid_set, dataset="binarized-mnist")
+    train_s = time.perf_counter() - start
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # evaluate in float32
+
+    model = DRAW.from_pretrained(run_dir / "model", device=args.device)
+    test = ImageData(load_binarized_mnist("test", data_dir))
+    gen = torch.Generator(args.device).manual_seed(0)
+    bound = bound_sums(model, test, args.eval_batch, gen).means()
+    iw_images = test.select(slice(0, args.iw_images)) if args.iw_images else test
+    iwae = iwae_sum(model, iw_images, args.iw_samples, max(1, args.eval_batch // 10), gen) / len(iw_images)
+    eval_record = {
+        "dataset": "binarized-mnist",
+        "split": "test",
+        **bound,
+        "iwae": iwae,
+        "iw_samples": args.iw_samples,
+        "iwae_images": len(iw_images),
+        "command": "benchmarks/gpu_run.py",
+    }
+    folder = out / "model"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(run_dir / "model", folder)
+    (folder / "eval.json").write_text(json.dumps(eval_record, indent=2))
+    curve = _curve(run_dir / "log.csv")
+    return {
+        "setting": setting,
+        "lr": lr,
+        "training_s": round(train_s, 1),
+        "valid": valid,
+        "test": eval_record,
+        "curve": curve,
+    }
+
+
+def _curve(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    rows = [r for r in csv.DictReader(open(path)) if r["split"] == "valid"]
+    return [{k: r[k] for k in ("step", "epoch", "loss", "elapsed_s")} for r in rows]
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def markdown(data: dict) -> str:
+    s = data["stages"]
+    lines = ["# cdraw GPU run", ""]
+    if "environment" in s:
+        e = s["environment"]
+        lines += [
+            f"- torch {e.get('torch')}, CUDA {e.get('cuda')}, GPU {e.get('gpu', 'none')}, Python {e['python']}",
+            f"- cdraw {e.get('cdraw')} ({e.get('cdraw_install', '?')}); "
+            f"missing: {', '.join(e['missing']) or 'nothing'}",
+            "",
+        ]
+    if "tests" in s:
+        lines += [
+            f"CUDA tests: {s['tests']['summary']} (exit {s['tests']['exit_code']}, {s['tests']['seconds']} s)",
+            "",
+        ]
+    if "speed" in s:
+        sp = s["speed"]
+        lines += [f"Training images/s, {sp['config']} ({sp['device']}):", ""]
+        lines += ["| batch | " + " | ".join(MODES) + " |", "| --- |" + " --- |" * len(MODES)]
+        for batch in sp["batches"]:
+            cells = [_cell(sp["cells"].get(f"{batch}/{mode}")) for mode in MODES]
+            lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for name, r in sp.get("precision", {}).items():
+            lines.append(f"- {name}: {_cell(r.get('speed'))} img/s; bound - float32 = {_delta(r)}")
+        if "best" in sp:
+            lines.append(f"- fastest within tolerance: {sp['best']}")
+        lines.append("")
+    if "training" in s:
+        t = s["training"]
+        if "error" in t:
+            lines += [f"Training: failed ({t['error']})", ""]
+        else:
+            te = t["test"]
+            lines += [
+                f"Training ({t['setting']}, lr {t['lr']:.2g}): {t['training_s']:.0f} s; "
+                f"test bound {te['bound']:.2f} nats, IWAE k={te['iw_samples']} {te['iwae']:.2f} "
+                f"({te['iwae_images']} images)",
+                "",
+            ]
+    if "total_s" in data:
+        lines.append(f"Total {data['total_s']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "not measured"
+    if "error" in r:
+        return "failed"
+    if "skipped" in r:
+        return f"skipped ({r['skipped']})"
+    return f"{r['images_per_s']:.0f}"
+
+
+def _delta(r: dict) -> str:
+    d = r.get("bound_minus_fp32")
+    return "not measured" if d is None else f"{d:+.3f} nats"
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for report.md, report.json, tests.txt, model/")
+    parser.add_argument("--scratch", help="folder for checkpoints and logs (default: a folder beside --out)")
+    parser.add_argument("--data-dir", help="folder with binarized_mnist/ (default: $CDRAW_DATA_DIR)")
+    parser.add_argument("--budget-min", type=float, default=9.0, help="minutes for everything (default: 9)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on whatever device there is (CI)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    args.scratch = args.scratch or str(out.parent / (out.name + "-scratch"))
+    report = Report(out)
+
+    env = environment()
+    report.stage("environment", env)
+    log(f"environment: torch {env.get('torch')}, GPU {env.get('gpu', 'none')}, missing: {env['missing'] or 'nothing'}")
+    if env["missing"]:
+        sys.exit(f"gpu_run: missing {', '.join(env['missing'])}: install them (see this script's --help)")
+
+    import torch
+
+    from cdraw import DRAWConfig
+    from cdraw.data import ImageData, load_binarized_mnist
+    from cdraw.errors import CDrawError
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_run: --device cuda but torch sees no CUDA GPU")
+    data_dir = Path(args.data_dir or os.environ.get("CDRAW_DATA_DIR") or REPO.parent / "shared" / "data")
+    try:
+        test_batch = ImageData(load_binarized_mnist("test", data_dir)).batch(slice(0, 1000))
+    except CDrawError as e:
+        sys.exit(f"gpu_run: {e}")
+    deadline = t0 + 60 * args.budget_min
+
+    if args.smoke:
+        cfg = DRAWConfig(steps=4, enc_size=32, dec_size=32, z_size=5, write_size=3)
+        batches, speed_steps, test_timeout = (8, 16), 2, 60.0
+        args.valid_images, args.eval_batch, args.log_every = 200, 200, 2
+        args.iw_samples, args.iw_images, train_minutes = 2, 50, 0.05
+    else:
+        cfg = DRAWConfig()  # the paper's MNIST model
+        batches, speed_steps, test_timeout = PAPER_BATCHES, 10, 120.0
+        args.valid_images, args.eval_batch, args.log_every = 0, 2000, 25
+        args.iw_samples, args.iw_images, train_minutes = 100, 0, None
+    args.model_config = cfg
+
+    # b. CUDA tests
+    log("CUDA tests (pytest -m cuda)")
+    report.stage("tests", cuda_tests(out, data_dir, min(test_timeout, max(10.0, deadline - time.perf_counter() - 60))))
+    log(f"tests: {report.data['stages']['tests']['summary']}")
+
+    # c. speed table, then precision at the fastest cell
+    speed = {"config": "tiny (smoke)" if args.smoke else "paper", "device": str(device), "batches": list(batches)}
+    speed["cells"] = cells = {}
+    speed_deadline = time.perf_counter() + (0.45 if not args.smoke else 0.5) * (deadline - time.perf_counter())
+    for mode in MODES:
+        for batch in batches:
+            key = f"{batch}/{mode}"
+            if mode == "cudagraphs" and device.type != "cuda":
+                cells[key] = {"skipped": "needs CUDA"}
+            elif args.smoke and mode != "eager":
+                cells[key] = {"skipped": "smoke: eager only"}
+            elif time.perf_counter() > speed_deadline:
+                cells[key] = {"skipped": "out of time"}
+            else:
+                cells[key] = _guarded(partial(speed_cell, cfg, batch, mode, device, speed_steps))
+            log(f"speed {key}: {_cell(cells[key])}")
+            report.stage("speed", speed)
+    measured = {k: v for k, v in cells.items() if "images_per_s" in v}
+    best_key = pick_setting(measured) if measured else f"{batches[0]}/eager"
+    best = {"batch": int(best_key.split("/")[0]), "mode": best_key.split("/")[1]}
+    best["images_per_s"] = measured.get(best_key, {}).get("images_per_s", 0)
+    speed["precision"] = {}
+    checks = [("tf32", True, False), ("bf16 autocast", False, True)] if device.type == "cuda" else []
+    if device.type != "cuda":  # bf16 autocast on a CPU is still worth checking for the maths
+        checks = [("bf16 autocast", False, True)]
+    for name, tf32, bf16 in checks:
+        r = _guarded(partial(precision_check, cfg, device, test_batch, tf32, bf16))
+        if "error" not in r and abs(r["bound_minus_fp32"]) <= PRECISION_TOLERANCE and time.perf_counter() < deadline:
+            r["speed"] = _guarded(
+                partial(speed_cell, cfg, best["batch"], best["mode"], device, speed_steps, tf32=tf32, bf16=bf16)
+            )
+            rate = r["speed"].get("images_per_s", 0)
+            if rate > best["images_per_s"]:
+                best = {**best, "tf32": tf32, "bf16": bf16, "images_per_s": rate}
+        speed["precision"][name] = r
+        log(f"precision {name}: {_delta(r)}")
+    speed["best"] = best
+    report.stage("speed", speed)
+
+    # d. train with the time left (keeping a reserve for evaluation), then evaluate
+    left_min = (deadline - time.perf_counter()) / 60
+    minutes = train_minutes if train_minutes is not None else left_min - 1.5  # evaluation + saving
+    if minutes <= 0 or left_min < minutes:
+        report.stage("training", {"error": f"no time left ({left_min:.1f} min)"})
+    else:
+        if args.smoke:  # a few eager steps: the smoke run checks the path, not the speed
+            best = {**best, "mode": "eager"}
+        log(f"training the paper config for {minutes:.1f} min at {best}")
+        result = _guarded(lambda: train_and_eval(args, best, minutes, data_dir, out))
+        if "error" in result and best["mode"] == "cudagraphs" and (deadline - time.perf_counter()) / 60 > 2.5:
+            log(f"training with CUDA graphs failed ({result['error']}); again with the compiled step")
+            best = {**best, "mode": "compiled", "cudagraphs_error": result["error"]}
+            minutes = (deadline - time.perf_counter()) / 60 - 1.5
+            result = _guarded(lambda: train_and_eval(args, best, minutes, data_dir, out))
+        report.stage("training", result)
+        if "error" not in result:
+            log(f"test bound {result['test']['bound']:.2f}, IWAE {result['test']['iwae']:.2f}")
+    report.data["total_s"] = round(time.perf_counter() - t0, 1)
+    report.write()
+    log(f"done in {report.data['total_s']:.0f} s; report in {out / 'report.md'}")
+
+
+def pick_setting(measured: dict[str, dict]) -> str:
+    """The fastest "batch/mode" cell, or a smaller batch within 80% of it: at equal time a smaller
+    batch makes more optimiser steps, which the CPU study found to matter more than a little speed."""
+    fastest = max(r["images_per_s"] for r in measured.values())
+    good = [k for k, r in measured.items() if r["images_per_s"] >= 0.8 * fastest]
+    return min(good, key=lambda k: (int(k.split("/")[0]), -measured[k]["images_per_s"]))
+
+
+def _guarded(fn) -> dict:
+    """A stage's result, or its error (one line, and the traceback's last lines) instead of a crash."""
+    try:
+        return fn()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {str(e).strip()[:300]}", "traceback": traceback.format_exc()[-2000:]}
+
+
+if __name__ == "__main__":
+    main()

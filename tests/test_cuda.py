@@ -1,0 +1,128 @@
+"""DRAW on a CUDA GPU: the same maths as on the CPU, compiled and CUDA-graph steps, sampling,
+evaluation, save/load and a training run through the loop. Marked ``cuda``; skipped without a GPU
+(``pytest -m cuda`` runs only these; benchmarks/gpu_run.py runs them first on a GPU machine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cdraw import DRAW, DRAWConfig
+from cdraw.config import TrainConfig
+from cdraw.data import ImageData
+from cdraw.evaluate import bound_sums, iwae_sum
+from cdraw.training import train
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+CUDA = torch.device("cuda") if torch.cuda.is_available() else None
+
+
+@pytest.fixture
+def cfg() -> DRAWConfig:
+    return DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=5, write_size=3)
+
+
+def fixed_noise(model: DRAW, eps: torch.Tensor) -> None:
+    """Every forward pass of ``model`` draws this noise (T, B, Z), on the model's device."""
+    model._noise = lambda *args, **kwargs: eps.to(model.h_dec0.device)
+
+
+def test_a_step_on_the_gpu_equals_the_step_on_the_cpu(cfg):
+    """Loss and every gradient, float64, the same noise on both devices."""
+    torch.manual_seed(0)
+    cpu = DRAW(cfg).double()
+    gpu = DRAW(cfg).double().to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    x = (torch.rand(6, 1, 28, 28) > 0.7).double()
+    eps = torch.randn(cfg.steps, 6, cfg.z_size, dtype=torch.float64)
+    losses = []
+    for model in (cpu, gpu):
+        fixed_noise(model, eps)
+        loss = model(x.to(model.h_dec0.device)).loss
+        loss.sum().backward()
+        losses.append(loss.cpu())
+    torch.testing.assert_close(losses[1], losses[0])
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_step_on_the_gpu_equals_the_eager_step(cfg, mode):
+    """torch.compile (and CUDA graphs) on the GPU: the eager step's loss and gradients, over two
+    optimiser steps (CUDA graphs replay the second)."""
+    torch.manual_seed(0)
+    eager = DRAW(cfg).to(CUDA)
+    compiled = DRAW(cfg).to(CUDA).compile_step(**({} if mode == "default" else {"mode": mode}))
+    compiled.load_state_dict(eager.state_dict())
+    x = (torch.rand(16, 1, 28, 28, device=CUDA) > 0.7).float()
+    eps = torch.randn(cfg.steps, 16, cfg.z_size)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (eager, compiled)]
+    for _ in range(2):
+        losses = []
+        for model in (eager, compiled):
+            fixed_noise(model, eps)
+            loss = model(x).loss
+            loss.mean().backward()
+            losses.append(loss.detach().clone())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-3)
+        for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+
+def test_sampling_on_the_gpu(cfg):
+    torch.manual_seed(0)
+    model = DRAW(cfg).to(CUDA)
+    images = model.sample(5, generator=torch.Generator(CUDA).manual_seed(0))
+    assert images.device.type == "cuda" and images.shape == (5, 1, 28, 28)
+    assert ((images >= 0) & (images <= 1)).all()
+    trace = model.sample_trace(3)
+    assert trace.canvases.shape == (cfg.steps, 3, 1, 28, 28) and trace.read_windows.gx.is_cuda
+
+
+def test_evaluation_on_the_gpu_matches_the_cpu(cfg, mnist):
+    """The bound and IWAE of the same model and images agree across devices (up to the noise)."""
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    data = ImageData(mnist["test"][:200])
+    cpu = bound_sums(model, data, 100, torch.Generator().manual_seed(0)).means()
+    gpu_model = DRAW(cfg).to(CUDA)
+    gpu_model.load_state_dict(model.state_dict())
+    gpu = bound_sums(gpu_model, data, 100, torch.Generator(CUDA).manual_seed(0)).means()
+    assert gpu["images"] == 200 and abs(gpu["bound"] - cpu["bound"]) < 0.05 * cpu["bound"]
+    iwae = iwae_sum(gpu_model, data.select(slice(0, 50)), 10, 25, torch.Generator(CUDA).manual_seed(0)) / 50
+    assert iwae == pytest.approx(gpu["bound"], rel=0.1)
+
+
+def test_save_on_the_gpu_load_anywhere(cfg, tmp_path):
+    torch.manual_seed(0)
+    model = DRAW(cfg).to(CUDA)
+    model.save_pretrained(tmp_path / "m")
+    for device in ("cpu", "cuda"):
+        back = DRAW.from_pretrained(tmp_path / "m", device=device)
+        assert back.h_dec0.device.type == device
+        for (name, a), b in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
+            assert torch.equal(a.cpu(), b.cpu()), name
+
+
+def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
+    """Two optimiser steps of the training loop, compiled, on the GPU: a model folder that says cuda."""
+    cfg = TrainConfig(
+        model=DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=5, write_size=3),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        batch_size=50,
+        log_every=1,
+        num_samples=4,
+        tf32=True,
+    )
+    train(cfg, ImageData(mnist["train"][:500]), ImageData(mnist["valid"][:100]), dataset="binarized-mnist")
+    record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert record["device"].startswith("cuda") and record["step"] == 2
