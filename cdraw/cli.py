@@ -146,10 +146,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise CDrawError(f"{folder} is not a caption model (it is {_describe(kind)}): drop --caption")
     if labels is not None and kind != "label":
         raise CDrawError(f"{folder} is not a label model (it is {_describe(kind)}): drop --label")
+    from cdraw.generate import fresh_output_dir
+
     start = time.perf_counter()
     paths = generate(
         model,
-        args.out,
+        args.out if args.out is not None else fresh_output_dir(),
         captions=captions or None,
         labels=labels,
         num=args.num,
@@ -172,7 +174,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     dataset = args.data or default_dataset(model, folder)
     data = evaluation_data(model, dataset, args.split or EVAL_DATASETS[dataset], args.data_dir)
     rows = slice(0, args.num)
-    paths = reconstruct(model, data.batch(rows), args.out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
+    from cdraw.generate import fresh_output_dir
+
+    out = args.out if args.out is not None else fresh_output_dir()
+    paths = reconstruct(model, data.batch(rows), out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
     print(f"model {folder}: {min(args.num, len(data))} {dataset} images redrawn")
     for path in paths:
         print(path)
@@ -200,9 +205,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     if r:
         source = f" ({r['source']} file)" if "source" in r else ""
         minutes = f"{r['training_s'] / 60:.1f} min" if "training_s" in r else "? min"
+        epochs = r.get("epoch", "?")
+        epochs = "less than one epoch" if epochs == 0 else f"{epochs} epoch{'s' if epochs != 1 else ''}"
+        seen = f"{r['images_seen']:,} images, " if isinstance(r.get("images_seen"), int) else ""
         print(
             f"trained on   {r.get('dataset') or 'an unrecorded data set'}{source}: {r.get('step', '?')} steps "
-            f"({r.get('epoch', '?')} epochs), {minutes} on {r.get('processes', '?')} x {r.get('device', '?')}; "
+            f"({seen}{epochs}), {minutes} on {r.get('processes', '?')} x {r.get('device', '?')}; "
             f"validation bound {r.get('valid', {}).get('bound', float('nan')):.2f} nats"
         )
     else:
@@ -237,7 +245,7 @@ def cpu_thread_flags(launch_args: list[str]) -> list[str]:
 
     from cdraw.training import cpu_threads_per_process
 
-    chosen = any(a == "--cpu" or a.startswith("--num_cpu_threads_per_process") for a in launch_args)
+    chosen = any(a.startswith("--num_cpu_threads_per_process") for a in launch_args)  # --cpu does not set it
     if chosen or "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
         return []
     processes = 1
@@ -251,18 +259,47 @@ def cpu_thread_flags(launch_args: list[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """One process: the recipe runs as a plain Python process on every core (accelerate needs no
+    launcher for one process). Several (``--launch-args "--multi_gpu --num_processes 2"``):
+    through ``accelerate launch``. Either way the recipe's exit status is this command's, and its
+    one-line errors are not followed by a launcher's traceback."""
     script = RECIPES_DIR / f"train_{args.recipe}.py"
     if not script.is_file():
         found = sorted(p.stem.removeprefix("train_") for p in RECIPES_DIR.glob("train_*.py"))
         if not found:
             raise CDrawError("cdraw train needs the recipes/ folder of a source checkout (git clone the project)")
         raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(found)}")
-    cmd = ["accelerate", "launch", *cpu_thread_flags(args.launch_args), *args.launch_args, str(script), *args.overrides]
-    print("running:", " ".join(cmd), file=sys.stderr)
+    env = dict(os.environ)
+    if args.launch_args:
+        cmd = ["accelerate", "launch", *launch_defaults(args.launch_args), *cpu_thread_flags(args.launch_args)]
+        cmd += [*args.launch_args, str(script), *args.overrides]
+    else:
+        cmd = [sys.executable, str(script), *args.overrides]
+        threads = cpu_thread_flags([])
+        if threads:
+            env["OMP_NUM_THREADS"] = threads[1]
+    print("running:", " ".join(cmd), flush=True)
     try:
-        sys.exit(subprocess.call(cmd))
+        child = subprocess.Popen(cmd, env=env)
     except FileNotFoundError:
         raise CDrawError("accelerate is not on PATH: activate the environment cdraw is installed in") from None
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: it says what it kept, and exits
+        code = child.wait()
+    sys.exit(code)
+
+
+def launch_defaults(launch_args: list[str]) -> list[str]:
+    """The ``accelerate launch`` settings a user left out, given explicitly (accelerate warns about
+    each one it defaults), and ``--quiet`` for one process (no launcher traceback after an error)."""
+    given = {a.split("=", 1)[0] for a in launch_args}
+    defaults = {"--num_machines": "1", "--mixed_precision": "no", "--dynamo_backend": "no"}
+    if "--multi_gpu" not in given:
+        defaults["--num_processes"] = "1"
+    out = [x for flag, value in defaults.items() if flag not in given for x in (flag, value)]
+    single = "--multi_gpu" not in given and "--num_processes" not in given
+    return out + (["--quiet"] if single and not given & {"--quiet", "-q"} else [])
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -402,13 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw images with a model and save images.png (one row per caption or label), "
         "drawing.gif (the canvas step by step, write windows in green) and, for caption models, "
         "alignment-K.png (which words each step looked at). Without --checkpoint the models that "
-        "ship with cdraw are used: a caption model for --caption, an unconditional MNIST model otherwise.",
+        "ship with cdraw are used: a caption model for --caption, a label model for --label, an "
+        "unconditional MNIST model otherwise. Each call writes into a new folder under cdraw-output/ "
+        "(index.html shows everything together) unless --out is given.",
         epilog="examples:\n"
         '  cdraw generate --caption "the digit 7 is at the top left of the image"\n'
         '  cdraw generate --caption "the digit 1 is on the left of the digit 2" "the digit 3 is at the top of '
         'the digit 8"\n'
         "  cdraw generate --captions-file captions.txt --num 4 --out pictures/\n"
-        "  cdraw generate --checkpoint runs/mnist_labels --label 3 --num 16\n"
+        "  cdraw generate --label 3 --num 16                # the shipped label model\n"
+        "  cdraw generate --checkpoint runs/mnist_labels --label 3   # a label model you trained\n"
         "  cdraw generate --num 64 --no-gif                 # the shipped unconditional model\n"
         "  cdraw generate --checkpoint user/cdraw-model     # a Hugging Face Hub id (when online)",
         formatter_class=raw,
@@ -420,7 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--captions-file", metavar="F", help="more captions, one per line")
     gen.add_argument("--num", type=positive_int, default=16, help="images per caption or label (default: 16)")
     gen.add_argument("--steps", type=positive_int, help="drawing steps (default: the model's T)")
-    gen.add_argument("--out", default="cdraw-output", help="output folder (default: cdraw-output)")
+    gen.add_argument(
+        "--out",
+        help="output folder; an earlier call's pictures in it are replaced (default: a new folder "
+        "cdraw-output/DATE-TIME for every call)",
+    )
     gen.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
     gen.set_defaults(func=cmd_generate)
 
@@ -438,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--split", help="which split (default: the test split)")
     rec.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
     rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
-    rec.add_argument("--out", default="cdraw-output", help="output folder (default: cdraw-output)")
+    rec.add_argument(
+        "--out",
+        help="output folder; an earlier call's pictures in it are replaced (default: a new folder "
+        "cdraw-output/DATE-TIME for every call)",
+    )
     rec.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
     rec.set_defaults(func=cmd_reconstruct)
 

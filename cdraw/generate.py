@@ -8,16 +8,17 @@ done, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from cdraw.errors import CDrawError
-from cdraw.images import save_grid
 from cdraw.model import DRAW, Trace
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "models"
@@ -52,10 +53,37 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
         raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
     try:
         yield tmp
+        new = {f.name for f in tmp.iterdir()}
+        for pattern in OUTPUT_FILES:  # an earlier call's pictures never sit beside this call's
+            for old in out.glob(pattern):
+                if old.name not in new and old.is_file():
+                    old.unlink()
         for f in sorted(tmp.iterdir()):
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The files ``generate`` and ``reconstruct`` write (a folder may hold other files of its user's).
+OUTPUT_FILES = (
+    "images.png", "drawing.gif", "alignment-*.png", "index.html", "originals.png", "reconstructions.png", "kl.png",
+)  # fmt: skip
+
+
+def fresh_output_dir(parent: str | os.PathLike = "cdraw-output") -> Path:
+    """A new folder under ``parent`` named by the time (``20261130-201501``, then ``-2``, ``-3`` ...)."""
+    parent = Path(parent).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        candidate = parent / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CDrawError(f"cannot write to the output folder {parent}: {e.strerror}") from None
+    raise CDrawError(f"{parent} has too many folders named {stamp}: pass --out")
 
 
 def generate(
@@ -88,8 +116,9 @@ def generate(
     batch_ids = ids.repeat_interleave(num, dim=0) if ids is not None else None  # (R * num, ...)
     gen = torch.Generator(device).manual_seed(seed)
     trace = model.sample_trace(rows * num, batch_ids, generator=gen, steps=steps)
+    texts = [f"label {c}" for c in conditions] if labels is not None and not captions else conditions
     with staged_output(out) as tmp:
-        save_grid(trace.images, tmp / "images.png", nrow=num if conditions else None)
+        pictures.labelled_grid(trace.images, tmp / "images.png", nrow=num if conditions else None, row_labels=texts)
         if gif:
             _save_gif(model, trace, tmp / "drawing.gif", nrow=num if conditions else None)
         if trace.alignments is not None:
@@ -98,8 +127,24 @@ def generate(
                 pieces = tokenizer.pieces(ids[k])
                 alpha = trace.alignments[k * num, :, : len(pieces)].cpu()  # (T, L) of its real tokens
                 pictures.alignment_heatmap(alpha, pieces, tmp / f"alignment-{k + 1}.png")
+        _write_index(tmp, texts)
         names = sorted(f.name for f in tmp.iterdir())
     return [Path(out).expanduser() / n for n in names]
+
+
+def _write_index(folder: Path, texts: Sequence[str] | None) -> None:
+    """index.html beside the pictures: the captions or labels, the grid, the animation, the alignments."""
+    rows = "".join(f"<li>{html.escape(str(t))}</li>" for t in texts or [])
+    parts = ["<!doctype html><meta charset='utf-8'><title>cdraw generate</title>", "<h1>cdraw generate</h1>"]
+    if rows:
+        parts.append(f"<p>One row per condition, top to bottom:</p><ol>{rows}</ol>")
+    parts.append("<h2>Images</h2><img src='images.png' alt='generated images'>")
+    if (folder / "drawing.gif").is_file():
+        parts.append("<h2>Drawing, step by step (write windows in green)</h2><img src='drawing.gif' alt='drawing'>")
+    for k, t in enumerate(texts or [], start=1):
+        if (folder / f"alignment-{k}.png").is_file():
+            parts.append(f"<h2>Alignment {k}: {html.escape(str(t))}</h2><img src='alignment-{k}.png' alt='alignment'>")
+    (folder / "index.html").write_text("\n".join(parts) + "\n")
 
 
 def reconstruct(
@@ -133,8 +178,8 @@ def reconstruct(
         alignments=out_.alignments,
     )
     with staged_output(out) as tmp:
-        save_grid(images, tmp / "originals.png")
-        save_grid(trace.images, tmp / "reconstructions.png")
+        pictures.labelled_grid(images, tmp / "originals.png")
+        pictures.labelled_grid(trace.images, tmp / "reconstructions.png")
         if gif:
             _save_gif(model, trace, tmp / "drawing.gif", reads=True)
         pictures.kl_plot(out_.kl.mean(0).cpu(), tmp / "kl.png")

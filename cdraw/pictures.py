@@ -246,6 +246,60 @@ def alignment_heatmap(alignments: Tensor, tokens: Sequence[str], path: str | os.
     return _save_atomically(lambda tmp: img.save(tmp, format="PNG"), path)
 
 
+#: Tiles of a labelled grid are upscaled (nearest neighbour) to at least this many pixels high.
+TILE_MIN = 96
+TILE_GAP = 6  # pixels of white between tiles
+
+
+def labelled_grid(
+    images: Tensor, path: str | os.PathLike, *, nrow: int | None = None, row_labels: Sequence[str] | None = None
+) -> Path:
+    """Save a readable grid of ``images`` (B, C, H, W) in [0, 1]: tiles upscaled to at least 96
+    pixels, white gaps between them, and each row's text (a caption, a label) written on its left.
+
+    ``nrow``: images per row (default: a square); ``row_labels``: one text per row, or None.
+    """
+    images = images.detach().float().clamp(0, 1).cpu()
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    if row_labels is not None and len(row_labels) != rows:
+        raise CDrawError(f"{len(row_labels)} row labels for {rows} rows")
+    scale = max(1, math.ceil(TILE_MIN / h))
+    th, tw = h * scale, w * scale
+    font = ImageFont.load_default()
+    texts = [_wrap(str(t), font, 220) for t in row_labels] if row_labels is not None else None
+    left = TILE_GAP + (max(math.ceil(font.getlength(ln)) for t in texts for ln in t) + 2 * MARGIN if texts else 0)
+    width, height = left + nrow * (tw + TILE_GAP), TILE_GAP + rows * (th + TILE_GAP)
+    img = Image.new("RGB", (width, height), "white")
+    pixels = (images * 255).round().to(torch.uint8).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    pixels = pixels.expand(-1, 3, -1, -1) if c == 1 else pixels
+    draw = ImageDraw.Draw(img)
+    line = _text_height(font) + 2
+    for k in range(b):
+        r, col = divmod(k, nrow)
+        tile = Image.fromarray(pixels[k].permute(1, 2, 0).numpy())
+        img.paste(tile, (left + col * (tw + TILE_GAP), TILE_GAP + r * (th + TILE_GAP)))
+    for r, lines in enumerate(texts or []):
+        y = TILE_GAP + r * (th + TILE_GAP) + th / 2 - line * len(lines) / 2
+        for i, ln in enumerate(lines):
+            draw.text((MARGIN + TILE_GAP, y + i * line), ln, fill="black", font=font)
+    return _save_atomically(lambda tmp: img.save(tmp, format="PNG"), path)
+
+
+def _wrap(text: str, font, max_width: int) -> list[str]:
+    """``text`` in lines of at most ``max_width`` pixels (words are never split)."""
+    lines, current = [], ""
+    for word in text.split():
+        trial = f"{current} {word}".strip()
+        if current and font.getlength(trial) > max_width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return [*lines, current] if current else lines or [""]
+
+
 def kl_plot(kl: Tensor, path: str | os.PathLike, *, title: str = "KL per step (nats)") -> Path:
     """Save a PNG bar chart of the KL of each step t = 1..T, in nats (e.g. ``out.kl.mean(0)``).
 

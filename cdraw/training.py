@@ -126,8 +126,10 @@ class Trainer:
             tqdm.write(
                 f"note: training on {threads} CPU thread(s) per process, where {cores} cores are free for each: "
                 "accelerate launch sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process "
-                f"{cores} (or --cpu); `cdraw train` passes it for you"
+                f"{cores} (--cpu does not change it); `cdraw train` uses every core for you"
             )
+        elif acc.device.type == "cpu" and self.main:
+            tqdm.write(f"training on {threads} CPU threads per process ({self.world} process(es))")
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
@@ -166,6 +168,8 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.main:
+            tqdm.write(f"training run folder: {self.out.resolve()}")
         if cfg.compile and self.main:
             tqdm.write(
                 "compiling the training step (torch.compile): the first step takes longer; --no-compile skips it"
@@ -202,6 +206,10 @@ class Trainer:
             valid = self._end_of_period(f"step-{st.step:08d}")
         if self.main:
             self._save_model(self.out / "model", valid)
+            tqdm.write(
+                f"model saved in {(self.out / 'model').resolve()} (best validation bound: {self.out / 'best'}); "
+                f"try: cdraw generate --checkpoint {self.out}"
+            )
         if cfg.record_batches:
             audit = {"batches": self._batches_seen, "weights_sha256": weights_digest(self._unwrapped)}
             (self.out / f"audit_rank{self.rank}.json").write_text(json.dumps(audit))
@@ -432,11 +440,17 @@ def check_output_dir(out: Path, resume: bool) -> None:
     has_checkpoint = (ckpt_dir / "latest").is_file()
     if resume and not has_checkpoint:
         raise CDrawError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
-    if not resume and has_checkpoint:
+    outputs = [n for n in RUN_OUTPUTS if (Path(out) / n).exists()]
+    if not resume and outputs:
+        how = "pass --resume to continue it, or" if has_checkpoint else "it has no checkpoint to resume from:"
         raise CDrawError(
-            f"{out} already holds a training run: pass --resume to continue it, "
-            "or choose another --output-dir (nothing was overwritten)"
+            f"{out} already holds a training run ({', '.join(outputs)}): {how} "
+            "choose another --output-dir (nothing was overwritten)"
         )
+
+
+#: What a training run writes into its folder: any of them means the folder holds a run.
+RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboard")
 
 
 def _architecture(cfg: DRAWConfig) -> DRAWConfig:

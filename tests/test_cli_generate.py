@@ -15,6 +15,7 @@ from cdraw import DRAW, ConditionConfig, DRAWConfig
 from cdraw.conditioning import SentencePieceTokenizer
 from cdraw.generate import DEFAULT_MODELS
 
+REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in ("top left", "bottom right")]
 
 
@@ -60,13 +61,35 @@ def test_generate_captions_writes_grid_gif_and_alignments(models, tmp_path):
     proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[0], CAPTIONS[1],
                  "--num", "3", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["alignment-1.png", "alignment-2.png", "drawing.gif", "images.png"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["alignment-1.png", "alignment-2.png", "drawing.gif", "images.png", "index.html"]
     assert str(out / "drawing.gif") in proc.stdout  # paths printed at the end
     gif = Image.open(out / "drawing.gif")
     assert gif.n_frames == 3  # one frame per step T
     grid = Image.open(out / "images.png")
-    assert gif.size[0] > grid.size[0]  # frames are upscaled
+    assert grid.size[1] >= 2 * 96  # two rows of tiles upscaled to at least 96 pixels
+    page = (out / "index.html").read_text()
+    assert CAPTIONS[0] in page and "alignment-2.png" in page and "drawing.gif" in page
     assert not list(out.glob(".*"))  # no temporary files left
+    # the same --out again, with one caption and no GIF: only this call's files remain
+    proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[2],
+                 "--num", "2", "--no-gif", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["alignment-1.png", "images.png", "index.html"]
+
+
+def test_generate_writes_a_fresh_folder_per_call(models, tmp_path):
+    folders = []
+    for _ in range(2):
+        proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[0], "--num", "2",
+                     cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        folders.append(Path(proc.stdout.splitlines()[-1]).parent)
+    assert folders[0] != folders[1] and all(f.parent.name == "cdraw-output" for f in folders)
+    for f in folders:
+        assert sorted(p.name for p in (tmp_path / f).iterdir()) == [
+            "alignment-1.png", "drawing.gif", "images.png", "index.html",
+        ]  # fmt: skip
 
 
 def test_unknown_words_warn_in_one_line_and_the_model_still_draws(models, tmp_path):
@@ -75,6 +98,7 @@ def test_unknown_words_warn_in_one_line_and_the_model_still_draws(models, tmp_pa
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "stop" in warning[0] and "flying" in warning[0]
+    assert "it knows" in warning[0] and "digit" in warning[0] and "coco" in warning[0]  # what it knows, the way on
     assert (tmp_path / "images.png").is_file() and not (tmp_path / "drawing.gif").exists()
 
 
@@ -140,7 +164,7 @@ def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):
                  "--data-dir", str(data_dir))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert names == ["drawing.gif", "kl.png", "originals.png", "reconstructions.png"]
+    assert names == ["drawing.gif", "kl.png", "originals.png", "reconstructions.png"]  # no index: not generate
     assert Image.open(tmp_path / "r" / "drawing.gif").n_frames == 4
 
 
@@ -149,34 +173,60 @@ def test_train_forwards_to_a_recipe_and_names_the_recipes():
     one_line_error(proc, "no recipe 'nosuch'", "mnist_captions")
 
 
-def test_train_gives_accelerate_the_cpu_cores(monkeypatch):
-    """accelerate launch alone would train on one CPU thread (OMP_NUM_THREADS=1)."""
+def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
+    """One process runs the recipe directly with OMP_NUM_THREADS = the cores (accelerate launch
+    alone would train on one thread); several go through accelerate launch with the thread flag
+    and without its defaults warning."""
     from cdraw import cli
     from cdraw.training import cpu_threads_per_process
 
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+
+    class FakeChild:
+        def __init__(self, cmd, env):
+            calls.append((cmd, env))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(cli.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    for launch, processes in (("", 1), ("--multi_gpu --num_processes 2", 2), ("--num_cpu_threads_per_process 3", None)):
-        with pytest.raises(SystemExit) as done:
+    recipe = str(cli.RECIPES_DIR / "train_mnist.py")
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "mnist", "--max-steps", "1"])
+    assert done.value.code == 0
+    cmd, env = calls.pop()
+    assert cmd == [sys.executable, recipe, "--max-steps", "1"]
+    assert env["OMP_NUM_THREADS"] == str(cpu_threads_per_process(1))
+    for launch, processes in (("--multi_gpu --num_processes 2", 2), ("--num_cpu_threads_per_process 3", None)):
+        with pytest.raises(SystemExit):
             cli.main(["train", f"--launch-args={launch}", "mnist", "--max-steps", "1"])
-        assert done.value.code == 0
-        cmd = calls.pop()
-        assert cmd[:2] == ["accelerate", "launch"] and cmd[-3:] == [
-            str(cli.RECIPES_DIR / "train_mnist.py"),
-            "--max-steps",
-            "1",
-        ]
-        if processes is None:  # the user's choice stands
-            assert cmd.count("--num_cpu_threads_per_process") == 1 and "3" in cmd
+        cmd, _ = calls.pop()
+        assert cmd[:2] == ["accelerate", "launch"] and cmd[-3:] == [recipe, "--max-steps", "1"]
+        assert cmd[cmd.index("--num_machines") + 1] == "1" and cmd[cmd.index("--mixed_precision") + 1] == "no"
+        if processes is None:  # the user's choice stands; one process: quiet, no launcher traceback
+            assert cmd.count("--num_cpu_threads_per_process") == 1 and "3" in cmd and "--quiet" in cmd
         else:
             i = cmd.index("--num_cpu_threads_per_process")
-            assert cmd[i + 1] == str(cpu_threads_per_process(processes))
+            assert cmd[i + 1] == str(cpu_threads_per_process(processes)) and "--quiet" not in cmd
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # so does a thread count set in the environment
     with pytest.raises(SystemExit):
         cli.main(["train", "mnist"])
-    assert "--num_cpu_threads_per_process" not in calls.pop()
+    assert calls.pop()[1]["OMP_NUM_THREADS"] == "1"
+
+
+def test_train_with_bad_data_is_one_line_and_exit_2(tmp_path):
+    """Through `cdraw train` and through the documented `accelerate launch -q` command alike."""
+    proc = cdraw("train", "mnist", "--data-dir", str(tmp_path / "nonexistent"), "--output-dir", str(tmp_path / "o"))
+    one_line_error(proc, "binarized MNIST")
+    assert proc.returncode == 2
+    launch = ["accelerate", "launch", "-q", "--num_processes", "1", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "recipes" / "train_mnist.py")]
+    launch += ["--data-dir", str(tmp_path / "nonexistent"), "--output-dir", str(tmp_path / "o")]
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=300, env={**os.environ, "CDRAW_OFFLINE": "1"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [proc.stderr.strip().splitlines()[0]]
 
 
 @pytest.mark.parametrize("name", ["none", "caption"])

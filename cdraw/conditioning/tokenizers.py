@@ -24,6 +24,8 @@ from cdraw.errors import CDrawError, CDrawWarning
 PAD = -1
 #: Words are what a person would call words: runs of letters, digits and apostrophes.
 WORD = re.compile(r"[\w']+")
+#: How many known words the unknown-words warning lists.
+KNOWN_NAMED = 30
 #: How many unknown words a warning names before it says "and N more".
 MAX_NAMED = 10
 
@@ -72,13 +74,24 @@ def warn_truncated(lengths: Iterable[int], max_length: int) -> None:
         )
 
 
-def warn_unknown(words: Iterable[str]) -> None:
+def warn_unknown(words: Iterable[str], known: Iterable[str] | None = None) -> None:
+    """One warning naming the words a model never saw, what it does know, and the way to a model
+    that would know them."""
     unknown = sorted(set(words))
     if unknown:
         more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
+        vocabulary = sorted(known) if known is not None else []
+        knows = (
+            f"; it knows {len(vocabulary)} words: {' '.join(vocabulary[:KNOWN_NAMED])}"
+            + (" ..." if len(vocabulary) > KNOWN_NAMED else "")
+            if vocabulary
+            else ""
+        )
         warnings.warn(
             f"words the model never saw in training: {', '.join(unknown[:MAX_NAMED])}{more} "
-            "(it still draws, but these words carry little meaning for it)",
+            f"(it still draws, but these words carry little meaning for it){knows}. "
+            "For other subjects train a model on captions that use them, e.g. COCO: "
+            "python data_scripts/prepare_coco.py --help, then cdraw train coco",
             CDrawWarning,
             stacklevel=3,
         )
@@ -207,7 +220,7 @@ class SentencePieceTokenizer:
 
     def encode(self, captions: Sequence[str] | str) -> Tensor:
         captions = check_captions(captions)
-        warn_unknown(w for c in captions for w in words_of(c) if w not in self.known_words)
+        warn_unknown((w for c in captions for w in words_of(c) if w not in self.known_words), self.known_words)
         rows = self.sp.encode(captions)
         warn_truncated(map(len, rows), self.max_length)
         return pad(rows, self.max_length)  # (B, L)
