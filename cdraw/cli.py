@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -149,16 +150,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from cdraw.generate import fresh_output_dir
 
     start = time.perf_counter()
-    paths = generate(
-        model,
-        args.out if args.out is not None else fresh_output_dir(),
-        captions=captions or None,
-        labels=labels,
-        num=args.num,
-        seed=args.seed,
-        steps=args.steps,
-        gif=args.gif,
-    )
+    out = args.out if args.out is not None else fresh_output_dir()
+    try:
+        paths = generate(
+            model,
+            out,
+            captions=captions or None,
+            labels=labels,
+            num=args.num,
+            seed=args.seed,
+            steps=args.steps,
+            gif=args.gif,
+        )
+    except BaseException:
+        if args.out is None:  # the folder this call made holds nothing: remove it
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(
         f"model {folder}: {len(captions or labels or [None]) * args.num} images in {time.perf_counter() - start:.1f} s"
     )
@@ -310,12 +317,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from cdraw.model import _atomic_write, read_record
 
     out = Path(args.json).expanduser() if args.json else None
+    folder, model = _load_model(args)
     if out is not None:  # find an unwritable --json before the work, not after
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
-    folder, model = _load_model(args)
     device = model.h_dec0.device
     dataset = args.data or default_dataset(model, folder)
     split = args.split or EVAL_DATASETS[dataset]

@@ -51,6 +51,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=".cdraw-tmp-", dir=out))
     except OSError as e:
         raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
+    moved: list[Path] = []
     try:
         yield tmp
         new = {f.name for f in tmp.iterdir()}
@@ -60,6 +61,11 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
                     old.unlink()
         for f in sorted(tmp.iterdir()):
             os.replace(f, out / f.name)
+            moved.append(out / f.name)
+    except OSError as e:  # a full disk, a folder gone: one line, and none of this call's files kept
+        for f in moved:
+            f.unlink(missing_ok=True)
+        raise CDrawError(f"cannot write the pictures into {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -109,6 +115,9 @@ def generate(
     if conditions is not None and not conditions:
         raise CDrawError("no captions or labels given")
     rows = len(conditions) if conditions else 1
+    if rows > MAX_IMAGES:
+        what = "captions" if captions else "labels"
+        raise CDrawError(f"too many {what}: {rows:,}; one call draws at most {MAX_IMAGES} (split them up)")
     if not isinstance(num, int) or num < 1 or num * rows > MAX_IMAGES:
         raise CDrawError(f"--num must be between 1 and {MAX_IMAGES // rows} here ({rows} condition(s)), got {num}")
     device = model.h_dec0.device

@@ -57,6 +57,15 @@ TRAINING_RECORD = "training.json"
 MODEL_TYPE = "draw"
 
 
+#: The largest sizes a DRAWConfig may name (far beyond any DRAW; they catch typos and damaged files).
+SIZE_LIMITS = {
+    "image_size": 4096, "channels": 64, "steps": 10_000, "read_size": 1024, "write_size": 1024,
+    "enc_size": 65_536, "dec_size": 65_536, "z_size": 65_536, "align_size": 65_536, "context_size": 65_536,
+}  # fmt: skip
+#: ... and the most parameters (about 4 GB of float32 weights).
+MAX_PARAMETERS = 1_000_000_000
+
+
 @dataclass
 class DRAWConfig:
     """A DRAW model's shape. Defaults are the paper's MNIST model (Table 3)."""
@@ -94,6 +103,28 @@ class DRAWConfig:
             raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.context_size < 0:
             raise CDrawError(f"DRAWConfig.context_size must be >= 0, got {self.context_size}")
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if (max(value) if isinstance(value, tuple) else value) > limit:
+                raise CDrawError(f"DRAWConfig.{name} must be at most {limit:,}, got {value}")
+        if self.parameter_estimate() > MAX_PARAMETERS:
+            raise CDrawError(
+                f"DRAWConfig describes a model of about {self.parameter_estimate():,} parameters, more than "
+                f"{MAX_PARAMETERS:,}: check its sizes"
+            )
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has (the DRAW core: LSTMs, read, write, latents),
+        computed from the sizes alone, so an absurd config is refused before anything is allocated."""
+        c, (h, w), e, f, z = self.channels, self.image_size, self.enc_size, self.dec_size, self.z_size
+        d, k = self.context_size, 0
+        if self.condition is not None:
+            d, k = self.condition.vector_size, self.condition.words_size
+        read = 2 * c * (self.read_size**2 if self.attention else h * w)
+        write = c * self.write_size**2 + WINDOW_PARAMS if self.attention else c * h * w
+        lstms = 4 * e * (read + f + d + e + 2) + 4 * f * (z + k + d + f + 2)
+        heads = (f + 1) * write + (e + 1) * 2 * z + (f + 1) * 2 * z * self.learned_prior
+        return lstms + heads + (k + f + 2) * self.align_size * (k > 0) + c * h * w
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -858,12 +889,22 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
 
 
 def _atomic_write(target: Path, write) -> None:
+    """``write(tmp)`` to a temporary name beside ``target``, then rename it into place; the
+    temporary file never outlives a failure. The file gets the usual mode (0644 under umask 022),
+    whatever the writer created it with."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[str, Any]:
@@ -914,7 +955,7 @@ def load_config(path: str | os.PathLike) -> DRAWConfig:
     raw = read_config(path, MODEL_TYPE, "cdraw checkpoint")
     try:
         return DRAWConfig.from_dict(raw)
-    except TypeError as e:
+    except (TypeError, CDrawError) as e:
         raise CDrawError(f"{Path(path) / CONFIG_NAME} has an invalid DRAW config: {e}") from None
 
 

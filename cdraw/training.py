@@ -27,6 +27,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -130,6 +132,16 @@ class Trainer:
             )
         elif acc.device.type == "cpu" and self.main:
             tqdm.write(f"training on {threads} CPU threads per process ({self.world} process(es))")
+        # held until fit() ends (or this process does): a second run into the folder is refused
+        self._lock = lock_run_dir(self.out) if self.main else None
+        try:
+            self._setup(train_data, valid_data, resume)
+        except BaseException:
+            self._release()
+            raise
+
+    def _setup(self, train_data: ImageData, valid_data: ImageData, resume: bool) -> None:
+        cfg, acc = self.cfg, self.acc
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
@@ -160,10 +172,29 @@ class Trainer:
         self._batches_seen: list[list[int]] = []
         self._writer = None
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops its lock
+            self._lock = None
+
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> dict[str, float]:
-        """Train to ``max_steps`` (or ``epochs``); returns the final validation figures."""
+        """Train to ``max_steps`` (or ``epochs``); returns the final validation figures.
+
+        A file that cannot be written (a full disk) stops training with one line that says which
+        checkpoint is kept; no temporary file or folder is left behind."""
+        try:
+            return self._fit()
+        except OSError as e:
+            for tmp in self.ckpt_dir.glob(".step-*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            where = f" {e.filename}" if e.filename else ""
+            raise CDrawError(f"cannot write{where}: {e.strerror or e}. {self._kept()}") from None
+        finally:
+            self._release()
+
+    def _fit(self) -> dict[str, float]:
         cfg, acc, st = self.cfg, self.acc, self.state
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -268,11 +299,7 @@ class Trainer:
         self._window_images, self._window_start = 0, now
         if not math.isfinite(loss) or bad_grads:
             what = f"the loss became {loss / images}" if not math.isfinite(loss) else "the gradients became NaN/Inf"
-            raise TrainingDiverged(
-                f"{what} at or before step {self.state.step}; training stopped. "
-                f"The last good checkpoint is in {self.ckpt_dir} (resume with --resume); "
-                "lower --lr or --grad-clip before resuming"
-            )
+            raise TrainingDiverged(f"{what} at or before step {self.state.step}; training stopped. {self._kept()}")
         self._log("train", loss / images, recon / images, kl / images, speed)
         return {"loss": f"{loss / images:.2f}", "img/s": f"{speed:.0f}"}
 
@@ -328,7 +355,7 @@ class Trainer:
         totals = acc.reduce(torch.tensor([sums.loss, sums.recon, sums.kl, sums.count], device=acc.device), "sum")
         valid = BoundSums(*totals.tolist()).means()
         if not math.isfinite(valid["bound"]):
-            raise TrainingDiverged(f"the validation bound is {valid['bound']}; the last good checkpoint is kept")
+            raise TrainingDiverged(f"the validation bound is {valid['bound']}; training stopped. {self._kept()}")
         self._log("valid", valid["bound"], valid["recon"], valid["kl"])
         if self.main:
             tqdm.write(f"{name}: validation bound {valid['bound']:.2f} nats (step {st.step})")
@@ -345,6 +372,12 @@ class Trainer:
 
     def _save_model(self, folder: Path, valid: dict[str, float]) -> None:
         """The model, and ``training.json``: what it was trained on, how long, its validation bound."""
+        try:
+            self._write_model(folder, valid)
+        except OSError as e:
+            raise CDrawError(f"cannot write the model into {folder}: {e.strerror or e}. {self._kept()}") from None
+
+    def _write_model(self, folder: Path, valid: dict[str, float]) -> None:
         st = self.state
         self._unwrapped.save_pretrained(folder)
         record = {
@@ -361,6 +394,16 @@ class Trainer:
         _atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
     def _save_checkpoint(self) -> None:
+        try:
+            self._write_checkpoint()
+        except OSError as e:
+            for tmp in self.ckpt_dir.glob(".step-*.tmp"):  # nothing half-written stays behind
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CDrawError(
+                f"cannot write a checkpoint into {self.ckpt_dir}: {e.strerror or e}. {self._kept()}"
+            ) from None
+
+    def _write_checkpoint(self) -> None:
         acc, st = self.acc, self.state
         name = f"step-{st.step:08d}"
         final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
@@ -392,13 +435,20 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _point_latest_at(self, name: str) -> None:
-        latest_tmp = self.ckpt_dir / ".latest.tmp"
-        latest_tmp.write_text(name)
-        os.replace(latest_tmp, self.ckpt_dir / "latest")
+        _atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
+
+    def _kept(self) -> str:
+        """What a stopped run still has, for its error message."""
+        latest = self.ckpt_dir / "latest"
+        if not latest.is_file():
+            return "No checkpoint was written yet (nothing to resume): lower --lr or --grad-clip and start again"
+        return (
+            f"The last good checkpoint is {self.ckpt_dir / latest.read_text().strip()} (resume with --resume); "
+            "lower --lr or --grad-clip before resuming"
+        )
 
     def _load_checkpoint(self) -> None:
-        name = (self.ckpt_dir / "latest").read_text().strip()
-        path = self.ckpt_dir / name
+        path = latest_checkpoint(self.ckpt_dir)
         saved = load_config(path / "model")
         if _architecture(saved) != _architecture(self.cfg.model):
             raise CDrawError(
@@ -411,13 +461,14 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
             self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-        except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
-            raise CDrawError(
-                f"--resume: {path} is damaged ({e}); delete it and point {self.ckpt_dir / 'latest'} "
-                "at an older checkpoint"
-            ) from None
-        rng_file = path / f"rng_rank{self.rank}.pt"
-        if self.state.world_size != self.world or not rng_file.is_file():
+            rng_file = path / f"rng_rank{self.rank}.pt"
+            rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+            if rng is not None and (not isinstance(rng, dict) or "cpu" not in rng):
+                raise ValueError(f"{rng_file.name} holds no RNG state")
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, pickle.UnpicklingError) as e:
+            why = f"{_first_line(e)}); {_older(self.ckpt_dir)}"
+            raise CDrawError(f"--resume: checkpoint {path} is damaged ({why}") from None
+        if self.state.world_size != self.world or rng is None:
             if self.main:
                 tqdm.write(
                     f"warning: {path} was written by {self.state.world_size} processes, resuming on "
@@ -426,12 +477,93 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1_000 + self.rank + 1 + self.state.step)
             self.state.world_size = self.world
         else:
-            rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
         if self.main:
+            trim_log(self.out / "log.csv", self.state.step)  # rows logged after the checkpoint come again
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
+
+
+def lock_run_dir(out: Path):
+    """An exclusive lock on ``out/.lock`` for this process's life: a second run into the same
+    folder is refused. The operating system drops the lock when the process ends, however it ends,
+    so a crashed run never blocks its ``--resume``. None where file locks are not available."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a+")  # noqa: SIM115 (held open on purpose)
+    except OSError as e:
+        raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise CDrawError(
+            f"another training run (process {pid}) is writing to {out}: wait for it, or choose another --output-dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path:
+    """The checkpoint folder ``ckpt_dir/latest`` names: a ``step-NNNNNNNN`` folder inside ``ckpt_dir``."""
+    latest = ckpt_dir / "latest"
+    try:
+        name = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CDrawError(f"--resume: cannot read {latest} ({_first_line(e)}); {_older(ckpt_dir)}") from None
+    if not name:
+        raise CDrawError(f"--resume: {latest} is empty; {_older(ckpt_dir)}")
+    if not CHECKPOINT_NAME.fullmatch(name):
+        raise CDrawError(
+            f"--resume: {latest} names {name!r}, not a checkpoint of this run (step-NNNNNNNN in {ckpt_dir}); "
+            f"{_older(ckpt_dir)}"
+        )
+    path = ckpt_dir / name
+    if not path.is_dir() or path.is_symlink():
+        raise CDrawError(f"--resume: {latest} names {name}, which is not a folder in {ckpt_dir}; {_older(ckpt_dir)}")
+    return path
+
+
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+
+
+def _older(ckpt_dir: Path) -> str:
+    found = sorted(p.name for p in ckpt_dir.glob("step-*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
+    have = f"checkpoints there: {', '.join(found)}" if found else "there is no other checkpoint"
+    return f"write the name of an intact one into {ckpt_dir / 'latest'} ({have})"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the rows of ``log.csv`` logged after ``step`` (a resumed run logs them again)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    if len(kept) == len(rows):
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(kept)
+
+    _atomic_write(path, write)
 
 
 def check_output_dir(out: Path, resume: bool) -> None:

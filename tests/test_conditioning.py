@@ -198,7 +198,9 @@ def test_unknown_words_and_long_captions_warn_and_still_draw(tokenizer_dir):
     with pytest.warns(CDrawWarning) as record:
         images = model.sample(2, ["a stop sign flying"])
     messages = " | ".join(str(w.message) for w in record)
-    assert "never saw" in messages and "stop" in messages and "flying" in messages and "digit" not in messages
+    unknown = messages.split("never saw in training:")[1].split("(")[0]  # the words it names as unknown
+    assert "stop" in unknown and "flying" in unknown and "digit" not in unknown
+    assert "it knows" in messages and "digit" in messages.split("it knows")[1]  # and what it knows
     assert "truncated to 4" in messages
     assert images.shape == (2, 1, 12, 12)
     with warnings.catch_warnings():

