@@ -286,15 +286,30 @@ def cmd_train(args: argparse.Namespace) -> None:
         if threads:
             env["OMP_NUM_THREADS"] = threads[1]
     print("running:", " ".join(cmd), flush=True)
+    several = bool(args.launch_args) and "--quiet" not in cmd
     try:
-        child = subprocess.Popen(cmd, env=env)
+        child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE if several else None, text=several)
     except FileNotFoundError:
         raise CDrawError("accelerate is not on PATH: activate the environment cdraw is installed in") from None
     try:
+        if several:
+            _pass_stderr(child.stderr)
         code = child.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C: it says what it kept, and exits
         code = child.wait()
-    sys.exit(code)
+    sys.exit(EXIT_USER_ERROR if several and code and _pass_stderr.saw_error else code)
+
+
+def _pass_stderr(stream) -> None:
+    """Copy a launch's stderr through, up to the recipe's first ``error:`` line: what follows it is
+    the launcher's report of the failed processes (a traceback), not news to the user."""
+    _pass_stderr.saw_error = False
+    for line in stream:
+        if _pass_stderr.saw_error:
+            continue
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        _pass_stderr.saw_error = line.startswith("error:")
 
 
 def launch_defaults(launch_args: list[str]) -> list[str]:

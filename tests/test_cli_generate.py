@@ -183,7 +183,9 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     calls = []
 
     class FakeChild:
-        def __init__(self, cmd, env):
+        stderr = iter(())  # what a launch of several processes reads
+
+        def __init__(self, cmd, env, **kwargs):
             calls.append((cmd, env))
 
         def wait(self):
@@ -214,6 +216,14 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["train", "mnist"])
     assert calls.pop()[1]["OMP_NUM_THREADS"] == "1"
+
+
+def test_train_on_several_processes_with_bad_data_ends_with_our_line_not_the_launchers(tmp_path):
+    proc = cdraw("train", "--launch-args", "--multi_gpu --num_processes 2", "mnist",
+                 "--data-dir", str(tmp_path / "nonexistent"), "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.strip().startswith(("warnings.warn", "/"))]
+    assert lines[-1].startswith("error: binarized MNIST") and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_train_with_bad_data_is_one_line_and_exit_2(tmp_path):
