@@ -15,10 +15,10 @@ Files under --out (at most 8 come back from the GPU machine): report.md (the tab
 (every figure), tests.txt (pytest's output), model/{config.json, model.safetensors, training.json,
 eval.json}. Scratch files (checkpoints, logs) go to --scratch.
 
-Installing on the GPU machine (its image has torch, accelerate, safetensors, ...; no network):
-  pip install --no-deps -e .       # cdraw over the image's torch
-  python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
-(``build/gpu-data`` holds binarized_mnist/*.amat.gz, copied there and carried with the tree.)
+On the GPU machine (its image has torch, accelerate, safetensors, ...; no network), with
+``build/gpu-data/binarized_mnist/*.amat.gz`` copied there beforehand and carried with the tree:
+  pip install --no-deps --no-build-isolation -e . ; python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
+(the install puts cdraw over the image's own torch; without it the script uses the working tree's cdraw)
 
   python benchmarks/gpu_run.py --smoke --out /tmp/x   # the same on the CPU at tiny sizes (CI)
 
@@ -42,6 +42,8 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the working tree's cdraw when it is not installed (no network there)
+    sys.path.insert(1, str(REPO))
 #: What cdraw's training and evaluation import (the text encoder's packages are not needed here).
 NEEDED = ("torch", "numpy", "safetensors", "accelerate", "yaml", "tqdm", "PIL", "psutil", "cdraw")
 PAPER_BATCHES = (100, 500, 2000)
@@ -126,7 +128,8 @@ def _run_quiet(cmd: list[str]) -> str:
 
 def cuda_tests(out: Path, data_dir: Path, timeout_s: float) -> dict:
     """``pytest -m cuda`` in a subprocess; its output in tests.txt."""
-    env = {**os.environ, "CDRAW_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "CDRAW_DATA_DIR": str(data_dir), "CDRAW_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", str(REPO / "tests")]
     start = time.perf_counter()
     try:
