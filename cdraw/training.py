@@ -213,6 +213,8 @@ class Trainer:
             if st.batch_in_epoch >= len(batches):  # only after resuming on a different number of processes
                 st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 continue
+            # the epoch's indices on the device in one copy: no host-to-device copy (a sync) per step
+            batches = torch.stack(batches).to(self.acc.device).unbind(0)
             for idx in batches[st.batch_in_epoch :]:
                 self._train_step(idx)
                 bar.update(1)
@@ -261,7 +263,6 @@ class Trainer:
         cfg, st = self.cfg, self.state
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, st.step, self.total_steps)
-        idx = idx.to(self.acc.device)
         x = self.train_data.batch(idx)  # (B, C, H, W) in [0, 1]
         out = self.model(x, self.train_data.condition(idx))  # condition: (B,) labels, (B, L) tokens, or None
         loss = out.loss.mean()  # nats per image
