@@ -367,10 +367,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         f"variational bound: {result['bound']:.2f} nats  (reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})"
     )
     if args.iw_samples:
-        with tqdm(total=len(data), desc=f"IWAE k={args.iw_samples}", unit="img", disable=args.quiet) as bar:
-            total = iwae_sum(model, data, args.iw_samples, max(1, args.batch_size // 10), gen, progress=bar)
-        result.update(iwae=total / len(data), iw_samples=args.iw_samples)
-        print(f"IWAE estimate of -log p(x), k={args.iw_samples}: {result['iwae']:.2f} nats")
+        iw_data = data.select(slice(0, args.iw_limit)) if args.iw_limit else data
+        with tqdm(total=len(iw_data), desc=f"IWAE k={args.iw_samples}", unit="img", disable=args.quiet) as bar:
+            total = iwae_sum(model, iw_data, args.iw_samples, max(1, args.batch_size // 10), gen, progress=bar)
+        result.update(iwae=total / len(iw_data), iw_samples=args.iw_samples, iwae_images=len(iw_data))
+        print(f"IWAE estimate of -log p(x), k={args.iw_samples}, {len(iw_data)} images: {result['iwae']:.2f} nats")
     if args.fidelity:
         result.update(_fidelity(model, dataset, args, gen, device))
     if args.retrieval:
@@ -589,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
     ev.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass (default: 1000)")
     ev.add_argument("--limit", type=positive_int, help="only the first N images of the split (a quick look)")
+    ev.add_argument(
+        "--iw-limit",
+        type=positive_int,
+        metavar="N",
+        help="the IWAE estimate on the first N of those images only (it costs --iw-samples forward passes each)",
+    )
     ev.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
