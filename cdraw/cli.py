@@ -207,6 +207,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         print("attention    none (reads the whole image, writes the whole canvas)")
     kind = cfg.condition.kind if cfg.condition is not None else "none"
     prior = "learned from the decoder state" if cfg.learned_prior else "N(0, I)"
+    prior += " (alignDRAW's bounded form: tanh)" if cfg.bounded_prior else ""
     print(f"conditioning {_describe(kind)}; prior {prior}")
     r = read_record(folder)
     if r:

@@ -22,7 +22,9 @@ alignment (Mansimov et al. 2016, section 3.2), with the decoder's previous state
     h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t])                     (replaces (7))
 
 and the prior over z_t may be learned from h_dec_{t-1}, N(mu(h_dec_{t-1}), sigma(h_dec_{t-1})), in
-which case the KL of (10) is between two diagonal Gaussians.
+which case the KL of (10) is between two diagonal Gaussians; alignDRAW bounds it (``bounded_prior``):
+
+    mu_t = tanh(W_mu h_dec_{t-1}),  sigma_t = exp(tanh(W_sigma h_dec_{t-1}))
 
 Shapes: B batch, T steps, C channels, H/W image, N patch, Z latent, D context vector, L caption
 tokens, K word state, A alignment size, E/F enc/dec sizes.
@@ -82,6 +84,8 @@ class DRAWConfig:
     likelihood: str = "bernoulli"  # one of cdraw.likelihoods.LIKELIHOODS
     context_size: int = 0  # D of a raw Context(vector) passed in by the caller (no encoder)
     learned_prior: bool = False  # prior N(mu(h_dec_{t-1}), sigma(h_dec_{t-1})) instead of N(0, I)
+    # alignDRAW's form of the learned prior: mu = tanh(W h_dec_{t-1}), sigma = exp(tanh(W' h_dec_{t-1}))
+    bounded_prior: bool = False
     condition: ConditionConfig | None = None  # a label or caption encoder, saved with the model
     align_size: int = 256  # A, the hidden size of alignDRAW's alignment (caption encoders only)
 
@@ -103,6 +107,8 @@ class DRAWConfig:
             raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.context_size < 0:
             raise CDrawError(f"DRAWConfig.context_size must be >= 0, got {self.context_size}")
+        if self.bounded_prior and not self.learned_prior:
+            raise CDrawError("DRAWConfig.bounded_prior bounds a learned prior: set learned_prior too")
         for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if (max(value) if isinstance(value, tuple) else value) > limit:
@@ -694,8 +700,14 @@ class DRAW(nn.Module):
         return _State(None, None, c_dec, dec, canvas), alpha
 
     def _prior(self, s: _State) -> Gaussian | None:
-        """P(z_t | h_dec_{t-1}) when learned; None means N(0, I)."""
-        return GaussianLayer.from_raw(s.dec["prior"]) if "prior" in s.dec else None
+        """P(z_t | h_dec_{t-1}) when learned; None means N(0, I).
+
+        alignDRAW's bounded form (``bounded_prior``): mu = tanh(W h), log sigma = tanh(W' h), so
+        sigma stays within [1/e, e] and the KL cannot blow up through a collapsing prior."""
+        if "prior" not in s.dec:
+            return None
+        p = GaussianLayer.from_raw(s.dec["prior"])
+        return Gaussian(torch.tanh(p.mu), torch.tanh(p.log_sigma)) if self.config.bounded_prior else p
 
     def _decode(
         self, z: Tensor, s: _State, w: _Weights, cond: _Conditions

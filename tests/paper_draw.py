@@ -33,6 +33,8 @@ def paper_loss(model, x, eps, vector=None, words=None, padding=None):
         z = mu + log_sigma.exp() * eps[t]  # (6)
         if model.prior is not None:
             p_mu, p_log_sigma = model.prior.linear(h_dec).chunk(2, -1)
+            if cfg.bounded_prior:  # alignDRAW: mu = tanh(W h), sigma = exp(tanh(W' h))
+                p_mu, p_log_sigma = torch.tanh(p_mu), torch.tanh(p_log_sigma)
             prior = Normal(p_mu, p_log_sigma.exp())
         else:
             prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))

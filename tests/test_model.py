@@ -94,7 +94,27 @@ PAPER_VARIANTS = {
     "attention": {},
     "no attention": {"attention": False},
     "context and learned prior": {"context_size": 3, "learned_prior": True},
+    "context and alignDRAW's bounded prior": {"context_size": 3, "learned_prior": True, "bounded_prior": True},
 }
+
+
+def test_bounded_prior_is_alignDRAWs_formula():
+    """mu = tanh(W h_dec_{t-1}), sigma = exp(tanh(W' h_dec_{t-1})): at t = 1 from h_dec_0, whatever
+    the weights (large ones would leave an unbounded prior far outside)."""
+    cfg = DRAWConfig(steps=1, enc_size=8, dec_size=8, z_size=3, context_size=2, learned_prior=True, bounded_prior=True)
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    with torch.no_grad():
+        model.prior.linear.weight.mul_(100)
+        model.h_dec0.normal_()
+    raw = model.prior.linear(model.h_dec0[None])
+    state = model._initial_state(model._weights(model._conditions(Context(torch.zeros(1, 2)), 1)), 1)
+    p = model._prior(state)
+    torch.testing.assert_close(p.mu, torch.tanh(raw[:, :3]))
+    torch.testing.assert_close(p.log_sigma.exp(), torch.exp(torch.tanh(raw[:, 3:])))
+    assert p.log_sigma.abs().max() <= 1
+    with pytest.raises(CDrawError, match="bounded_prior"):
+        DRAWConfig(bounded_prior=True)
 
 
 @pytest.mark.parametrize("variant", PAPER_VARIANTS)
