@@ -141,3 +141,22 @@ def test_label_recipe_on_fashion_mnist_training_file(fashion_idx_dir, tmp_path):
     record = json.loads((out / "model" / "training.json").read_text())
     assert record["dataset"] == "fashion-mnist" and record["source"] == "train"
     assert model.sample(2, [0, 9]).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("name", "numbers"),
+    [
+        ("mnist_captions_paper", (32, 8, 8, 300, 300, 150, 512, 128)),
+        ("coco_paper", (32, 9, 9, 550, 550, 275, 512, 128)),
+    ],
+)
+def test_paper_configs_carry_the_official_numbers(name, numbers):
+    """T, read, write, encoder, decoder, z, alignment, language LSTM per direction (Mansimov et al.'s
+    official configurations), with the bounded learned prior, Adam lr 1e-3 and batch 100."""
+    from cdraw.config import TrainConfig
+
+    cfg = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "recipes" / "configs" / f"{name}.yaml")
+    m = cfg.model
+    got = (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.align_size, m.condition.hidden_size)
+    assert got == numbers and m.learned_prior and m.bounded_prior and m.condition.kind == "bilstm"
+    assert (cfg.lr, cfg.batch_size) == (1e-3, 100)
