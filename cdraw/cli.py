@@ -191,7 +191,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.model import TRAINING_RECORD, read_record
+    from cdraw.io import TRAINING_RECORD, read_record
 
     folder, model = _load_model(args)
     cfg = model.config
@@ -330,7 +330,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from cdraw.evaluate import EVAL_DATASETS, bound_sums, default_dataset, evaluation_data, iwae_sum
-    from cdraw.model import _atomic_write, read_record
+    from cdraw.io import atomic_write, read_record
 
     out = Path(args.json).expanduser() if args.json else None
     folder, model = _load_model(args)
@@ -380,7 +380,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         try:
-            _atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
         print(f"wrote {out}")
@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  cdraw eval --checkpoint runs/mnist --split test",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from cdraw import __version__
+
+    parser.add_argument("--version", action="version", version=f"cdraw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     raw = argparse.RawDescriptionHelpFormatter

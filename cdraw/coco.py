@@ -31,7 +31,7 @@ import torch
 
 from cdraw.data import default_data_dir
 from cdraw.errors import CDrawError
-from cdraw.model import _atomic_write, read_record
+from cdraw.io import atomic_write, read_record
 
 IMAGE_SIZE = 32  # alignDRAW's MS COCO setting
 SUBDIR = "coco32"
@@ -228,7 +228,7 @@ def prepare_coco(
     ds = ds.select(ok).select_columns(list(COLUMNS))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, lambda tmp: ds.to_parquet(tmp))  # a hidden name until complete
+    atomic_write(target, lambda tmp: ds.to_parquet(tmp))  # a hidden name until complete
 
     split = {
         "file": target.name,
@@ -243,7 +243,7 @@ def prepare_coco(
         "source_images": image_dir.name,
     }
     metadata = {"format": FORMAT, "size": size, "resample": RESAMPLE, "splits": {**others, split_name: split}}
-    _atomic_write(out_dir / METADATA, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2) + "\n"))
+    atomic_write(out_dir / METADATA, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2) + "\n"))
     return target
 
 

@@ -19,7 +19,8 @@ import yaml
 
 from cdraw.conditioning import ConditionConfig
 from cdraw.errors import CDrawError
-from cdraw.model import DRAWConfig, typed_fields
+from cdraw.io import typed_fields
+from cdraw.model import DRAWConfig
 
 #: torch.compile's modes that training offers ("max-autotune" fails on the CPU stack we test on).
 COMPILE_MODES = ("default", "reduce-overhead")

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError
-from cdraw.model import DRAW, read_record
+from cdraw.io import read_record
+from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
 IWAE_CHUNK = 2000

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from cdraw.data import BINARIZE_THRESHOLD
 from cdraw.errors import CDrawError
+from cdraw.io import WEIGHTS_NAME, load_weights, read_config, save_folder, typed_fields
 from cdraw.mnist_captions import (
     CANVAS_SIZE,
     CELL_SIZE,
@@ -39,7 +40,6 @@ from cdraw.mnist_captions import (
     cells_matching,
     paste_digits,
 )
-from cdraw.model import WEIGHTS_NAME, load_weights, read_config, save_folder, typed_fields
 
 EMPTY_CLASS = 10  # the classifier's class for a cell with no digit; classes 0..9 are the digits
 MODEL_TYPE = "digit_classifier"

@@ -53,7 +53,7 @@ from cdraw.data import (
     load_labelled,
 )
 from cdraw.errors import CDrawError
-from cdraw.model import _atomic_write
+from cdraw.io import atomic_write
 
 CANVAS_SIZE = 60
 CELL_SIZE = 30
@@ -458,9 +458,9 @@ def make_mnist_captions(
         out.mkdir(parents=True, exist_ok=True)
         for split, data in splits.items():
             table = _to_table(data)
-            _atomic_write(out / f"{split}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
+            atomic_write(out / f"{split}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
         text = json.dumps(metadata, indent=2)
-        _atomic_write(out / METADATA_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(out / METADATA_NAME, lambda tmp: Path(tmp).write_text(text))
     except OSError as e:
         raise CDrawError(f"cannot write into {out}: {e.strerror or e}") from None
     return metadata

@@ -33,11 +33,8 @@ tokens, K word state, A alignment size, E/F enc/dec sizes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import types
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +46,20 @@ from torch import Tensor, nn
 from cdraw import attention
 from cdraw.attention import WINDOW_PARAMS, Window, WindowParams
 from cdraw.conditioning.base import ConditionConfig, Context
+from cdraw.conditioning.encoders import make_encoder
 from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported for callers of the model)
+    CONFIG_NAME,
+    TRAINING_RECORD,
+    WEIGHTS_NAME,
+    atomic_write,
+    load_weights,
+    read_config,
+    save_folder,
+    typed_fields,
+)
 from cdraw.likelihoods import LIKELIHOODS, make_likelihood
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-#: Written beside a model by training: the data set, training length and time, the validation bound.
-TRAINING_RECORD = "training.json"
 MODEL_TYPE = "draw"
 
 
@@ -150,43 +154,6 @@ class DRAWConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
         return cls(**typed_fields(cls, d))
-
-
-def typed_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """Check a mapping of ``cls``'s dataclass fields against their annotations, for configs read
-    from JSON, YAML or a command line. Numbers written as strings (YAML reads ``1e-3`` as one)
-    become numbers; anything else of the wrong type is a :class:`CDrawError`.
-    """
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise CDrawError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
-    return {k: _typed(f"{cls.__name__}.{k}", hints[k], v) for k, v in d.items()}
-
-
-def _typed(name: str, tp: Any, value: Any) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        if value is None:
-            return None
-        (tp,) = [a for a in args if a is not type(None)]
-        return _typed(name, tp, value)
-    if dataclasses.is_dataclass(tp):
-        return value  # a nested config checks itself
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise CDrawError(f"{name} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_typed(name, a, v) for a, v in zip(args, value, strict=True))
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(tp)
-    if ok is not None and (not isinstance(value, ok) or (tp is not bool and isinstance(value, bool))):
-        raise CDrawError(f"{name} must be of type {tp.__name__}, got {value!r}")
-    return float(value) if tp is float else value
 
 
 @dataclass
@@ -508,8 +475,6 @@ class DRAW(nn.Module):
         d, k = cfg.vector_size, cfg.words_size
         self.condition = None
         if cfg.condition is not None:
-            from cdraw.conditioning.encoders import make_encoder
-
             self.condition = make_encoder(cfg.condition, root)
         self.reader = AttentionReader(cfg) if cfg.attention else PlainReader(cfg)
         self.writer = AttentionWriter(cfg) if cfg.attention else PlainWriter(cfg)
@@ -900,68 +865,6 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def _atomic_write(target: Path, write) -> None:
-    """``write(tmp)`` to a temporary name beside ``target``, then rename it into place; the
-    temporary file never outlives a failure. The file gets the usual mode (0644 under umask 022),
-    whatever the writer created it with."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[str, Any]:
-    """A JSON record kept beside a model (``training.json``, ``eval.json``); {} when there is none."""
-    file = Path(folder) / name
-    if not file.is_file():
-        return {}
-    try:
-        record = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise CDrawError(f"{file} is corrupt ({e}); delete it or write it again") from None
-    if not isinstance(record, dict):
-        raise CDrawError(f"{file} is not a record (a JSON object); delete it or write it again")
-    return record
-
-
-def save_folder(path: Path, model_type: str, config: dict[str, Any], state: dict[str, Tensor]) -> None:
-    """A model folder: ``config.json`` (with its ``model_type``) and ``model.safetensors``, each
-    written to a temporary name and renamed, so a crash leaves the old file whole."""
-    from safetensors.torch import save_file
-
-    config = {"model_type": model_type, **config}
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-
-
-def read_config(path: str | os.PathLike, model_type: str, what: str) -> dict[str, Any]:
-    """The fields of a model folder's ``config.json``, checked to be a ``model_type`` config;
-    a clear error for each way it can be wrong. ``what`` names the model in messages."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CDrawError(f"{what} folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-    file = path / CONFIG_NAME
-    if not file.is_file():
-        raise CDrawError(f"{path} is not a {what}: {CONFIG_NAME} is missing")
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CDrawError(f"{file} is corrupt (not valid JSON: {e})") from None
-    if not isinstance(raw, dict) or raw.pop("model_type", None) != model_type:
-        raise CDrawError(f"{file} is not a {what} config (model_type must be {model_type!r})")
-    return raw
-
-
 def load_config(path: str | os.PathLike) -> DRAWConfig:
     """Read ``config.json`` of a checkpoint folder, with a clear error for each way it can be wrong."""
     raw = read_config(path, MODEL_TYPE, "cdraw checkpoint")
@@ -969,33 +872,3 @@ def load_config(path: str | os.PathLike) -> DRAWConfig:
         return DRAWConfig.from_dict(raw)
     except (TypeError, CDrawError) as e:
         raise CDrawError(f"{Path(path) / CONFIG_NAME} has an invalid DRAW config: {e}") from None
-
-
-def load_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:
-    """Read ``model.safetensors`` and check it matches ``model``'s parameters, name by name."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = Path(path) / WEIGHTS_NAME
-    if not file.is_file():
-        raise CDrawError(f"{Path(path)} is not a complete checkpoint: {WEIGHTS_NAME} is missing")
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CDrawError(f"{file} is corrupt or not a safetensors file ({e}); re-save or re-download it") from None
-    expected = {k: v.shape for k, v in getattr(model, "checkpoint_state", model.state_dict)().items()}
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
-    if missing or extra or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:5]}")
-        if extra:
-            details.append(f"unexpected {extra[:5]}")
-        if wrong:
-            details.append(
-                "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k])}" for k in wrong[:5])
-            )
-        raise CDrawError(f"{file} does not match its {CONFIG_NAME}: " + "; ".join(details))
-    return state

@@ -30,7 +30,7 @@ from torch import Tensor
 from cdraw.attention import Window
 from cdraw.errors import CDrawError
 from cdraw.images import make_grid
-from cdraw.model import _atomic_write
+from cdraw.io import atomic_write
 
 READ_COLOUR = (255, 0, 0)
 WRITE_COLOUR = (0, 255, 0)
@@ -370,7 +370,7 @@ def _save_atomically(save: Callable[[Path], None], path: str | os.PathLike) -> P
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: save(Path(tmp)))
+        atomic_write(path, lambda tmp: save(Path(tmp)))
     except OSError as e:
         raise CDrawError(f"cannot write {path}: {e.strerror or e} (choose a writable file path)") from None
     return path

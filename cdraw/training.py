@@ -45,7 +45,8 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.model import DRAW, TRAINING_RECORD, DRAWConfig, _atomic_write, load_config, load_weights
+from cdraw.io import TRAINING_RECORD, atomic_write, load_weights
+from cdraw.model import DRAW, DRAWConfig, load_config
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
 #: Offset of the seeds of validation and sample noise, so they never share the training stream.
@@ -392,7 +393,7 @@ class Trainer:
             "valid": valid,
             **self.record,
         }
-        _atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
     def _save_checkpoint(self) -> None:
         try:
@@ -436,7 +437,7 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _point_latest_at(self, name: str) -> None:
-        _atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
+        atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
 
     def _kept(self) -> str:
         """What a stopped run still has, for its error message."""
@@ -564,7 +565,7 @@ def trim_log(path: Path, step: int) -> None:
             w.writeheader()
             w.writerows(kept)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def check_output_dir(out: Path, resume: bool) -> None:

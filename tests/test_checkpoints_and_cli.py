@@ -106,3 +106,10 @@ def test_help_explains_with_examples():
     proc = cdraw("eval", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--iw-samples" in proc.stdout
     assert cdraw("--help").returncode == 0
+
+
+def test_version():
+    import cdraw as package
+
+    proc = cdraw("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cdraw {package.__version__}"

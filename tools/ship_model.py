@@ -21,7 +21,8 @@ from cdraw.cli import EVAL_RECORD, resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import DEFAULT_MODELS
-from cdraw.model import DRAW, TRAINING_RECORD, read_record
+from cdraw.io import TRAINING_RECORD, read_record
+from cdraw.model import DRAW
 
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
 

@@ -53,7 +53,7 @@ class ConditionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConditionConfig:
-        from cdraw.model import typed_fields
+        from cdraw.io import typed_fields
 
         return cls(**typed_fields(cls, d))
 

@@ -206,13 +206,13 @@ class SentencePieceTokenizer:
             raise CDrawError(f"{model} is not a SentencePiece model ({e})") from None
 
     def save(self, folder: str | os.PathLike) -> None:
-        from cdraw.model import _atomic_write
+        from cdraw.io import atomic_write
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         words = "\n".join(sorted(self.known_words)) + "\n"
-        _atomic_write(folder / self.WORDS_FILE, lambda tmp: Path(tmp).write_text(words))
-        _atomic_write(folder / self.MODEL_FILE, lambda tmp: Path(tmp).write_bytes(self.proto))
+        atomic_write(folder / self.WORDS_FILE, lambda tmp: Path(tmp).write_text(words))
+        atomic_write(folder / self.MODEL_FILE, lambda tmp: Path(tmp).write_bytes(self.proto))
 
     def pieces(self, ids: Tensor) -> list[str]:
         """The text of each real token of one caption's (L,) ids, for plots."""
