@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -184,7 +185,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from cdraw.generate import fresh_output_dir
 
     out = args.out if args.out is not None else fresh_output_dir()
-    paths = reconstruct(model, data.batch(rows), out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
+    try:
+        paths = reconstruct(model, data.batch(rows), out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
+    except BaseException:
+        if args.out is None:  # the folder this call made holds nothing: remove it
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(f"model {folder}: {min(args.num, len(data))} {dataset} images redrawn")
     for path in paths:
         print(path)
@@ -287,30 +293,36 @@ def cmd_train(args: argparse.Namespace) -> None:
         if threads:
             env["OMP_NUM_THREADS"] = threads[1]
     print("running:", " ".join(cmd), flush=True)
-    several = bool(args.launch_args) and "--quiet" not in cmd
+    launched = bool(args.launch_args)  # through accelerate: its stderr is filtered
     try:
-        child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE if several else None, text=several)
+        child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE if launched else None)
     except FileNotFoundError:
         raise CDrawError("accelerate is not on PATH: activate the environment cdraw is installed in") from None
+    saw_error = False
     try:
-        if several:
-            _pass_stderr(child.stderr)
+        if launched:
+            saw_error = _pass_stderr(child.stderr)
         code = child.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C: it says what it kept, and exits
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut its last words
+        if launched:
+            saw_error = _pass_stderr(child.stderr)
         code = child.wait()
-    sys.exit(EXIT_USER_ERROR if several and code and _pass_stderr.saw_error else code)
+    sys.exit(EXIT_USER_ERROR if launched and code and saw_error else code)
 
 
-def _pass_stderr(stream) -> None:
-    """Copy a launch's stderr through, up to the recipe's first ``error:`` line: what follows it is
-    the launcher's report of the failed processes (a traceback), not news to the user."""
-    _pass_stderr.saw_error = False
-    for line in stream:
-        if _pass_stderr.saw_error:
+def _pass_stderr(stream) -> bool:
+    """Copy a launch's stderr through byte for byte (progress bars keep their carriage returns) up
+    to the recipe's first ``error:`` line; what follows it is the launcher's report of the failed
+    processes (a traceback), not news to the user. Returns whether an ``error:`` line came."""
+    saw_error = False
+    for line in iter(stream.readline, b""):
+        if saw_error:
             continue
-        sys.stderr.write(line)
+        sys.stderr.buffer.write(line)
         sys.stderr.flush()
-        _pass_stderr.saw_error = line.startswith("error:")
+        saw_error = line.split(b"\r")[-1].startswith(b"error:")
+    return saw_error
 
 
 def launch_defaults(launch_args: list[str]) -> list[str]:

@@ -326,7 +326,7 @@ class ImageData:
 
     def mean_image(self) -> torch.Tensor:
         """(C, H, W) the mean of every image, in [0, 1] (what training starts the canvas at)."""
-        return self.images.double().mean(0).float() / (self.levels - 1)
+        return (self.images.sum(0, dtype=torch.float64) / (len(self.images) * (self.levels - 1))).float()
 
     def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
         """(B, C, H, W) floats in [0, 1] for the examples at ``index``."""

@@ -52,19 +52,24 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
     moved: list[Path] = []
+    aside = tmp / ".earlier"  # an earlier call's pictures, kept until this call's are all in place
     try:
         yield tmp
-        new = {f.name for f in tmp.iterdir()}
+        aside.mkdir()
         for pattern in OUTPUT_FILES:  # an earlier call's pictures never sit beside this call's
             for old in out.glob(pattern):
-                if old.name not in new and old.is_file():
-                    old.unlink()
-        for f in sorted(tmp.iterdir()):
+                if old.is_file():
+                    os.replace(old, aside / old.name)
+        for f in sorted(p for p in tmp.iterdir() if p != aside):
             os.replace(f, out / f.name)
             moved.append(out / f.name)
-    except OSError as e:  # a full disk, a folder gone: one line, and none of this call's files kept
+    except OSError as e:  # a full disk, a folder gone: one line; the folder as it was before the call
         for f in moved:
             f.unlink(missing_ok=True)
+        if aside.is_dir():
+            for old in aside.iterdir():
+                with contextlib.suppress(OSError):
+                    os.replace(old, out / old.name)
         raise CDrawError(f"cannot write the pictures into {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

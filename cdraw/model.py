@@ -134,7 +134,8 @@ class DRAWConfig:
         write = c * self.write_size**2 + WINDOW_PARAMS if self.attention else c * h * w
         lstms = 4 * e * (read + f + d + e + 2) + 4 * f * (z + k + d + f + 2)
         heads = (f + 1) * write + (e + 1) * 2 * z + (f + 1) * 2 * z * self.learned_prior
-        return lstms + heads + (k + f + 2) * self.align_size * (k > 0) + c * h * w
+        encoder = self.condition.parameter_estimate() if self.condition is not None else 0
+        return lstms + heads + (k + f + 2) * self.align_size * (k > 0) + c * h * w + encoder
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -208,8 +209,8 @@ class Trainer:
             )
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.main, desc="training", unit="step")
         self._run_start = time.perf_counter() - st.elapsed_s
-        valid, validated_at = {}, -1
-        while st.step < self.total_steps:
+        valid, validated_at, stop = {}, -1, False
+        while st.step < self.total_steps and not stop:
             batches = shard_batches(len(self.train_data), cfg.batch_size, st.epoch, cfg.seed, self.rank, self.world)
             if st.batch_in_epoch >= len(batches):  # only after resuming on a different number of processes
                 st.epoch, st.batch_in_epoch = st.epoch + 1, 0
@@ -224,16 +225,15 @@ class Trainer:
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 if st.step % cfg.log_every == 0:
                     bar.set_postfix(self._flush_log())
+                stop = st.step >= self.total_steps or self._out_of_time()  # the same on every process
                 if epoch_done:  # validate, sample, checkpoint
                     self._flush_log()
                     valid, validated_at = self._end_of_period(f"epoch-{st.epoch:03d}"), st.step
-                elif st.step % cfg.checkpoint_every == 0 and st.step < self.total_steps:
+                elif st.step % cfg.checkpoint_every == 0 and not stop:  # a stop validates and saves below
                     self._flush_log()
                     self._save_checkpoint()
-                if st.step >= self.total_steps or self._out_of_time():
+                if stop:
                     break
-            if self._out_of_time():
-                break
         bar.close()
         if validated_at != st.step:  # stopped mid-epoch (--max-steps): validate and save there too
             self._flush_log()
@@ -241,7 +241,8 @@ class Trainer:
         if self.main:
             self._save_model(self.out / "model", valid)
             tqdm.write(
-                f"model saved in {(self.out / 'model').resolve()} (best validation bound: {self.out / 'best'}); "
+                f"model saved in {(self.out / 'model').resolve()} (the one with the best validation bound: "
+                f"{self.out / 'best'}); "
                 f"try: cdraw generate --checkpoint {self.out}"
             )
         if cfg.record_batches:
@@ -301,7 +302,9 @@ class Trainer:
         self._window_images, self._window_start = 0, now
         if not math.isfinite(loss) or bad_grads:
             what = f"the loss became {loss / images}" if not math.isfinite(loss) else "the gradients became NaN/Inf"
-            raise TrainingDiverged(f"{what} at or before step {self.state.step}; training stopped. {self._kept()}")
+            raise TrainingDiverged(
+                f"{what} at or before step {self.state.step}; training stopped. {self._kept(diverged=True)}"
+            )
         self._log("train", loss / images, recon / images, kl / images, speed)
         return {"loss": f"{loss / images:.2f}", "img/s": f"{speed:.0f}"}
 
@@ -357,7 +360,9 @@ class Trainer:
         totals = acc.reduce(torch.tensor([sums.loss, sums.recon, sums.kl, sums.count], device=acc.device), "sum")
         valid = BoundSums(*totals.tolist()).means()
         if not math.isfinite(valid["bound"]):
-            raise TrainingDiverged(f"the validation bound is {valid['bound']}; training stopped. {self._kept()}")
+            raise TrainingDiverged(
+                f"the validation bound is {valid['bound']}; training stopped. {self._kept(diverged=True)}"
+            )
         self._log("valid", valid["bound"], valid["recon"], valid["kl"])
         if self.main:
             tqdm.write(f"{name}: validation bound {valid['bound']:.2f} nats (step {st.step})")
@@ -398,9 +403,11 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         try:
             self._write_checkpoint()
-        except OSError as e:
-            for tmp in self.ckpt_dir.glob(".step-*.tmp"):  # nothing half-written stays behind
+        except BaseException as e:  # a full disk, Ctrl-C: nothing half-written stays behind
+            for tmp in self.ckpt_dir.glob(".step-*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(e, OSError):
+                raise
             raise CDrawError(
                 f"cannot write a checkpoint into {self.ckpt_dir}: {e.strerror or e}. {self._kept()}"
             ) from None
@@ -439,15 +446,14 @@ class Trainer:
     def _point_latest_at(self, name: str) -> None:
         atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
 
-    def _kept(self) -> str:
-        """What a stopped run still has, for its error message."""
+    def _kept(self, diverged: bool = False) -> str:
+        """What a stopped run still has, for its error message (and, when it diverged, what to change)."""
         latest = self.ckpt_dir / "latest"
+        advice = "lower --lr or --grad-clip and " if diverged else "make room (or fix the cause) and "
         if not latest.is_file():
-            return "No checkpoint was written yet (nothing to resume): lower --lr or --grad-clip and start again"
-        return (
-            f"The last good checkpoint is {self.ckpt_dir / latest.read_text().strip()} (resume with --resume); "
-            "lower --lr or --grad-clip before resuming"
-        )
+            return f"No checkpoint was written yet (nothing to resume): {advice}start again"
+        name = latest.read_text().strip()
+        return f"The last good checkpoint is {self.ckpt_dir / name}: {advice}continue it with --resume"
 
     def _load_checkpoint(self) -> None:
         path = latest_checkpoint(self.ckpt_dir)
@@ -479,9 +485,13 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1_000 + self.rank + 1 + self.state.step)
             self.state.world_size = self.world
         else:
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
+            try:
+                torch.set_rng_state(rng["cpu"])
+                if "cuda" in rng and torch.cuda.is_available():
+                    torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
+            except (RuntimeError, TypeError, ValueError) as e:
+                why = f"{_first_line(e)}); {_older(self.ckpt_dir)}"
+                raise CDrawError(f"--resume: checkpoint {path} is damaged (its RNG state: {why}") from None
         if self.main:
             trim_log(self.out / "log.csv", self.state.step)  # rows logged after the checkpoint come again
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
@@ -502,7 +512,10 @@ def lock_run_dir(out: Path):
         raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):  # a file system without locks
+            f.close()
+            return None
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()

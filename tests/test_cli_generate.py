@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,7 +185,7 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     calls = []
 
     class FakeChild:
-        stderr = iter(())  # what a launch of several processes reads
+        stderr = io.BytesIO()  # what cdraw train reads of an accelerate launch
 
         def __init__(self, cmd, env, **kwargs):
             calls.append((cmd, env))
@@ -219,7 +221,10 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
 
 
 def test_train_on_several_processes_with_bad_data_ends_with_our_line_not_the_launchers(tmp_path):
-    proc = cdraw("train", "--launch-args", "--multi_gpu --num_processes 2", "mnist",
+    with socket.socket() as free:  # a free port: another distributed job may hold accelerate's default
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = cdraw("train", "--launch-args", f"--multi_gpu --num_processes 2 --main_process_port {port}", "mnist",
                  "--data-dir", str(tmp_path / "nonexistent"), "--output-dir", str(tmp_path / "o"))  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.strip().startswith(("warnings.warn", "/"))]

@@ -19,6 +19,13 @@ KINDS = ("label", "bilstm", "pretrained")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+#: The largest sizes a ConditionConfig may name (they catch typos and damaged files).
+CONDITION_LIMITS = {
+    "num_classes": 1_000_000, "embed_size": 65_536, "hidden_size": 65_536, "vocab_size": 1_000_000,
+    "max_length": 4_096, "word_size": 65_536,
+}  # fmt: skip
+
+
 @dataclass
 class ConditionConfig:
     """The conditioning encoder of a DRAW model.
@@ -47,6 +54,16 @@ class ConditionConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CDrawError(f"ConditionConfig.{name} must be a positive integer, got {value!r}")
+            if value > CONDITION_LIMITS[name]:
+                raise CDrawError(f"ConditionConfig.{name} must be at most {CONDITION_LIMITS[name]:,}, got {value}")
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters its encoder has (a pretrained model's own weights aside)."""
+        if self.kind == "label":
+            return self.num_classes * self.embed_size
+        if self.kind == "bilstm":
+            return self.vocab_size * self.embed_size + 8 * self.hidden_size * (self.embed_size + self.hidden_size + 2)
+        return 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
