@@ -605,15 +605,18 @@ class DRAW(nn.Module):
     def _initial_state(self, w: _Weights, batch: int) -> _State:
         """t = 0: the learned initial states and canvas, for every example of the batch."""
 
-        def expand(t: Tensor) -> Tensor:  # contiguous: every step then sees the same memory layout
+        def expand(t: Tensor) -> Tensor:  # (B, ...) contiguous, as a step's cells and canvas are
             return t.expand(batch, *t.shape[1:]).contiguous()
 
+        # The heads of h_0 are computed the way a step computes them (slices of one product for the
+        # whole batch), so every compiled group of steps sees its inputs in the same memory layout:
+        # one compiled graph instead of one for the first group and another for the rest.
         encoding = w.enc is not None
         return _State(
             c_enc=expand(self.c_enc0[None]) if encoding else None,
-            enc_rec=expand(w.enc(self.h_enc0[None])["rec"]) if encoding else None,
+            enc_rec=w.enc(self.h_enc0.expand(batch, -1))["rec"] if encoding else None,
             c_dec=expand(self.c_dec0[None]),
-            dec={k: expand(v) for k, v in w.dec(self.h_dec0[None]).items()},
+            dec=w.dec(self.h_dec0.expand(batch, -1)),
             canvas=expand(self.canvas0[None]),
         )
 

@@ -113,7 +113,8 @@ def test_save_on_the_gpu_load_anywhere(cfg, tmp_path):
 
 
 def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
-    """Two optimiser steps of the training loop, compiled, on the GPU: a model folder that says cuda."""
+    """Two optimiser steps of the training loop on the GPU (eager: the compiled step has its own
+    tests above), TF32 on: a model folder that says cuda."""
     cfg = TrainConfig(
         model=DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=5, write_size=3),
         output_dir=str(tmp_path / "run"),
@@ -121,6 +122,7 @@ def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
         batch_size=50,
         log_every=1,
         num_samples=4,
+        compile=False,
         tf32=True,
     )
     train(cfg, ImageData(mnist["train"][:500]), ImageData(mnist["valid"][:100]), dataset="binarized-mnist")
