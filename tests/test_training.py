@@ -52,7 +52,8 @@ def test_recipe_end_to_end_in_one_process(data_dir, tmp_path):
     assert model.config.steps == 4 and model.config.attention
     # the config of the run is recorded, and the paper's settings were the base
     recorded = TrainConfig.from_dict(__import__("yaml").safe_load((out / "train_config.yaml").read_text()))
-    assert recorded.model.read_size == 2 and recorded.lr == 1e-3 and recorded.model.z_size == 5
+    assert recorded.model.read_size == 2 and recorded.model.z_size == 5
+    assert (recorded.lr, recorded.adam_beta1, recorded.lr_schedule) == (2e-3, 0.5, "cosine")  # the recipe
 
 
 def free_port() -> int:
@@ -156,8 +157,12 @@ def test_recipe_default_config_is_the_papers_mnist_setting():
         64, 2, 5, 256, 256, 100, True,
     )  # fmt: skip
     assert cfg.batch_size == 100 and cfg.grad_clip > 0
+    # the optimiser recipe of docs/results.md, for both
+    recipe = (cfg.lr, cfg.adam_beta1, cfg.warmup_steps, cfg.lr_schedule, cfg.init_from_data)
+    assert recipe == (2e-3, 0.5, 500, "cosine", True)
     base, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
     assert not base.model.attention and base.output_dir != cfg.output_dir
+    assert (base.lr, base.adam_beta1, base.warmup_steps, base.lr_schedule, base.init_from_data) == recipe
 
 
 def test_nan_gradients_with_a_finite_loss_also_stop_training(small_sets, tmp_path):
