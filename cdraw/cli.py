@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,11 +147,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise CDrawError(f"{folder} is not a caption model (it is {_describe(kind)}): drop --caption")
     if labels is not None and kind != "label":
         raise CDrawError(f"{folder} is not a label model (it is {_describe(kind)}): drop --label")
-    from cdraw.generate import fresh_output_dir
+    from cdraw.generate import output_dir
 
     start = time.perf_counter()
-    out = args.out if args.out is not None else fresh_output_dir()
-    try:
+    with output_dir(args.out) as out:
         paths = generate(
             model,
             out,
@@ -163,10 +161,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
             steps=args.steps,
             gif=args.gif,
         )
-    except BaseException:
-        if args.out is None:  # the folder this call made holds nothing: remove it
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     print(
         f"model {folder}: {len(captions or labels or [None]) * args.num} images in {time.perf_counter() - start:.1f} s"
     )
@@ -182,15 +176,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     dataset = args.data or default_dataset(model, folder)
     data = evaluation_data(model, dataset, args.split or EVAL_DATASETS[dataset], args.data_dir)
     rows = slice(0, args.num)
-    from cdraw.generate import fresh_output_dir
+    from cdraw.generate import output_dir
 
-    out = args.out if args.out is not None else fresh_output_dir()
-    try:
+    with output_dir(args.out) as out:
         paths = reconstruct(model, data.batch(rows), out, condition=data.condition(rows), seed=args.seed, gif=args.gif)
-    except BaseException:
-        if args.out is None:  # the folder this call made holds nothing: remove it
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     print(f"model {folder}: {min(args.num, len(data))} {dataset} images redrawn")
     for path in paths:
         print(path)

@@ -81,6 +81,20 @@ OUTPUT_FILES = (
 )  # fmt: skip
 
 
+@contextlib.contextmanager
+def output_dir(out: str | os.PathLike | None) -> Iterator[Path]:
+    """``out``, or a new :func:`fresh_output_dir` that is removed again if the block fails."""
+    if out is not None:
+        yield Path(out)
+        return
+    fresh = fresh_output_dir()
+    try:
+        yield fresh
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+
+
 def fresh_output_dir(parent: str | os.PathLike = "cdraw-output") -> Path:
     """A new folder under ``parent`` named by the time (``20261130-201501``, then ``-2``, ``-3`` ...)."""
     parent = Path(parent).expanduser()
