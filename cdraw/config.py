@@ -49,7 +49,11 @@ class TrainConfig:
     )
     warmup_steps: int = field(default=0, metadata={"help": "raise the learning rate linearly over this many steps"})
     max_minutes: float | None = field(
-        default=None, metadata={"help": "stop after this much training time (wall-clock), then validate and save"}
+        default=None,
+        metadata={
+            "help": "stop after this much training time (wall-clock), then validate and save; a cosine "
+            "schedule then decays to 0 at this time (its length re-estimated from the speed at every log)"
+        },
     )
     seed: int = 0
     eval_batch_size: int = 1000

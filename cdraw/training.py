@@ -168,6 +168,8 @@ class Trainer:
                 f"({cfg.batch_size} x {self.world} processes): lower --batch-size"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.schedule_steps = self.total_steps  # where the cosine ends; --max-minutes re-estimates it
+        self._clock_start: tuple[int, float] | None = None  # (step, seconds) at this run's first time check
         self._window = torch.zeros(4, device=acc.device)  # loss, recon, kl, non-finite-gradient steps
         self._window_images = 0
         self._window_start = time.perf_counter()
@@ -255,16 +257,27 @@ class Trainer:
         return valid
 
     def _out_of_time(self) -> bool:
-        """--max-minutes: checked at log intervals only (the same decision on every process)."""
+        """--max-minutes: checked at log intervals only (the same decision on every process).
+
+        The cosine schedule then ends with the time budget: its length is re-estimated at every check
+        from the speed since the first check (compilation excluded, validation included)."""
         if self.cfg.max_minutes is None or self.state.step % self.cfg.log_every:
             return False
+        budget, step = 60 * self.cfg.max_minutes, self.state.step
         spent = torch.tensor([time.perf_counter() - self._run_start], device=self.acc.device)
-        return self.acc.reduce(spent, "max").item() >= 60 * self.cfg.max_minutes
+        spent = self.acc.reduce(spent, "max").item()
+        if self._clock_start is None:
+            self._clock_start = (step, spent)
+        elif step > self._clock_start[0]:
+            per_step = (spent - self._clock_start[1]) / (step - self._clock_start[0])
+            in_time = step + int(max(budget - spent, 0.0) / max(per_step, 1e-9))
+            self.schedule_steps = min(self.total_steps, in_time)
+        return spent >= budget
 
     def _train_step(self, idx: torch.Tensor) -> None:
         cfg, st = self.cfg, self.state
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, st.step, self.total_steps)
+            group["lr"] = lr_at(cfg, st.step, self.schedule_steps)
         x = self.train_data.batch(idx)  # (B, C, H, W) in [0, 1]
         out = self.model(x, self.train_data.condition(idx))  # condition: (B,) labels, (B, L) tokens, or None
         loss = out.loss.mean()  # nats per image

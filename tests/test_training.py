@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import socket
@@ -220,6 +221,31 @@ def test_init_from_data_starts_at_the_mean_image_with_a_unit_gain_writer(small_s
     assert torch.allclose(plain.writer(raw_plain), model.writer(raw_init), atol=1e-6)  # same first writes
     with pytest.raises(CDrawError, match="mean image"):
         model.init_from_data(torch.zeros(1, 5, 5))
+
+
+def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, tmp_path, monkeypatch):
+    """Each step takes 1 s of a fake clock: a 100 s budget is 100 steps, and the cosine must reach 0
+    there (not at the 1,000 epochs of the config)."""
+    from cdraw import training
+
+    clock = [0.0]
+    step = training.Trainer._train_step
+
+    def one_second_step(self, idx):
+        step(self, idx)
+        clock[0] += 1.0
+
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training.Trainer, "_train_step", one_second_step)
+    cfg = tiny_train_config(
+        tmp_path / "run", epochs=1000, max_minutes=100 / 60, log_every=5, lr=1e-3, lr_schedule="cosine"
+    )
+    train(cfg, *small_sets)
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "log.csv")) if r["split"] == "train"]
+    lrs = {int(r["step"]): float(r["lr"]) for r in rows}
+    assert max(lrs) == 100  # stopped at the budget
+    assert lrs[50] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 100)), rel=1e-2)  # half-way
+    assert lrs[100] < 1e-6  # decayed to 0 at the budget
 
 
 def test_max_minutes_stops_training_and_saves_the_model(small_sets, tmp_path):

@@ -1,0 +1,130 @@
+"""The time-to-quality study of docs/results.md: the test bound DRAW reaches on binarized MNIST within a
+fixed wall-clock budget, for one optimiser or model change per row.
+
+Every row is one command, ``cdraw train mnist --max-minutes M ...`` (the recipe of
+recipes/configs/mnist.yaml plus the row's flags) in one process on one CPU thread; ``--parallel 2`` runs
+two rows at a time on a 2-core machine, each on its own core. The budget is wall-clock from the start
+of the run, compilation and validation included; with ``--max-minutes`` the cosine schedule decays to 0
+at the budget. After training, each row's final model is measured on the whole test set
+(``cdraw eval --split test --iw-samples 0``). Results go to ``OUT/results.json`` (one entry per row,
+with its command) and each row's curve stays in ``OUT/NAME/log.csv``.
+
+Examples:
+  python benchmarks/time_to_quality.py --list
+  python benchmarks/time_to_quality.py --rows recipe t32 --minutes 20 --parallel 2
+  python benchmarks/time_to_quality.py --rows attention-30 no-attention-30 --parallel 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NO_ATTENTION = str(REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
+
+#: name -> (what changes against the recipe, minutes or None for --minutes, the recipe flags)
+ROWS: dict[str, tuple[str, float | None, list[str]]] = {
+    "recipe": ("the recipe: Adam 2e-3, beta1 0.5, 500 warm-up, cosine, batch 100, clip 10, data start", None, []),
+    "t32": ("T = 32 glimpses instead of 64", None, ["--steps", "32"]),
+    "no-data-start": ("no data start: canvas at 0, write window at its default gain", None, ["--no-init-from-data"]),
+    "beta1-0.9": ("Adam beta1 0.9", None, ["--adam-beta1", "0.9"]),
+    "constant-lr": ("constant learning rate after the warm-up", None, ["--lr-schedule", "constant"]),
+    "lr-4e-3": ("learning rate 4e-3", None, ["--lr", "4e-3"]),
+    "lr-1e-3": ("learning rate 1e-3", None, ["--lr", "1e-3"]),
+    "batch-50": ("batch 50", None, ["--batch-size", "50"]),
+    "clip-1": ("gradient norm clipped to 1", None, ["--grad-clip", "1"]),
+    "plain": (
+        "a plain start: Adam 1e-3, beta1 0.9, constant, no warm-up, no data start",
+        None,
+        [
+            "--lr",
+            "1e-3",
+            "--adam-beta1",
+            "0.9",
+            "--lr-schedule",
+            "constant",
+            "--warmup-steps",
+            "0",
+            "--no-init-from-data",
+        ],
+    ),
+    "attention-30": ("the recipe, 30 minutes", 30.0, []),
+    "no-attention-30": ("the recipe without attention, 30 minutes", 30.0, ["--config", NO_ATTENTION]),
+}
+
+
+def row_commands(name: str, out: Path, minutes: float, data_dir: str | None) -> tuple[list[str], list[str]]:
+    """The training and the evaluation command of one row."""
+    _, own_minutes, flags = ROWS[name]
+    run = out / name
+    data = ["--data-dir", data_dir] if data_dir else []
+    train = [
+        "cdraw", "train", "--launch-args=--num_processes 1 --num_cpu_threads_per_process 1", "mnist",
+        *flags, "--output-dir", str(run), "--max-minutes", str(own_minutes or minutes),
+        "--valid-images", "2000", "--checkpoint-every", "1000", *data,
+    ]  # fmt: skip
+    evaluate = [
+        "cdraw", "eval", "--checkpoint", str(run), "--split", "test", "--iw-samples", "0",
+        "--json", str(run / "test.json"), "--quiet", *data,
+    ]  # fmt: skip
+    return train, evaluate
+
+
+def run_rows(names: list[str], out: Path, minutes: float, parallel: int, data_dir: str | None) -> None:
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per row, also for its evaluation
+    for start in range(0, len(names), parallel):
+        group = names[start : start + parallel]
+        jobs = {}
+        for name in group:
+            train, evaluate = row_commands(name, out, minutes, data_dir)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            log = open(out / f"{name}.out", "w")
+            print(f"{time.strftime('%H:%M:%S')} start {name}: {shlex.join(train)}", flush=True)
+            script = f"{shlex.join(train)} && {shlex.join(evaluate)}"
+            jobs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        for name, (proc, log) in jobs.items():
+            rc = proc.wait()
+            log.close()
+            train, evaluate = row_commands(name, out, minutes, data_dir)
+            entry = {"change": ROWS[name][0], "command": shlex.join(train), "returncode": rc}
+            if rc == 0:
+                test = json.loads((out / name / "test.json").read_text())
+                record = json.loads((out / name / "model" / "training.json").read_text())
+                entry.update(
+                    test_bound=test["bound"], recon=test["recon"], kl=test["kl"], steps=record["step"],
+                    images_seen=record["images_seen"], training_s=record["training_s"],
+                )  # fmt: skip
+            results[name] = entry
+            results_path.write_text(json.dumps(results, indent=2))
+            print(f"{time.strftime('%H:%M:%S')} {name}: {json.dumps(entry)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS), metavar="ROW")
+    parser.add_argument("--minutes", type=float, default=20.0, help="budget of a row without its own (default 20)")
+    parser.add_argument("--parallel", type=int, default=2, help="rows at a time, one thread each (default 2)")
+    parser.add_argument("--out", type=Path, default=Path("runs/time-to-quality"), help="where the runs go")
+    parser.add_argument("--data-dir", help="folder with binarized_mnist/ (default: $CDRAW_DATA_DIR or the cache)")
+    parser.add_argument("--list", action="store_true", help="print the rows and their flags, then stop")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (change, _, flags) in ROWS.items():
+            print(f"{name:16s} {change}  [{shlex.join(flags)}]")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_rows(args.rows, args.out, args.minutes, args.parallel, args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
