@@ -220,7 +220,14 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"trained on   (no {TRAINING_RECORD} in the folder)")
     e = read_record(folder, EVAL_RECORD)
     if "bound" in e:
-        keys = ("label_fidelity", "fidelity_test_seen", "fidelity_test_heldout", "retrieval_r_at_1", "iwae")
+        keys = (
+            "label_fidelity",
+            "fidelity_test_seen",
+            "fidelity_test_heldout",
+            "fidelity_test_paraphrase",
+            "retrieval_r_at_1",
+            "iwae",
+        )
         extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
         print(f"evaluated    {e.get('dataset')} {e.get('split')}: bound {e['bound']:.2f} nats{extra} ({EVAL_RECORD})")
     card = folder / "README.md"
@@ -388,8 +395,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dict:
-    """Label fidelity (images generated per class) or caption fidelity (seen and held-out captions)."""
-    from cdraw.evaluate import caption_fidelity_of, label_fidelity_of
+    """Label fidelity (images generated per class) or caption fidelity (seen, held-out and paraphrased captions)."""
+    from cdraw.evaluate import caption_fidelity_splits, label_fidelity_of
     from cdraw.fidelity import shipped_classifier
 
     if model.config.condition.kind == "label":
@@ -401,13 +408,12 @@ def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dic
         return found
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
-    from cdraw.mnist_captions import load_mnist_captions
-
     classifier, found = shipped_classifier("mnist", device), {}
-    for split in ("test_seen", "test_heldout"):
-        captions = load_mnist_captions(split, data_dir=args.data_dir).captions[: args.fidelity_samples]
-        found[f"fidelity_{split}"] = caption_fidelity_of(model, classifier, captions, generator=gen)
-        print(f"caption fidelity, {split}: {found[f'fidelity_{split}']:.1%} of {len(captions)} generated images")
+    for split, (share, n) in caption_fidelity_splits(
+        model, classifier, args.fidelity_samples, args.data_dir, gen
+    ).items():
+        found[f"fidelity_{split}"] = share
+        print(f"caption fidelity, {split}: {share:.1%} of {n} generated images")
     return found
 
 
@@ -577,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fidelity",
         action="store_true",
         help="labels: share of images generated per class that a shipped classifier reads as that class; "
-        "MNIST captions: share whose digits and positions fit the caption, on seen and held-out captions",
+        "MNIST captions: share whose digits and positions fit the caption, on seen, held-out and paraphrased captions",
     )
     ev.add_argument(
         "--fidelity-samples",

@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,34 @@ class ImageData:
     def condition(self, index: torch.Tensor | slice) -> torch.Tensor | None:
         """(B,) or (B, L) conditions of the examples at ``index``; None for unconditional data."""
         return self.conditions[index] if self.conditions is not None else None
+
+
+class FreshEachEpoch(ImageData):
+    """Examples made anew for every epoch (MNIST with captions composes new images each epoch).
+
+    ``make(epoch)`` returns that epoch's ``(images, conditions)``, always as many, and the same for
+    the same epoch (on every process and after a resume). The trainer calls :meth:`set_epoch` at the
+    start of every epoch, as with PyTorch's ``DistributedSampler.set_epoch``.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+        levels: int = 2,
+        device: torch.device | str | None = None,
+        epoch: int = 0,
+    ):
+        self.make, self.device, self.levels = make, device, levels
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        images, conditions = self.make(epoch)
+        move = lambda t: t.to(self.device) if t is not None and self.device is not None else t  # noqa: E731
+        size = len(self) if hasattr(self, "images") else None
+        super().__init__(move(images), self.levels, move(conditions))
+        if size is not None and len(self) != size:
+            raise CDrawError(f"epoch {epoch} has {len(self)} examples, not {size} as before")
+        self.epoch = epoch
+
+    def to(self, device: torch.device | str) -> FreshEachEpoch:
+        return FreshEachEpoch(self.make, self.levels, device, self.epoch)

@@ -11,6 +11,7 @@ Shapes: B batch, K importance samples.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cdraw.data import ImageData
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.io import read_record
 from cdraw.model import DRAW
 
@@ -240,10 +241,39 @@ def label_fidelity_of(
 
 
 def caption_fidelity_of(
-    model: DRAW, classifier, captions: list[str], batch_size: int = 500, generator: torch.Generator | None = None
+    model: DRAW,
+    classifier,
+    captions: list[str],
+    layouts: list | None = None,
+    batch_size: int = 500,
+    generator: torch.Generator | None = None,
 ) -> float:
-    """Generate one 60x60 image per caption; the share whose digits and positions fit the caption."""
+    """Generate one 60x60 image per caption; the share whose digits and positions fit it. ``layouts``:
+    what each caption asks for as :class:`cdraw.mnist_captions.Caption` (needed for paraphrases);
+    default: the captions parsed as template captions."""
     from cdraw.fidelity import caption_fidelity
 
     images = sample_batched(model, model.encode_condition(captions), batch_size, generator)
-    return caption_fidelity(classifier, images, captions)
+    return caption_fidelity(classifier, images, layouts if layouts is not None else captions)
+
+
+#: the MNIST-with-captions splits that caption fidelity is measured on
+FIDELITY_SPLITS = ("test_seen", "test_heldout", "test_paraphrase")
+
+
+def caption_fidelity_splits(
+    model: DRAW, classifier, n: int, data_dir: str | None = None, generator: torch.Generator | None = None
+) -> dict[str, tuple[float, int]]:
+    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS: split -> (share, captions)."""
+    from cdraw.mnist_captions import load_mnist_captions
+
+    found = {}
+    for split in FIDELITY_SPLITS:
+        data = load_mnist_captions(split, data_dir=data_dir)
+        captions, layouts = data.captions[:n], data.layouts()[:n]
+        with warnings.catch_warnings():
+            if split == "test_paraphrase":  # unknown words are the point of this split: no warning
+                warnings.simplefilter("ignore", CDrawWarning)
+            share = caption_fidelity_of(model, classifier, captions, layouts, generator=generator)
+        found[split] = share, len(captions)
+    return found

@@ -1,12 +1,14 @@
-"""Does an image show what it was asked for? A small CNN reads each 30 x 30 cell as a digit or "empty".
+"""Does an image show what it was asked for? A small CNN reads a 32 x 32 window as a digit or "empty".
 
-- :func:`caption_fidelity`: the share of 60 x 60 images (MNIST with captions) whose four cells,
-  as the classifier reads them, fit their caption (:func:`cdraw.mnist_captions.cells_matching`).
+- :func:`caption_fidelity`: the share of 60 x 60 images (MNIST with captions) that fit their
+  caption: the window of each digit's slot (:data:`cdraw.mnist_captions.SLOTS`) reads as that
+  digit, and at most :data:`OUTSIDE_INK` of the ink lies outside where the caption's digits may be.
 - :func:`label_fidelity`: the share of 28 x 28 images classified as the label they were drawn for.
 
-The classifier is trained on real digits at the same random offsets as the composites (0..2
-pixels inside a 30 x 30 cell) and on empty cells. Generated images are Bernoulli means (grey), the
-data is binary, so each training digit is a random mix of its grey and binarized versions.
+The classifier is trained on real digits at random offsets 0..4 in a 32 x 32 window (a slot's
+range), half of them with a piece of a neighbouring digit at an edge as side-by-side or stacked
+pairs have, and on empty windows. Generated images are Bernoulli means (grey), the data is binary,
+so each training digit is a random mix of its grey and binarized versions.
 
 A trained classifier ships in ``cdraw/assets/digit_classifier/`` (:func:`shipped_classifier`);
 its README says the command that made it and its accuracy on digits it never saw.
@@ -32,12 +34,12 @@ from cdraw.errors import CDrawError
 from cdraw.io import WEIGHTS_NAME, load_weights, read_config, save_folder, typed_fields
 from cdraw.mnist_captions import (
     CANVAS_SIZE,
-    CELL_SIZE,
     DIGIT_SIZE,
-    EMPTY,
-    GRID,
-    MAX_OFFSET,
-    cells_matching,
+    SLOT_NAMES,
+    SLOTS,
+    TEMPLATE_SLOTS,
+    Caption,
+    as_caption,
     paste_digits,
 )
 
@@ -45,16 +47,26 @@ EMPTY_CLASS = 10  # the classifier's class for a cell with no digit; classes 0..
 MODEL_TYPE = "digit_classifier"
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"mnist": ASSETS / "digit_classifier", "fashion-mnist": ASSETS / "fashion_classifier"}
-EMPTY_SHARE = 0.15  # empty cells added to each training epoch, per real digit
-EMPTY_NOISE = 0.1  # empty training cells hold uniform noise up to this (times a random factor)
+EMPTY_SHARE = 0.15  # empty windows added to each training epoch, per real digit
+EMPTY_NOISE = 0.1  # empty training windows hold uniform noise up to this (times a random factor)
+NEIGHBOUR_SHARE = 0.5  # training digits with a piece of a neighbouring digit at an edge
+NEIGHBOUR_SHIFT = (24, 32)  # how far that neighbour sits, along one axis (a pair's digits in their slots)
 EVAL_BATCH = 1024
+WINDOW = 32  # a slot's window: a digit's 28 pixels and its 0..4 pixels of jitter
+MAX_OFFSET = WINDOW - DIGIT_SIZE
+#: the top left corner (row, column) of each slot's window on the 60 x 60 canvas
+SLOT_WINDOWS = {
+    name: (min(rows[0], CANVAS_SIZE - WINDOW), min(cols[0], CANVAS_SIZE - WINDOW))
+    for name, (rows, cols) in SLOTS.items()
+}
+OUTSIDE_INK = 0.1  # a fitting image has at most this share of its ink (pixels > 0.5) outside its caption's slots
 
 
 @dataclass
 class DigitClassifierConfig:
-    """The classifier's shape: three stride-2 convolutions (30 -> 15 -> 8 -> 4), one hidden layer."""
+    """The classifier's shape: three stride-2 convolutions (32 -> 16 -> 8 -> 4), one hidden layer."""
 
-    cell_size: int = CELL_SIZE
+    cell_size: int = WINDOW
     channels: tuple[int, int, int] = (16, 32, 32)
     hidden: int = 64
     dropout: float = 0.3
@@ -124,23 +136,34 @@ def shipped_classifier(dataset: str = "mnist", device: str | torch.device = "cpu
 def cell_examples(
     images: Tensor, labels: Tensor, rng: np.random.Generator, *, empty_share: float = EMPTY_SHARE
 ) -> tuple[Tensor, Tensor]:
-    """One epoch of training cells: each real digit at a random offset 0..2 in a 30 x 30 cell, as a
-    random mix of its grey and binarized versions, plus ``empty_share`` as many faint-noise empty cells.
+    """One epoch of training windows: each real digit at a random offset 0..4 in a 32 x 32 window, as a
+    random mix of its grey and binarized versions, half of them with a neighbouring digit 24..32 pixels
+    away along one axis (its edge inside the window), plus ``empty_share`` as many faint-noise empty windows.
 
-    images: (N, 1, 28, 28) uint8 0..255; labels: (N,). Returns (N + E, 1, 30, 30) floats in [0, 1]
-    and (N + E,) int64 classes, empty cells last.
+    images: (N, 1, 28, 28) uint8 0..255; labels: (N,). Returns (N + E, 1, 32, 32) floats in [0, 1]
+    and (N + E,) int64 classes, empty windows last.
     """
     n, e = len(images), round(len(images) * empty_share)
     grey = images[:, 0].numpy().astype(np.float32) / 255  # (N, 28, 28)
     binary = (images[:, 0].numpy() >= BINARIZE_THRESHOLD).astype(np.float32)
     mix = rng.random((n, 1, 1), dtype=np.float32)  # 0: binary, 1: grey
-    cells = np.zeros((n + e, CELL_SIZE, CELL_SIZE), dtype=np.float32)  # (N + E, 30, 30)
-    offsets = rng.integers(MAX_OFFSET + 1, size=(n, 2))
-    paste_digits(cells, np.arange(n), mix * grey + (1 - mix) * binary, offsets[:, 0], offsets[:, 1])
+    digits = mix * grey + (1 - mix) * binary
+    pad = NEIGHBOUR_SHIFT[1]  # the window inside a larger canvas, so a neighbour may stick out of it
+    big = np.zeros((n, WINDOW + 2 * pad, WINDOW + 2 * pad), dtype=np.float32)
+    at = pad + rng.integers(MAX_OFFSET + 1, size=(n, 2))  # (N, (row, column))
+    paste_digits(big, np.arange(n), digits, at[:, 0], at[:, 1])
+    near = np.flatnonzero(rng.random(n) < NEIGHBOUR_SHARE)
+    shift = rng.integers(NEIGHBOUR_SHIFT[0], NEIGHBOUR_SHIFT[1] + 1, size=len(near)) * rng.choice([-1, 1], len(near))
+    axis = rng.integers(2, size=len(near))
+    where = at[near].copy()
+    where[np.arange(len(near)), axis] += shift
+    paste_digits(big, near, digits[rng.integers(n, size=len(near))], where[:, 0], where[:, 1])
+    windows = np.zeros((n + e, WINDOW, WINDOW), dtype=np.float32)  # (N + E, 32, 32)
+    windows[:n] = big[:, pad : pad + WINDOW, pad : pad + WINDOW]
     amplitude = EMPTY_NOISE * rng.random((e, 1, 1), dtype=np.float32)
-    cells[n:] = amplitude * rng.random((e, CELL_SIZE, CELL_SIZE), dtype=np.float32)
+    windows[n:] = amplitude * rng.random((e, WINDOW, WINDOW), dtype=np.float32)
     classes = np.concatenate([labels.numpy().astype(np.int64), np.full(e, EMPTY_CLASS)])
-    return torch.from_numpy(cells).unsqueeze(1), torch.from_numpy(classes)
+    return torch.from_numpy(windows).unsqueeze(1), torch.from_numpy(classes)
 
 
 def train_digit_classifier(
@@ -191,7 +214,7 @@ def train_digit_classifier(
 
 @torch.no_grad()
 def predict(classifier: DigitClassifier, cells: Tensor) -> Tensor:
-    """(B, 1, 30, 30) cells in [0, 1] -> (B,) classes (10 = empty), in batches."""
+    """(B, 1, S, S) windows in [0, 1] -> (B,) classes (10 = empty), in batches."""
     device, was_training = next(classifier.parameters()).device, classifier.training
     classifier.eval()  # no dropout; the caller's mode is restored below
     out = [classifier(chunk.to(device, torch.float32)).argmax(-1).cpu() for chunk in cells.split(EVAL_BATCH)]
@@ -199,39 +222,59 @@ def predict(classifier: DigitClassifier, cells: Tensor) -> Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
-def classify_cells(classifier: DigitClassifier, images: Tensor) -> Tensor:
-    """(B, 1, 60, 60) images in [0, 1] -> (B, 4) classes of the cells top left, top right, bottom left,
-    bottom right (10 = empty)."""
+def classify_slots(classifier: DigitClassifier, images: Tensor, slots: Tensor) -> Tensor:
+    """(B, 1, 60, 60) images in [0, 1] and (B, K) slot indices (into SLOT_NAMES) -> (B, K) classes of
+    those slots' windows (10 = empty)."""
     if images.dim() != 4 or tuple(images.shape[1:]) != (1, CANVAS_SIZE, CANVAS_SIZE):
         raise CDrawError(f"images must be (B, 1, {CANVAS_SIZE}, {CANVAS_SIZE}), got {tuple(images.shape)}")
-    b = len(images)
-    cells = images.reshape(b, 1, GRID, CELL_SIZE, GRID, CELL_SIZE)  # (B, 1, row, y, column, x)
-    cells = cells.permute(0, 2, 4, 1, 3, 5).reshape(b * GRID * GRID, 1, CELL_SIZE, CELL_SIZE)  # row-major cells
-    return predict(classifier, cells).view(b, GRID * GRID)
+    corner = torch.tensor([SLOT_WINDOWS[name] for name in SLOT_NAMES])[slots]  # (B, K, 2)
+    rows = corner[..., 0, None] + torch.arange(WINDOW)  # (B, K, 32)
+    cols = corner[..., 1, None] + torch.arange(WINDOW)
+    b = torch.arange(len(images))[:, None, None, None]
+    windows = images[:, 0].cpu()[b, rows[..., :, None], cols[..., None, :]]  # (B, K, 32, 32)
+    return predict(classifier, windows.reshape(-1, 1, WINDOW, WINDOW)).view(slots.shape)
 
 
-def caption_matches(classifier: DigitClassifier, images: Tensor, captions: Sequence[str]) -> Tensor:
-    """(B,) bool: whether each image's cells, as classified, are one of the layouts its caption allows."""
+def _allowed_regions() -> Tensor:
+    """(8 templates, 60, 60) bool: where a template's digits may put ink (the union of their slots' boxes)."""
+    region = torch.zeros(len(TEMPLATE_SLOTS), CANVAS_SIZE, CANVAS_SIZE, dtype=torch.bool)
+    for t, slots in enumerate(TEMPLATE_SLOTS):
+        for name in slots:
+            (r0, r1), (c0, c1) = SLOTS[name]
+            region[t, r0 : r1 + DIGIT_SIZE, c0 : c1 + DIGIT_SIZE] = True
+    return region
+
+
+def caption_matches(classifier: DigitClassifier, images: Tensor, captions: Sequence[str | Caption]) -> Tensor:
+    """(B,) bool: whether each image fits its caption (template text, or a :class:`Caption` for a
+    paraphrase): every digit's slot window reads as that digit, and at most OUTSIDE_INK of the ink
+    (pixels > 0.5) lies outside the boxes its digits may occupy."""
     if len(captions) != len(images):
         raise CDrawError(f"{len(images)} images but {len(captions)} captions")
-    layouts = [cells_matching(c) for c in captions]
-    allowed = torch.tensor([(m * 2)[:2] for m in layouts], dtype=torch.int64)  # (B, 2, 4): a single layout twice
-    allowed[allowed == EMPTY] = EMPTY_CLASS
-    predicted = classify_cells(classifier, images)  # (B, 4)
-    return (predicted[:, None, :] == allowed).all(-1).any(-1)
+    parsed = [as_caption(c) for c in captions]
+    slots = torch.tensor([[SLOT_NAMES.index(s) for s in (c.slots() * 2)[:2]] for c in parsed])  # (B, 2)
+    wanted = torch.tensor([(c.digits * 2)[:2] for c in parsed])  # (B, 2): a one-digit caption twice
+    read = classify_slots(classifier, images, slots)  # (B, 2)
+    ink = images[:, 0].cpu() > 0.5  # (B, 60, 60)
+    inside = _allowed_regions()[torch.tensor([c.template for c in parsed], dtype=torch.long)]
+    total = ink.flatten(1).sum(1)
+    outside = (ink & ~inside).flatten(1).sum(1)
+    return (read == wanted).all(1) & (total > 0) & (outside <= OUTSIDE_INK * total)
 
 
-def caption_fidelity(classifier: DigitClassifier, images: Tensor, captions: Sequence[str]) -> float:
-    """The share of (B, 1, 60, 60) images whose classified cells fit their caption (see :func:`caption_matches`)."""
+def caption_fidelity(classifier: DigitClassifier, images: Tensor, captions: Sequence[str | Caption]) -> float:
+    """The share of (B, 1, 60, 60) images that fit their caption (see :func:`caption_matches`)."""
     return caption_matches(classifier, images, captions).float().mean().item()
 
 
 def label_fidelity(classifier: DigitClassifier, images: Tensor, labels: Tensor) -> float:
-    """The share of (B, 1, 28, 28) images in [0, 1] classified as their label; each is centred in a 30 x 30 cell."""
+    """The share of (B, 1, 28, 28) images in [0, 1] classified as their label; each is centred in the
+    classifier's window."""
     if images.dim() != 4 or tuple(images.shape[1:]) != (1, DIGIT_SIZE, DIGIT_SIZE):
         raise CDrawError(f"images must be (B, 1, {DIGIT_SIZE}, {DIGIT_SIZE}), got {tuple(images.shape)}")
     if labels.shape != (len(images),):
         raise CDrawError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
-    pad = MAX_OFFSET // 2
-    cells = F.pad(images.float(), (pad, MAX_OFFSET - pad, pad, MAX_OFFSET - pad))  # (B, 1, 30, 30)
+    extra = classifier.config.cell_size - DIGIT_SIZE
+    pad = extra // 2
+    cells = F.pad(images.float(), (pad, extra - pad, pad, extra - pad))  # (B, 1, S, S)
     return (predict(classifier, cells) == labels.cpu()).float().mean().item()

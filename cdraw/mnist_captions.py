@@ -1,32 +1,49 @@
-"""alignDRAW's "MNIST with captions" (Mansimov et al. 2016, section 5.1), in our documented form.
+"""alignDRAW's "MNIST with captions" (Mansimov et al. 2016, section 5.1), in the form of its official code
+(emansim/text2image, ``mnist-captions/create-captions.py``).
 
-A 60 x 60 binary canvas is a 2 x 2 grid of 30 x 30 cells (order: top left, top right, bottom left,
-bottom right). Each 28 x 28 binarized MNIST digit goes inside one cell, shifted by 0..2 pixels in
-each direction, so digits never overlap. An example holds one digit or two:
+A 60 x 60 binary canvas holds one 28 x 28 MNIST digit in a corner, or two side by side or one above
+the other. The ranges below are a digit's top left corner (both ends included), drawn uniformly:
 
-    the digit 3 is at the top left of the image        (one digit, in that cell)
-    the digit 3 is on the left of the digit 5          (same row, chosen at random)
-    the digit 3 is at the top of the digit 5           (same column, chosen at random)
+    one digit    top left     rows 0-2,   columns 0-4      top right     rows 0-2,   columns 28-32
+                 bottom left  rows 30-32, columns 0-4      bottom right  rows 30-32, columns 28-32
+    side by side one row 16-18 for both digits; the left one in columns 0-4, the right one in 28-32
+    one above    one column 16-18 for both; the top one in rows 0-2, the bottom one in rows 30-32
 
-and likewise "top right", "bottom left", "bottom right", "on the right of", "at the bottom of":
-8 templates. A *combo* is a caption (template + digits); the position of a two-digit pair within
-its row or column is not part of it. A seeded ~10% of the 40 one-digit and of the 400 two-digit
-combos is held out: never in ``train``, ``valid`` or ``test_seen``, and the only combos of
-``test_heldout``, so a model can be asked to draw captions it never saw.
+Two digits may share up to 4 columns (or rows): the canvas keeps the pixel-wise maximum (their code
+let the second digit overwrite the first). Eight templates, as in the paper, end with " .":
 
-Source digits: ``train`` and ``valid`` composites use the MNIST training set and the test
+    the digit 3 is at the top left of the image .      (top right, bottom left, bottom right)
+    the digit 3 is on the left of the digit 5 .        (on the right of, at the top of, at the bottom of)
+
+A *combo* is a caption: its template and digits (40 one-digit and 400 two-digit combos).
+
+Held-out protocol (their ``banned`` list): for each two-digit template one digit is banned as its
+first digit and one as its second, for each one-digit template one digit is banned; the bans are
+drawn from the dataset seed and saved in ``metadata.json``. Training (and ``valid`` and
+``test_seen``) never shows a banned digit in its banned role; ``test_heldout`` shows only captions
+with one, so a model must draw digits in roles it never saw them in. ``test_paraphrase`` shows
+seen combos described in other words (:data:`PARAPHRASES`).
+
+Training composites are drawn afresh for every epoch from the source digits
+(:func:`train_composites`, deterministic in the seed and the epoch), as their code recomposed its
+training set every epoch; the evaluation splits are fixed and written to disk.
+
+Source digits: training and ``valid`` composites use the MNIST training set and the test
 composites MNIST t10k. Where only t10k is at hand (offline), its digits are split by a fixed
 seeded permutation (8,000 / 2,000) so train and test composites never share a digit; the
-dataset's ``metadata.json`` says which source was used.
+dataset's ``metadata.json`` says which source was used. Digits are binarized at grey level 128:
+the targets are binary, so the Bernoulli likelihood is a proper one and the bound is in nats of
+a discrete distribution, comparable across runs (their code used grey levels as Bernoulli targets).
 
-On disk, :func:`make_mnist_captions` writes one parquet file per split (loadable with
+On disk, :func:`make_mnist_captions` writes one parquet file per evaluation split (loadable with
 ``datasets.load_dataset("parquet", data_files=...)``) and ``metadata.json``; columns:
 
     image     binary  3,600 bytes: the 60 x 60 canvas, row-major, values 0/1
     caption   string
-    cells     list of 4 int8: the digit in each cell, -1 where empty
-    template  int8: index into TEMPLATES
-    sources   list of 4 int32: each cell's digit's position in its source file, -1 where empty
+    template  int8: index into TEMPLATES (for a paraphrase: the template it says again)
+    digits    list of 2 int8: the caption's digits in order, -1 for the second of a one-digit caption
+    corners   list of 4 int8: (row, column) of each digit's top left corner, -1 where none
+    sources   list of 2 int32: each digit's position in its source file, -1 where none
 """
 
 from __future__ import annotations
@@ -34,7 +51,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +62,7 @@ from torch import Tensor
 
 from cdraw.data import (
     BINARIZE_THRESHOLD,
+    FreshEachEpoch,
     binarize,
     default_data_dir,
     downloads_allowed,
@@ -56,45 +74,67 @@ from cdraw.errors import CDrawError
 from cdraw.io import atomic_write
 
 CANVAS_SIZE = 60
-CELL_SIZE = 30
 DIGIT_SIZE = 28
-MAX_OFFSET = CELL_SIZE - DIGIT_SIZE  # a digit sits 0..2 pixels from its cell's top left corner
-GRID = CANVAS_SIZE // CELL_SIZE  # 2 x 2 cells
-EMPTY = -1  # a cell with no digit, in `cells` and `sources`
-CELL_NAMES = ("top left", "top right", "bottom left", "bottom right")  # cell i is at row i // 2, column i % 2
-RELATIONS = ("left", "right", "top", "bottom")
+NONE = -1  # no digit, in `digits`, `corners` and `sources`
+#: slot -> ((first row, last row), (first column, last column)) of a digit's top left corner there
+SLOTS = {
+    "top left": ((0, 2), (0, 4)),
+    "top right": ((0, 2), (28, 32)),
+    "bottom left": ((30, 32), (0, 4)),
+    "bottom right": ((30, 32), (28, 32)),
+    "left": ((16, 18), (0, 4)),
+    "right": ((16, 18), (28, 32)),
+    "top": ((0, 2), (16, 18)),
+    "bottom": ((30, 32), (16, 18)),
+}
+SLOT_NAMES = tuple(SLOTS)
 TEMPLATES = (
-    "the digit {} is at the top left of the image",
-    "the digit {} is at the top right of the image",
-    "the digit {} is at the bottom left of the image",
-    "the digit {} is at the bottom right of the image",
-    "the digit {} is on the left of the digit {}",
-    "the digit {} is on the right of the digit {}",
-    "the digit {} is at the top of the digit {}",
-    "the digit {} is at the bottom of the digit {}",
+    "the digit {} is at the top left of the image .",
+    "the digit {} is at the top right of the image .",
+    "the digit {} is at the bottom left of the image .",
+    "the digit {} is at the bottom right of the image .",
+    "the digit {} is on the left of the digit {} .",
+    "the digit {} is on the right of the digit {} .",
+    "the digit {} is at the top of the digit {} .",
+    "the digit {} is at the bottom of the digit {} .",
 )
-ONE_DIGIT_TEMPLATES = range(4)  # template t puts its digit in cell t
-# PAIR_CELLS[relation][line] = (cell of a, cell of b); line is the row (left/right) or column (top/bottom).
-PAIR_CELLS = np.array(
-    [
-        [[0, 1], [2, 3]],  # a on the left of b
-        [[1, 0], [3, 2]],  # a on the right of b
-        [[0, 2], [1, 3]],  # a at the top of b
-        [[2, 0], [3, 1]],  # a at the bottom of b
-    ]
+#: the slots of a template's digits, in the caption's order
+TEMPLATE_SLOTS = (
+    ("top left",),
+    ("top right",),
+    ("bottom left",),
+    ("bottom right",),
+    ("left", "right"),
+    ("right", "left"),
+    ("top", "bottom"),
+    ("bottom", "top"),
 )
-SPLITS = ("train", "valid", "test_seen", "test_heldout")
-DEFAULT_SIZES = {"train": 40_000, "valid": 2_000, "test_seen": 2_000, "test_heldout": 2_000}
-ONE_DIGIT_SHARE = 0.5  # share of examples with one digit; the rest have two
-HELDOUT_FRACTION = 0.1
-HELDOUT_STREAM = 1_000  # the random stream of the held-out choice; split i uses stream i
-MAX_HELDOUT_TRIES = 1_000
+ONE_DIGIT_TEMPLATES = range(4)
+SIDE_BY_SIDE = (4, 5)  # both digits in one row; the other pair templates share one column
+#: other words for each template, for the paraphrase split: words the training captions never use
+#: (number, upper, lower, corner, beside, above, below, ...) around the same digits
+PARAPHRASES = (
+    ("the number {} is in the upper left corner", "a {} in the upper left", "upper left corner : a {}"),
+    ("the number {} is in the upper right corner", "a {} in the upper right", "upper right corner : a {}"),
+    ("the number {} is in the lower left corner", "a {} in the lower left", "lower left corner : a {}"),
+    ("the number {} is in the lower right corner", "a {} in the lower right", "lower right corner : a {}"),
+    ("a {} to the left of a {}", "the number {} is beside the number {} , on its left", "{} first , then {}"),
+    ("a {} to the right of a {}", "the number {} is beside the number {} , on its right", "{} after {}"),
+    ("the number {} is above the number {}", "a {} over a {}", "a {} sits above a {}"),
+    ("the number {} is below the number {}", "a {} under a {}", "a {} sits below a {}"),
+)
+EVAL_SPLITS = ("valid", "test_seen", "test_heldout", "test_paraphrase")
+SPLITS = ("train", *EVAL_SPLITS)
+DEFAULT_SIZES = {"train": 40_000, "valid": 2_000, "test_seen": 2_000, "test_heldout": 2_000, "test_paraphrase": 2_000}
+ONE_DIGIT_SHARE = 0.5  # share of examples with one digit (their code: 4 of 8 templates, drawn uniformly)
+BAN_STREAM = 1_000  # the random stream of the bans; split i uses stream i, training epoch e [TRAIN_STREAM, e]
+TRAIN_STREAM = 2_000
 SOURCES = ("auto", "mnist-train", "t10k-split")
 T10K_SPLIT_SEED = 0  # fixed, not the dataset seed: the shipped classifier is trained on the same part
 T10K_TRAIN_DIGITS = 8_000  # of the 10,000 t10k digits, the first 8,000 of the permutation feed train/valid
 SUBDIR = "mnist_captions"  # its folder inside a data folder
 METADATA_NAME = "metadata.json"
-FORMAT = "cdraw-mnist-captions-1"
+FORMAT = "cdraw-mnist-captions-2"
 MAKE_COMMAND = "python data_scripts/make_mnist_captions.py --out {folder}"
 
 
@@ -107,15 +147,19 @@ class Caption(NamedTuple):
     def text(self) -> str:
         return TEMPLATES[self.template].format(*self.digits)
 
+    def slots(self) -> tuple[str, ...]:
+        """Where its digits go, in order (names of :data:`SLOTS`)."""
+        return TEMPLATE_SLOTS[self.template]
 
-_PATTERNS = [re.compile(re.escape(t).replace(r"\{\}", r"(\d)") + r"\Z") for t in TEMPLATES]
+
+_PATTERNS = [re.compile(re.escape(t[:-2]).replace(r"\{\}", r"(\d)") + r"(?: \.)?\Z") for t in TEMPLATES]
 
 
 def parse_caption(caption: str) -> Caption | None:
     """The template and digits of a caption; None for text outside the 8 templates.
 
-    Case and runs of white space do not matter: ``"The digit 3  is at the top of the digit 5"``
-    parses to ``Caption(6, (3, 5))``.
+    Case, runs of white space and the final " ." do not matter:
+    ``"The digit 3  is at the top of the digit 5"`` parses to ``Caption(6, (3, 5))``.
     """
     text = " ".join(caption.lower().split())
     for template, pattern in enumerate(_PATTERNS):
@@ -125,25 +169,12 @@ def parse_caption(caption: str) -> Caption | None:
     return None
 
 
-def cells_matching(caption: str | Caption) -> list[tuple[int, int, int, int]]:
-    """Every assignment of digits to the 4 cells (order of CELL_NAMES, -1 empty) that fits a caption.
-
-    One cell assignment for a one-digit caption, two for a pair (either row, or either column).
-    A caption outside the templates is a :class:`CDrawError`.
-    """
-    parsed = parse_caption(caption) if isinstance(caption, str) else caption
+def as_caption(caption: str | Caption) -> Caption:
+    """A :class:`Caption` from one or its text; text outside the templates is a :class:`CDrawError`."""
+    parsed = parse_caption(caption) if isinstance(caption, str) else Caption(*caption)
     if parsed is None:
         raise CDrawError(f"caption {caption!r} fits none of the templates: {'; '.join(TEMPLATES)}")
-    if parsed.template in ONE_DIGIT_TEMPLATES:
-        cells = [EMPTY] * 4
-        cells[parsed.template] = parsed.digits[0]
-        return [tuple(cells)]
-    out = []
-    for cell_a, cell_b in PAIR_CELLS[parsed.template - len(ONE_DIGIT_TEMPLATES)].tolist():
-        cells = [EMPTY] * 4
-        cells[cell_a], cells[cell_b] = parsed.digits
-        out.append(tuple(cells))
-    return out
+    return parsed
 
 
 def all_combos() -> list[Caption]:
@@ -158,20 +189,6 @@ def all_combos() -> list[Caption]:
     return one + two
 
 
-def _covers(seen: Iterable[Caption]) -> bool:
-    """Training still has every template, every digit alone, and every digit as a and as b of every relation."""
-    seen = list(seen)
-    if {c.template for c in seen} != set(range(len(TEMPLATES))):
-        return False
-    if {c.digits[0] for c in seen if c.template in ONE_DIGIT_TEMPLATES} != set(range(10)):
-        return False
-    for t in range(len(ONE_DIGIT_TEMPLATES), len(TEMPLATES)):
-        for position in (0, 1):
-            if {c.digits[position] for c in seen if c.template == t} != set(range(10)):
-                return False
-    return True
-
-
 def mirror(caption: Caption) -> Caption:
     """The other caption of the same layout: "a on the left of b" <-> "b on the right of a", and
     "a at the top of b" <-> "b at the bottom of a". A one-digit caption is its own mirror."""
@@ -181,27 +198,24 @@ def mirror(caption: Caption) -> Caption:
     return Caption(first + ((caption.template - first) ^ 1), caption.digits[::-1])
 
 
-def choose_heldout(seed: int, fraction: float = HELDOUT_FRACTION) -> frozenset[Caption]:
-    """A seeded ``fraction`` of the one-digit combos and of the two-digit layouts, kept out of training.
+Bans = tuple[tuple[int, ...], ...]  # per template, the banned digit of each of its roles
 
-    A two-digit layout is held out with both its captions (see :func:`mirror`), so no held-out
-    image layout is ever seen in training under the other wording. Drawn again (from the same
-    seeded stream) until training keeps every template and every digit in every role (see
-    ``_covers``), so held-out combos test new *combinations*, not new words.
-    """
-    if not 0 <= fraction < 1:
-        raise CDrawError(f"the held-out fraction must be in [0, 1), got {fraction}")
+
+def choose_bans(seed: int) -> Bans:
+    """The held-out roles: per template, one banned digit for each of its digits (12 in all), seeded."""
+    rng = np.random.default_rng([seed, BAN_STREAM])
+    return tuple(tuple(int(d) for d in rng.integers(10, size=len(slots))) for slots in TEMPLATE_SLOTS)
+
+
+def is_heldout(caption: Caption, bans: Bans) -> bool:
+    """Whether a caption puts a banned digit in its banned role."""
+    return any(d == banned for d, banned in zip(caption.digits, bans[caption.template], strict=True))
+
+
+def split_combos(bans: Bans) -> tuple[list[Caption], list[Caption]]:
+    """(seen, held out): the combos training may show (360) and those only ``test_heldout`` shows (80)."""
     combos = all_combos()
-    one = [c for c in combos if c.template in ONE_DIGIT_TEMPLATES]
-    layouts = sorted({min(c, mirror(c)) for c in combos if c.template not in ONE_DIGIT_TEMPLATES})
-    rng = np.random.default_rng([seed, HELDOUT_STREAM])
-    for _ in range(MAX_HELDOUT_TRIES):
-        held = [one[i] for i in rng.choice(len(one), round(fraction * len(one)), replace=False)]
-        for i in rng.choice(len(layouts), round(fraction * len(layouts)), replace=False):
-            held += [layouts[i], mirror(layouts[i])]
-        if _covers(set(combos) - set(held)):
-            return frozenset(held)
-    raise CDrawError(f"cannot hold out {fraction:.0%} of the combos and keep every digit and template in training")
+    return [c for c in combos if not is_heldout(c, bans)], [c for c in combos if is_heldout(c, bans)]
 
 
 @dataclass
@@ -220,6 +234,21 @@ def t10k_split() -> tuple[Tensor, Tensor]:
     return perm[:T10K_TRAIN_DIGITS], perm[T10K_TRAIN_DIGITS:]
 
 
+def resolve_source(
+    source: str = "auto", data_dir: str | os.PathLike | None = None, *, download: bool | None = None
+) -> str:
+    """``mnist-train`` or ``t10k-split``: ``auto`` is the former when the MNIST training files are in
+    ``data_dir`` or may be downloaded."""
+    if source not in SOURCES:
+        raise CDrawError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
+    if source != "auto":
+        return source
+    folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    have_train = all(find_labelled_file("mnist", f, folder) for f in labelled_files("train"))
+    can_download = downloads_allowed() if download is None else download
+    return "mnist-train" if have_train or can_download else "t10k-split"
+
+
 def source_pools(
     data_dir: str | os.PathLike | None = None, *, source: str = "auto", download: bool | None = None
 ) -> dict[str, DigitPool]:
@@ -228,17 +257,11 @@ def source_pools(
     Args:
         data_dir: folder with ``mnist/`` idx files; default :func:`cdraw.data.default_data_dir`.
         source: ``mnist-train`` (train part for training, t10k for tests), ``t10k-split`` (t10k
-            alone, split 8,000 / 2,000 by a fixed permutation) or ``auto``: ``mnist-train`` when its
-            files are there or may be downloaded, else ``t10k-split``.
+            alone, split 8,000 / 2,000 by a fixed permutation) or ``auto`` (see :func:`resolve_source`).
         download: fetch missing files; default: unless ``CDRAW_OFFLINE=1``.
     """
-    if source not in SOURCES:
-        raise CDrawError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
+    source = resolve_source(source, data_dir, download=download)
     folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    if source == "auto":
-        have_train = all(find_labelled_file("mnist", f, folder) for f in labelled_files("train"))
-        can_download = downloads_allowed() if download is None else download
-        source = "mnist-train" if have_train or can_download else "t10k-split"
     images, labels = load_labelled("mnist", "t10k", folder, download=download)
     if source == "mnist-train":
         train_images, train_labels = load_labelled("mnist", "train", folder, download=download)
@@ -260,21 +283,31 @@ class MnistCaptions:
 
     images: Tensor  # (N, 1, 60, 60) uint8 0/1
     captions: list[str]
-    cells: Tensor  # (N, 4) int64: the digit in each cell (order of CELL_NAMES), -1 where empty
     templates: Tensor  # (N,) int64: index into TEMPLATES
-    sources: Tensor  # (N, 4) int64: each cell's digit's position in its source file, -1 where empty
+    digits: Tensor  # (N, 2) int64: the caption's digits in order, -1 for the second of a one-digit caption
+    corners: Tensor  # (N, 2, 2) int64: (row, column) of each digit's top left corner, -1 where none
+    sources: Tensor  # (N, 2) int64: each digit's position in its source file, -1 where none
 
     def __len__(self) -> int:
         return len(self.captions)
 
+    def layouts(self) -> list[Caption]:
+        """What each image shows, as a template caption (a paraphrase's template and digits)."""
+        return [
+            Caption(t, tuple(d for d in row if d != NONE))
+            for t, row in zip(self.templates.tolist(), self.digits.tolist(), strict=True)
+        ]
+
 
 def paste_digits(canvas: np.ndarray, at: np.ndarray, digits: np.ndarray, top: np.ndarray, left: np.ndarray) -> None:
-    """Write ``digits`` (K, h, w) into ``canvas`` (B, H, W) in place, digit k into image ``at[k]`` with its
-    top left corner at (``top[k]``, ``left[k]``)."""
+    """Draw ``digits`` (K, h, w) into ``canvas`` (B, H, W) in place, digit k into image ``at[k]`` (no
+    image twice in one call) with its top left corner at (``top[k]``, ``left[k]``); ink already there
+    stays (the pixel-wise maximum)."""
     _, h, w = digits.shape
     ys = top[:, None] + np.arange(h)  # (K, h)
     xs = left[:, None] + np.arange(w)  # (K, w)
-    canvas[at[:, None, None], ys[:, :, None], xs[:, None, :]] = digits
+    where = at[:, None, None], ys[:, :, None], xs[:, None, :]
+    canvas[where] = np.maximum(canvas[where], digits)
 
 
 def _pick_with_labels(labels: np.ndarray, wanted: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -287,58 +320,73 @@ def _pick_with_labels(labels: np.ndarray, wanted: np.ndarray, rng: np.random.Gen
     return order[starts[wanted] + (rng.random(len(wanted)) * counts[wanted]).astype(np.int64)]
 
 
-def compose(pool: DigitPool, combos: Iterable[Caption], n: int, rng: np.random.Generator) -> MnistCaptions:
+_SLOT_LOW = np.array([[rows[0], cols[0]] for rows, cols in SLOTS.values()])  # (8 slots, (row, column))
+_SLOT_SPAN = np.array([[rows[1] - rows[0], cols[1] - cols[0]] for rows, cols in SLOTS.values()])
+_TEMPLATE_SLOT_INDEX = np.array([[SLOT_NAMES.index(s) for s in (slots * 2)[:2]] for slots in TEMPLATE_SLOTS])
+
+
+def draw_corners(templates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n,) templates -> (n, 2, 2) top left corners (row, column) of their digits, uniform in their
+    slots; a side-by-side pair shares its row, a pair one above the other its column. The second
+    digit of a one-digit template gets a corner too (unused)."""
+    slot = _TEMPLATE_SLOT_INDEX[templates]  # (n, 2)
+    corners = _SLOT_LOW[slot] + (rng.random((*slot.shape, 2)) * (_SLOT_SPAN[slot] + 1)).astype(np.int64)
+    side = np.isin(templates, SIDE_BY_SIDE)
+    corners[side, 1, 0] = corners[side, 0, 0]  # one row
+    above = (templates >= len(ONE_DIGIT_TEMPLATES)) & ~side
+    corners[above, 1, 1] = corners[above, 0, 1]  # one column
+    return corners
+
+
+def compose(
+    pool: DigitPool, combos: Iterable[Caption], n: int, rng: np.random.Generator, *, paraphrase: bool = False
+) -> MnistCaptions:
     """``n`` composites whose captions are drawn from ``combos``: one digit with probability
-    ONE_DIGIT_SHARE (when both kinds are allowed), then a combo of that kind uniformly, a line for a
-    pair, a random real digit of each label and a random offset 0..MAX_OFFSET in each direction.
+    ONE_DIGIT_SHARE (when both kinds are allowed), then a combo of that kind uniformly, a random real
+    digit of each label and corners uniform in their slots (:func:`draw_corners`). With
+    ``paraphrase`` each caption is one of the template's :data:`PARAPHRASES`, chosen uniformly.
     """
     combos = sorted(combos)
+    if n and not combos:
+        raise CDrawError("no combos to draw from: ask for 0 examples")
     is_single = np.array([c.template in ONE_DIGIT_TEMPLATES for c in combos], dtype=bool)
     n_one, n_two = int(is_single.sum()), int((~is_single).sum())
-    if n and not combos:
-        raise CDrawError("no combos to draw from: hold out a smaller fraction or ask for 0 examples")
     order = np.concatenate([np.flatnonzero(is_single), np.flatnonzero(~is_single)])  # one-digit combos first
     template = np.array([c.template for c in combos], dtype=np.int64)
     first = np.array([c.digits[0] for c in combos], dtype=np.int64)
-    second = np.array([c.digits[-1] for c in combos], dtype=np.int64)  # == first for one digit, unused
+    second = np.array([c.digits[-1] for c in combos], dtype=np.int64)
 
     share = ONE_DIGIT_SHARE if n_one and n_two else float(n_one > 0)
     single = rng.random(n) < share  # (n,)
     within = (rng.random(n) * np.where(single, n_one, n_two)).astype(np.int64)
     pick = order[np.where(single, 0, n_one) + within]  # (n,) index into combos
     t, a, b = template[pick], first[pick], second[pick]
-    line = rng.integers(GRID, size=n)  # the row or column of a pair
-    offsets = rng.integers(MAX_OFFSET + 1, size=(n, 2, 2))  # (n, digit, (dy, dx))
+    corners = draw_corners(t, rng)  # (n, 2, 2)
     labels = pool.labels.numpy()
-    src_a, src_b = _pick_with_labels(labels, a, rng), _pick_with_labels(labels, b, rng)
-
-    relation = np.clip(t - len(ONE_DIGIT_TEMPLATES), 0, None)
-    cell_a = np.where(single, t, PAIR_CELLS[relation, line, 0])  # (n,)
-    cell_b = PAIR_CELLS[relation, line, 1]  # (n,) meaningful where not single
-    rows = np.arange(n)
+    src = np.stack([_pick_with_labels(labels, a, rng), _pick_with_labels(labels, b, rng)], 1)  # (n, 2)
     pair = np.flatnonzero(~single)
-    cells = np.full((n, 4), EMPTY, dtype=np.int64)
-    sources = np.full((n, 4), EMPTY, dtype=np.int64)
-    index = pool.index.numpy()
-    cells[rows, cell_a], sources[rows, cell_a] = a, index[src_a]
-    cells[pair, cell_b[pair]], sources[pair, cell_b[pair]] = b[pair], index[src_b[pair]]
 
     binary = binarize(pool.images[:, 0]).numpy()  # (M, 28, 28) 0/1
     canvas = np.zeros((n, CANVAS_SIZE, CANVAS_SIZE), dtype=np.uint8)  # (n, 60, 60)
-    for who, (src, cell) in enumerate(((src_a, cell_a), (src_b, cell_b))):
-        keep = rows if who == 0 else pair
-        top = cell[keep] // GRID * CELL_SIZE + offsets[keep, who, 0]
-        left = cell[keep] % GRID * CELL_SIZE + offsets[keep, who, 1]
-        paste_digits(canvas, keep, binary[src[keep]], top, left)
+    rows = np.arange(n)
+    paste_digits(canvas, rows, binary[src[:, 0]], corners[:, 0, 0], corners[:, 0, 1])
+    paste_digits(canvas, pair, binary[src[pair, 1]], corners[pair, 1, 0], corners[pair, 1, 1])
+
+    digits = np.stack([a, np.where(single, NONE, b)], 1)  # (n, 2)
+    corners[single, 1] = NONE
+    index = pool.index.numpy()
+    sources = np.where(digits == NONE, NONE, index[src])  # (n, 2)
+    wording = (rng.random(n) * len(PARAPHRASES[0])).astype(np.int64) if paraphrase else None
     captions = [
-        TEMPLATES[ti].format(ai) if s else TEMPLATES[ti].format(ai, bi)
-        for ti, ai, bi, s in zip(t.tolist(), a.tolist(), b.tolist(), single.tolist(), strict=True)
+        (PARAPHRASES[ti][wording[i]] if paraphrase else TEMPLATES[ti]).format(*([ai] if s else [ai, bi]))
+        for i, (ti, ai, bi, s) in enumerate(zip(t.tolist(), a.tolist(), b.tolist(), single.tolist(), strict=True))
     ]
     return MnistCaptions(
         images=torch.from_numpy(canvas).unsqueeze(1),
         captions=captions,
-        cells=torch.from_numpy(cells),
         templates=torch.from_numpy(t),
+        digits=torch.from_numpy(digits),
+        corners=torch.from_numpy(corners),
         sources=torch.from_numpy(sources),
     )
 
@@ -354,59 +402,98 @@ def _sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
+def split_pool(split: str) -> str:
+    """Which source pool a split's digits come from: ``train`` (train, valid) or ``test``."""
+    return "train" if split in ("train", "valid") else "test"
+
+
+def _compose_split(split: str, pool: DigitPool, bans: Bans, n: int, seed: int) -> MnistCaptions:
+    seen, heldout = split_combos(bans)
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    return compose(pool, heldout if split == "test_heldout" else seen, n, rng, paraphrase=split == "test_paraphrase")
+
+
+def train_composites(pool: DigitPool, bans: Bans, n: int, seed: int, epoch: int) -> MnistCaptions:
+    """The ``n`` training composites of ``epoch``: new ones every epoch, the same for the same seed and
+    epoch (on every process and after a resume); seen combos only."""
+    return compose(pool, split_combos(bans)[0], n, np.random.default_rng([seed, TRAIN_STREAM, epoch]))
+
+
+def fresh_train_data(
+    pool: DigitPool, bans: Bans, n: int, seed: int, encode: Callable[[list[str]], Tensor]
+) -> FreshEachEpoch:
+    """Training data of ``n`` composites made anew every epoch (:func:`train_composites`), their
+    captions encoded by ``encode`` (a tokenizer's: captions -> (N, L) ids; each seen combo once)."""
+    texts = [c.text() for c in split_combos(bans)[0]]
+    table, row = encode(texts), {text: i for i, text in enumerate(texts)}  # (360, L)
+
+    def make(epoch: int) -> tuple[Tensor, Tensor]:
+        data = train_composites(pool, bans, n, seed, epoch)
+        return data.images, table[torch.tensor([row[c] for c in data.captions])]
+
+    return FreshEachEpoch(make)
+
+
 def generate_mnist_captions(
     data_dir: str | os.PathLike | None = None,
     *,
     sizes: Mapping[str, int] | None = None,
     seed: int = 0,
-    heldout_fraction: float = HELDOUT_FRACTION,
     source: str = "auto",
     download: bool | None = None,
 ) -> tuple[dict[str, MnistCaptions], dict]:
-    """All splits in memory, and the metadata that :func:`make_mnist_captions` writes next to them.
+    """Every split in memory (``train``: the composites of epoch 0), and the metadata that
+    :func:`make_mnist_captions` writes next to them.
 
     Args:
         data_dir: folder with the MNIST idx files (``mnist/``); see :func:`source_pools`.
         sizes: examples per split, e.g. ``{"train": 1000}``; the others keep DEFAULT_SIZES.
-        seed: seeds the held-out choice and every split (each split its own stream, so changing
-            one split's size leaves the others as they were).
-        heldout_fraction: share of the one-digit and of the two-digit combos kept out of training.
+        seed: seeds the bans and every split (each split its own stream, so changing one split's
+            size leaves the others as they were).
         source: where source digits come from: ``auto``, ``mnist-train`` or ``t10k-split``.
         download: fetch missing MNIST files; default: unless ``CDRAW_OFFLINE=1``.
     """
     sizes = _sizes(sizes)
-    heldout = choose_heldout(seed, heldout_fraction)
-    if sizes["test_heldout"] and not heldout:
-        raise CDrawError("test_heldout needs held-out combos: use a held-out fraction > 0 or size 0")
-    seen = set(all_combos()) - heldout
+    bans = choose_bans(seed)
+    source = resolve_source(source, data_dir, download=download)
     pools = source_pools(data_dir, source=source, download=download)
-    splits = {}
-    for i, split in enumerate(SPLITS):
-        pool = pools["train"] if split in ("train", "valid") else pools["test"]
-        rng = np.random.default_rng([seed, i])
-        splits[split] = compose(pool, heldout if split == "test_heldout" else seen, sizes[split], rng)
+    splits = {
+        split: train_composites(pools["train"], bans, sizes[split], seed, 0)
+        if split == "train"
+        else _compose_split(split, pools[split_pool(split)], bans, sizes[split], seed)
+        for split in SPLITS
+    }
+    seen, heldout = split_combos(bans)
     metadata = {
         "format": FORMAT,
         "seed": seed,
         "sizes": sizes,
-        "source": {
-            split: (pools["train"] if split in ("train", "valid") else pools["test"]).source for split in SPLITS
-        },
-        "heldout_fraction": heldout_fraction,
-        "heldout_captions": [c.text() for c in sorted(heldout)],
+        "source_kind": source,
+        "source": {split: pools[split_pool(split)].source for split in SPLITS},
+        "bans": [list(b) for b in bans],
+        "bans_read": [
+            f"never {' first, never '.join(map(str, b))} second in: {TEMPLATES[t].format(*('_' * len(b)))}"
+            if len(b) == 2
+            else f"never {b[0]} in: {TEMPLATES[t].format('_')}"
+            for t, b in enumerate(bans)
+        ],
+        "heldout_captions": [c.text() for c in heldout],
+        "seen_combos": len(seen),
         "templates": list(TEMPLATES),
-        "cell_order": list(CELL_NAMES),
+        "template_slots": [list(s) for s in TEMPLATE_SLOTS],
+        "slots": {name: {"rows": list(r), "columns": list(c)} for name, (r, c) in SLOTS.items()},
+        "paraphrases": [list(p) for p in PARAPHRASES],
         "canvas_size": CANVAS_SIZE,
-        "cell_size": CELL_SIZE,
-        "max_offset": MAX_OFFSET,
         "one_digit_share": ONE_DIGIT_SHARE,
         "binarize_threshold": BINARIZE_THRESHOLD,
+        "train": "composed afresh every epoch from the source digits (cdraw.mnist_captions.train_composites)",
         "columns": {
             "image": f"{CANVAS_SIZE * CANVAS_SIZE} bytes, row-major {CANVAS_SIZE}x{CANVAS_SIZE}, values 0/1",
-            "caption": "text from one of the templates",
-            "cells": "digit in each cell (cell_order), -1 where empty",
+            "caption": "text from one of the templates (test_paraphrase: from its paraphrases)",
             "template": "index into templates",
-            "sources": "each cell's digit's position in its source file, -1 where empty",
+            "digits": "the caption's digits in order, -1 for the second of a one-digit caption",
+            "corners": "(row, column) of each digit's top left corner, -1 where none",
+            "sources": "each digit's position in its source file, -1 where none",
         },
     }
     return splits, metadata
@@ -420,8 +507,9 @@ def _to_table(data: MnistCaptions):
         {
             "image": pa.array([row.tobytes() for row in images], pa.binary()),
             "caption": pa.array(data.captions, pa.string()),
-            "cells": pa.array(data.cells.tolist(), pa.list_(pa.int8())),
             "template": pa.array(data.templates.numpy().astype(np.int8)),
+            "digits": pa.array(data.digits.tolist(), pa.list_(pa.int8())),
+            "corners": pa.array(data.corners.reshape(len(data), 4).tolist(), pa.list_(pa.int8())),
             "sources": pa.array(data.sources.tolist(), pa.list_(pa.int32())),
         }
     )
@@ -433,12 +521,13 @@ def make_mnist_captions(
     *,
     sizes: Mapping[str, int] | None = None,
     seed: int = 0,
-    heldout_fraction: float = HELDOUT_FRACTION,
     source: str = "auto",
     download: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Generate every split and write ``out/<split>.parquet`` and ``out/metadata.json``; return the metadata.
+    """Write ``out/<split>.parquet`` for the evaluation splits and ``out/metadata.json``; return the
+    metadata. Training composites are not written: they are composed afresh every epoch (see
+    :func:`load_train_pool`), and ``sizes["train"]`` is the size of an epoch.
 
     Refuses a non-empty ``out`` unless ``overwrite``. Everything is generated before anything is
     written, and each file is written to a temporary name and renamed. Other arguments: see
@@ -452,12 +541,13 @@ def make_mnist_captions(
     if out.exists() and not out.is_dir():
         raise CDrawError(f"{out} is a file, not a folder")
     splits, metadata = generate_mnist_captions(
-        data_dir, sizes=sizes, seed=seed, heldout_fraction=heldout_fraction, source=source, download=download
+        data_dir, sizes={**(sizes or {}), "train": 0}, seed=seed, source=source, download=download
     )
+    metadata["sizes"]["train"] = _sizes(sizes)["train"]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for split, data in splits.items():
-            table = _to_table(data)
+        for split in EVAL_SPLITS:
+            table = _to_table(splits[split])
             atomic_write(out / f"{split}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
         text = json.dumps(metadata, indent=2)
         atomic_write(out / METADATA_NAME, lambda tmp: Path(tmp).write_text(text))
@@ -471,25 +561,64 @@ def default_folder() -> Path:
     return default_data_dir() / SUBDIR
 
 
+def _folder(folder: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> Path:
+    if folder is None:
+        folder = Path(data_dir) / SUBDIR if data_dir is not None else default_folder()
+    return Path(folder).expanduser()
+
+
+def read_metadata(folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None) -> dict:
+    """The ``metadata.json`` of a dataset folder (see :func:`load_mnist_captions` for where it is looked for)."""
+    folder = _folder(folder, data_dir)
+    file = folder / METADATA_NAME
+    if not file.is_file():
+        raise CDrawError(
+            f"MNIST with captions not found in {folder}: make it with `{MAKE_COMMAND.format(folder=folder)}`"
+        )
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise CDrawError(f"{file} is not readable ({e}); make the dataset again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CDrawError(
+            f"{folder} holds MNIST with captions in the form {found!r}, not {FORMAT!r} (the official layouts and "
+            f"held-out roles): make it again with `{MAKE_COMMAND.format(folder=folder)} --overwrite`"
+        )
+    return meta
+
+
+def load_train_pool(
+    folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+) -> tuple[DigitPool, Bans, dict]:
+    """What training composites are made of: the source digits named by the dataset's metadata, its
+    bans, and the metadata (``sizes["train"]`` is the size of an epoch, ``seed`` its seed)."""
+    meta = read_metadata(folder, data_dir=data_dir)
+    pools = source_pools(data_dir, source=meta["source_kind"], download=None)
+    return pools["train"], tuple(tuple(b) for b in meta["bans"]), meta
+
+
 def load_mnist_captions(
     split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
 ) -> MnistCaptions:
     """Read one split written by :func:`make_mnist_captions`: from ``folder``, else from
-    ``data_dir/mnist_captions``, else from :func:`default_folder`."""
+    ``data_dir/mnist_captions``, else from :func:`default_folder`. ``train`` is composed (epoch 0)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if split not in SPLITS:
         raise CDrawError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    if folder is None:
-        folder = Path(data_dir) / SUBDIR if data_dir is not None else default_folder()
-    folder = Path(folder).expanduser()
+    folder = _folder(folder, data_dir)
+    if split == "train":
+        pool, bans, meta = load_train_pool(folder, data_dir=data_dir)
+        return train_composites(pool, bans, meta["sizes"]["train"], meta["seed"], 0)
+    read_metadata(folder)
     file = folder / f"{split}.parquet"
     if not file.is_file():
         raise CDrawError(
             f"MNIST with captions '{split}' not found in {folder}: make it with `{MAKE_COMMAND.format(folder=folder)}`"
         )
-    columns = ["image", "caption", "cells", "template", "sources"]
+    columns = ["image", "caption", "template", "digits", "corners", "sources"]
     try:
         table = pq.read_table(file, columns=columns)
     except (pa.ArrowException, OSError) as e:
@@ -499,10 +628,12 @@ def load_mnist_captions(
     if any(len(r) != pixels for r in raw):
         raise CDrawError(f"{file} has images that are not {pixels} bytes: make it again")
     images = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, 1, CANVAS_SIZE, CANVAS_SIZE)
+    column = lambda name: torch.tensor(table.column(name).to_pylist(), dtype=torch.int64)  # noqa: E731
     return MnistCaptions(
         images=torch.from_numpy(images.copy()),
         captions=table.column("caption").to_pylist(),
-        cells=torch.tensor(table.column("cells").to_pylist(), dtype=torch.int64).view(-1, 4),
-        templates=torch.tensor(table.column("template").to_pylist(), dtype=torch.int64),
-        sources=torch.tensor(table.column("sources").to_pylist(), dtype=torch.int64).view(-1, 4),
+        templates=column("template"),
+        digits=column("digits").view(-1, 2),
+        corners=column("corners").view(-1, 2, 2),
+        sources=column("sources").view(-1, 2),
     )

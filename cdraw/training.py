@@ -213,6 +213,8 @@ class Trainer:
         self._run_start = time.perf_counter() - st.elapsed_s
         valid, validated_at, stop = {}, -1, False
         while st.step < self.total_steps and not stop:
+            if hasattr(self.train_data, "set_epoch"):  # examples made anew each epoch (FreshEachEpoch)
+                self.train_data.set_epoch(st.epoch)
             batches = shard_batches(len(self.train_data), cfg.batch_size, st.epoch, cfg.seed, self.rank, self.world)
             if st.batch_in_epoch >= len(batches):  # only after resuming on a different number of processes
                 st.epoch, st.batch_in_epoch = st.epoch + 1, 0
@@ -625,21 +627,13 @@ def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
     return "\n".join(f"  {k}: checkpoint {da[k]!r}, now {db[k]!r}" for k in da if da[k] != db[k])
 
 
-def conditioned_data(
-    cfg: TrainConfig,
-    images: torch.Tensor,
-    levels: int,
-    conditions: Sequence,
-    image_index: torch.Tensor | None = None,
-    *,
-    resume: bool = False,
-) -> ImageData:
-    """Images with their labels or captions, encoded by the tokenizer of ``cfg.model``'s encoder.
+def condition_tokenizer(cfg: TrainConfig, conditions: Sequence, *, resume: bool = False):
+    """The tokenizer of ``cfg.model``'s condition encoder.
 
-    A BiLSTM caption model without a tokenizer yet gets one first: SentencePiece trained on these
-    conditions (call this on the training split first), saved in ``output_dir/tokenizer`` (the
-    first process of each machine trains it, the others wait and read it; ``resume`` reuses the
-    one already there, a new run replaces it).
+    A BiLSTM caption model without a tokenizer yet gets one first: SentencePiece trained on
+    ``conditions`` (the training captions), saved in ``output_dir/tokenizer`` (the first process
+    of each machine trains it, the others wait and read it; ``resume`` reuses the one already
+    there, a new run replaces it).
     """
     cond = cfg.model.condition
     if cond is None:
@@ -653,7 +647,22 @@ def conditioned_data(
             if state.is_local_main_process and not (resume and have):
                 SentencePieceTokenizer.train(list(conditions), cond.vocab_size, cond.max_length).save(folder)
         cond.tokenizer = str(folder.resolve())
-    ids = make_tokenizer(cond).encode(list(conditions) if not torch.is_tensor(conditions) else conditions)
+    return make_tokenizer(cond)
+
+
+def conditioned_data(
+    cfg: TrainConfig,
+    images: torch.Tensor,
+    levels: int,
+    conditions: Sequence,
+    image_index: torch.Tensor | None = None,
+    *,
+    resume: bool = False,
+) -> ImageData:
+    """Images with their labels or captions, encoded by the tokenizer of ``cfg.model``'s encoder
+    (:func:`condition_tokenizer`: call this on the training split first)."""
+    tokenizer = condition_tokenizer(cfg, conditions, resume=resume)
+    ids = tokenizer.encode(list(conditions) if not torch.is_tensor(conditions) else conditions)
     return ImageData(images, levels, ids, image_index)
 
 

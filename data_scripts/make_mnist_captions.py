@@ -1,12 +1,14 @@
-"""Make alignDRAW's "MNIST with captions": 60x60 composites of real digits with template captions.
+"""Make alignDRAW's "MNIST with captions" in its official form: 60x60 composites of real digits with
+template captions, the held-out roles (bans) drawn from the seed.
 
-Writes OUT/{train,valid,test_seen,test_heldout}.parquet and OUT/metadata.json; see
-cdraw/mnist_captions.py for the layout, the held-out combos and the columns.
+Writes OUT/{valid,test_seen,test_heldout,test_paraphrase}.parquet and OUT/metadata.json (the bans,
+the source digits, the size of a training epoch); training composites are made afresh every epoch
+by the recipe. See cdraw/mnist_captions.py for the layouts, the protocol and the columns.
 
 Examples:
   python data_scripts/make_mnist_captions.py --out data/mnist_captions
-  python data_scripts/make_mnist_captions.py --data-dir ../shared/data --out /tmp/mc --train 1000 --seed 3
-  python -c "import datasets; print(datasets.load_dataset('parquet', data_files='data/mnist_captions/train.parquet'))"
+  python data_scripts/make_mnist_captions.py --data-dir ../shared/data --out /tmp/mc --test-seen 500 --seed 3
+  python -c "import datasets; print(datasets.load_dataset('parquet', data_files='data/mnist_captions/valid.parquet'))"
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from cdraw.cli import non_negative_int, run_main
-from cdraw.mnist_captions import DEFAULT_SIZES, HELDOUT_FRACTION, SOURCES, SPLITS, default_folder, make_mnist_captions
+from cdraw.mnist_captions import DEFAULT_SIZES, EVAL_SPLITS, SOURCES, SPLITS, default_folder, make_mnist_captions
 
 
 def main() -> None:
@@ -25,15 +27,12 @@ def main() -> None:
     parser.add_argument("--out", help=f"output folder (default: {default_folder()})")
     for split in SPLITS:
         flag = "--" + split.replace("_", "-")
+        what = "composites per training epoch" if split == "train" else f"{split} examples"
         parser.add_argument(
-            flag, type=non_negative_int, default=DEFAULT_SIZES[split], help=f"{split} examples (default: %(default)s)"
+            flag, type=non_negative_int, default=DEFAULT_SIZES[split], help=f"{what} (default: %(default)s)"
         )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the held-out combos and every split (default: 0)")
     parser.add_argument(
-        "--heldout-fraction",
-        type=float,
-        default=HELDOUT_FRACTION,
-        help="share of combos held out (default: %(default)s)",
+        "--seed", type=int, default=0, help="seeds the bans (held-out roles) and every split (default: 0)"
     )
     parser.add_argument(
         "--source",
@@ -51,14 +50,16 @@ def main() -> None:
         args.data_dir,
         sizes={split: getattr(args, split) for split in SPLITS},
         seed=args.seed,
-        heldout_fraction=args.heldout_fraction,
         source=args.source,
         download=False if args.no_download else None,
         overwrite=args.overwrite,
     )
-    for split in SPLITS:
+    for split in EVAL_SPLITS:
         print(f"{out}/{split}.parquet: {meta['sizes'][split]} examples from {meta['source'][split]}")
-    print(f"{out}/metadata.json: seed {meta['seed']}, {len(meta['heldout_captions'])} held-out combos")
+    print(
+        f"{out}/metadata.json: seed {meta['seed']}, {len(meta['heldout_captions'])} held-out combos; training "
+        f"composes {meta['sizes']['train']} new images per epoch from {meta['source']['train']}"
+    )
 
 
 if __name__ == "__main__":

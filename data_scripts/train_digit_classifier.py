@@ -21,8 +21,8 @@ import torch
 
 from cdraw.cli import positive_int, run_main
 from cdraw.data import binarize, load_labelled
-from cdraw.fidelity import EMPTY_CLASS, SHIPPED, label_fidelity, predict, train_digit_classifier
-from cdraw.mnist_captions import CELL_SIZE, source_pools
+from cdraw.fidelity import EMPTY_CLASS, SHIPPED, WINDOW, label_fidelity, predict, train_digit_classifier
+from cdraw.mnist_captions import source_pools
 
 
 def main() -> None:
@@ -52,18 +52,18 @@ def main() -> None:
     seconds = time.perf_counter() - start
     grey = label_fidelity(model, test_x.float() / 255, test_y)
     binary = label_fidelity(model, binarize(test_x).float(), test_y)
-    empty = (predict(model, torch.zeros(100, 1, CELL_SIZE, CELL_SIZE)) == EMPTY_CLASS).float().mean().item()
+    empty = (predict(model, torch.zeros(100, 1, WINDOW, WINDOW)) == EMPTY_CLASS).float().mean().item()
     result = (
         f"accuracy on {len(test_x)} held-out images ({test_from}): grey {grey:.2%}, binarized {binary:.2%}; "
-        f"blank cells read as empty: {empty:.0%}; training took {seconds:.0f} s"
+        f"blank windows read as empty: {empty:.0%}; training took {seconds:.0f} s"
     )
     print(result)
     out = Path(args.out) if args.out else SHIPPED[args.dataset]
     model.save_pretrained(out)
     command = shlex.join(["python", "data_scripts/train_digit_classifier.py", *sys.argv[1:]])
     (out / "README.md").write_text(
-        f"# {args.dataset} cell classifier for cdraw.fidelity\n\n"
-        f"11 classes: 0-9 and 10 = empty; input a 30x30 cell in [0, 1]. Made by\n\n    {command}\n\n"
+        f"# {args.dataset} window classifier for cdraw.fidelity\n\n"
+        f"11 classes: 0-9 and 10 = empty; input a {WINDOW}x{WINDOW} window in [0, 1]. Made by\n\n    {command}\n\n"
         f"trained on {len(train_x)} images ({train_from}); it printed:\n\n    {result}\n"
     )
     print(f"wrote {out}")

@@ -66,7 +66,7 @@ def small_captions(mnist_idx_dir):
     """A few hundred examples of each MNIST-with-captions split, from the real t10k digits, and the metadata."""
     from cdraw.mnist_captions import generate_mnist_captions
 
-    sizes = {"train": 400, "valid": 100, "test_seen": 500, "test_heldout": 500}
+    sizes = {"train": 400, "valid": 100, "test_seen": 500, "test_heldout": 500, "test_paraphrase": 300}
     return generate_mnist_captions(mnist_idx_dir, sizes=sizes, seed=0, source="t10k-split", download=False)
 
 

@@ -42,7 +42,7 @@ def captions_dir(mnist_idx_dir, tmp_path_factory):
     from cdraw.mnist_captions import make_mnist_captions
 
     out = tmp_path_factory.mktemp("data") / "mnist_captions"
-    sizes = {"train": 200, "valid": 40, "test_seen": 40, "test_heldout": 40}
+    sizes = {"train": 200, "valid": 40, "test_seen": 40, "test_heldout": 40, "test_paraphrase": 40}
     make_mnist_captions(out, mnist_idx_dir, sizes=sizes, source="t10k-split", download=False)
     return out
 
@@ -72,12 +72,13 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     model = check_run(out)
     assert model.config.condition.kind == "bilstm" and model.config.learned_prior
     assert (out / "model" / "tokenizer.model").is_file()
-    trace = model.sample_trace(2, ["the digit 7 is at the top left of the image"])
+    trace = model.sample_trace(2, ["the digit 7 is at the top left of the image ."])
     assert trace.images.shape == (2, 1, 60, 60) and trace.alignments.shape[:2] == (2, 2)
     found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(captions_dir.parent), "--limit", "20",
                      "--fidelity", "--fidelity-samples", "5", "--retrieval", "6")  # fmt: skip
     assert found["dataset"] == "mnist-captions" and found["split"] == "test_seen"
-    assert {"fidelity_test_seen", "fidelity_test_heldout", "retrieval_r_at_1", "retrieval_median_rank"} <= set(found)
+    fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
+    assert fidelity | {"retrieval_r_at_1", "retrieval_median_rank"} <= set(found)
     assert found["retrieval_candidates"] == 6 and 1 <= found["retrieval_median_rank"] <= 6
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -18,12 +17,12 @@ from cdraw.fidelity import (
     DigitClassifierConfig,
     caption_fidelity,
     caption_matches,
-    classify_cells,
+    classify_slots,
     label_fidelity,
     shipped_classifier,
     train_digit_classifier,
 )
-from cdraw.mnist_captions import t10k_split
+from cdraw.mnist_captions import SLOT_NAMES, Caption, mirror, t10k_split
 
 
 @pytest.fixture(scope="module")
@@ -51,35 +50,45 @@ def test_shipped_classifier_reads_unseen_real_digits(classifier, unseen_digits):
     )
 
 
-def test_blank_cells_are_empty_and_cells_are_read_in_order(classifier, unseen_digits):
-    assert (classify_cells(classifier, torch.zeros(3, 1, 60, 60)) == EMPTY_CLASS).all()
+def test_blank_windows_are_empty_and_slots_are_read_where_they_are(classifier, unseen_digits):
+    slots = torch.arange(8).repeat(3, 1)  # (3, 8): every slot of 3 blank images
+    assert (classify_slots(classifier, torch.zeros(3, 1, 60, 60), slots) == EMPTY_CLASS).all()
     images, labels = unseen_digits
+    corners = {"top left": (1, 2), "top right": (1, 30), "bottom left": (31, 2), "bottom right": (31, 30)}
     canvas = torch.zeros(4, 1, 60, 60)
-    for cell in range(4):  # digit k of the unseen ones, alone in cell k: top left, top right, bottom left, bottom right
-        top, left = 30 * (cell // 2) + 1, 30 * (cell % 2) + 1
-        canvas[cell, 0, top : top + 28, left : left + 28] = images[cell, 0].float() / 255
+    for k, (row, col) in enumerate(corners.values()):  # unseen digit k alone in corner k
+        canvas[k, 0, row : row + 28, col : col + 28] = images[k, 0].float() / 255
+    read = classify_slots(classifier, canvas, torch.tensor([[SLOT_NAMES.index(n) for n in corners]] * 4))
     expected = torch.full((4, 4), EMPTY_CLASS)
     expected[range(4), range(4)] = labels[:4]
-    assert torch.equal(classify_cells(classifier, canvas), expected)
+    assert torch.equal(read, expected)
     with pytest.raises(CDrawError, match=r"\(B, 1, 60, 60\)"):
-        classify_cells(classifier, torch.zeros(2, 1, 28, 28))
+        classify_slots(classifier, torch.zeros(2, 1, 28, 28), slots[:2])
 
 
 def test_caption_fidelity_is_high_on_real_composites_and_low_with_wrong_captions(classifier, small_captions):
     splits, _ = small_captions
-    for split in ("test_seen", "test_heldout"):  # 500 each, from digits the classifier never saw
+    for split in ("test_seen", "test_heldout", "test_paraphrase"):  # from digits the classifier never saw
         data = splits[split]
-        images = data.images.float()
-        assert caption_fidelity(classifier, images, data.captions) >= 0.95, split
-        other_digits = [re.sub(r"\d", lambda m: str((int(m[0]) + 1) % 10), c) for c in data.captions]
+        images, layouts = data.images.float(), data.layouts()
+        assert caption_fidelity(classifier, images, layouts) >= 0.95, split
+        assert caption_fidelity(classifier, images, [mirror(c) for c in layouts]) >= 0.95, split  # same picture
+        other_digits = [Caption(c.template, tuple((d + 1) % 10 for d in c.digits)) for c in layouts]
         assert caption_fidelity(classifier, images, other_digits) < 0.05, split
+        other_place = [  # the same digits, another layout of the same kind
+            Caption((c.template + 1) % 4 if c.template < 4 else 4 + (c.template - 2) % 4, c.digits) for c in layouts
+        ]
+        assert caption_fidelity(classifier, images, other_place) < 0.05, split
     seen = splits["test_seen"]
+    assert caption_fidelity(classifier, seen.images.float(), seen.captions) >= 0.95  # template text parses
     shifted = seen.captions[1:] + seen.captions[:1]  # each image with its neighbour's caption
     assert caption_fidelity(classifier, seen.images.float(), shifted) < 0.1
-    matches = caption_matches(classifier, images[:2], ["the digit 0 is at the top left of the image"] * 2)
+    matches = caption_matches(classifier, images[:2], ["the digit 0 is at the top left of the image ."] * 2)
     assert matches.dtype == torch.bool and matches.shape == (2,)
     with pytest.raises(CDrawError, match="2 images but 1 captions"):
         caption_fidelity(classifier, images[:2], data.captions[:1])
+    with pytest.raises(CDrawError, match="fits none of the templates"):
+        caption_fidelity(classifier, images[:1], ["a cat on a mat"])
 
 
 def test_training_is_reproducible_and_checkpoints_round_trip(unseen_digits, tmp_path):
@@ -92,7 +101,7 @@ def test_training_is_reproducible_and_checkpoints_round_trip(unseen_digits, tmp_
     first.save_pretrained(tmp_path / "clf")
     loaded = DigitClassifier.from_pretrained(tmp_path / "clf")
     assert loaded.config == cfg and not loaded.training
-    x = torch.rand(5, 1, 30, 30)
+    x = torch.rand(5, 1, 32, 32)
     torch.testing.assert_close(loaded(x), first(x), rtol=0, atol=0)
     config = tmp_path / "clf" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "hidden": 32}))

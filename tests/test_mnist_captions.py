@@ -1,5 +1,6 @@
-"""MNIST with captions: layouts checked from the pixels against the real source digits, the held-out
-combos, reproducibility, disjoint source digits, the parquet files and the script."""
+"""MNIST with captions in the official form: the layouts checked from the pixels against the real source
+digits and the official slot ranges, the templates, the role bans (no banned role in training), fresh
+composites every epoch, reproducibility, disjoint source digits, the parquet files and the script."""
 
 from __future__ import annotations
 
@@ -13,45 +14,61 @@ import pytest
 import torch
 
 from cdraw import CDrawError
-from cdraw.data import load_labelled
+from cdraw.data import FreshEachEpoch, load_labelled
 from cdraw.mnist_captions import (
+    PARAPHRASES,
+    SLOTS,
     TEMPLATES,
     Caption,
     all_combos,
-    cells_matching,
-    choose_heldout,
+    choose_bans,
+    fresh_train_data,
     generate_mnist_captions,
+    is_heldout,
     load_mnist_captions,
+    load_train_pool,
     make_mnist_captions,
+    mirror,
     parse_caption,
+    split_combos,
     t10k_split,
+    train_composites,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {"train": 60, "valid": 20, "test_seen": 20, "test_heldout": 20}
+SIZES = {"train": 60, "valid": 20, "test_seen": 20, "test_heldout": 20, "test_paraphrase": 20}
+EVAL = ("valid", "test_seen", "test_heldout", "test_paraphrase")
 
 
-def test_captions_by_hand_parse_to_the_cells_they_describe():
-    E = -1
-    cases = {
-        "the digit 3 is at the top left of the image": {(3, E, E, E)},
-        "the digit 3 is at the top right of the image": {(E, 3, E, E)},
-        "the digit 3 is at the bottom left of the image": {(E, E, 3, E)},
-        "the digit 3 is at the bottom right of the image": {(E, E, E, 3)},
-        "the digit 3 is on the left of the digit 5": {(3, 5, E, E), (E, E, 3, 5)},
-        "the digit 3 is on the right of the digit 5": {(5, 3, E, E), (E, E, 5, 3)},
-        "the digit 3 is at the top of the digit 5": {(3, E, 5, E), (E, 3, E, 5)},
-        "the digit 3 is at the bottom of the digit 5": {(5, E, 3, E), (E, 5, E, 3)},
+def test_the_eight_templates_of_the_paper_and_their_slots():
+    """The captions of create-captions.py (ending " ."), each digit in its official slot."""
+    by_hand = {
+        "the digit 3 is at the top left of the image .": (Caption(0, (3,)), ("top left",)),
+        "the digit 3 is at the top right of the image .": (Caption(1, (3,)), ("top right",)),
+        "the digit 3 is at the bottom left of the image .": (Caption(2, (3,)), ("bottom left",)),
+        "the digit 3 is at the bottom right of the image .": (Caption(3, (3,)), ("bottom right",)),
+        "the digit 3 is on the left of the digit 5 .": (Caption(4, (3, 5)), ("left", "right")),
+        "the digit 3 is on the right of the digit 5 .": (Caption(5, (3, 5)), ("right", "left")),
+        "the digit 3 is at the top of the digit 5 .": (Caption(6, (3, 5)), ("top", "bottom")),
+        "the digit 3 is at the bottom of the digit 5 .": (Caption(7, (3, 5)), ("bottom", "top")),
     }
-    for caption, cells in cases.items():
-        assert set(cells_matching(caption)) == cells, caption
-    assert parse_caption("  The digit 3 is AT the top of the  digit 5 ") == Caption(6, (3, 5))
-    for outside in ("the digit 3 is in the middle of the image", "the digit 12 is at the top left of the image", ""):
+    for text, (caption, slots) in by_hand.items():
+        assert parse_caption(text) == caption and caption.text() == text and caption.slots() == slots
+    assert set(by_hand) == {t.format(*([3, 5][: t.count("{}")])) for t in TEMPLATES}
+    # the official ranges of a digit's top left corner (rows, columns), create-captions.py
+    assert SLOTS["top left"] == ((0, 2), (0, 4)) and SLOTS["bottom right"] == ((30, 32), (28, 32))
+    assert SLOTS["left"] == ((16, 18), (0, 4)) and SLOTS["right"] == ((16, 18), (28, 32))
+    assert SLOTS["top"] == ((0, 2), (16, 18)) and SLOTS["bottom"] == ((30, 32), (16, 18))
+    assert parse_caption("  The digit 3 is AT the top of the  digit 5") == Caption(6, (3, 5))  # " ." optional
+    for outside in ("the digit 3 is in the middle of the image .", "the digit 12 is at the top left of the image", ""):
         assert parse_caption(outside) is None
-    with pytest.raises(CDrawError, match="fits none of the templates"):
-        cells_matching("a cat on a mat")
     combos = all_combos()
     assert len(combos) == 40 + 400 and all(parse_caption(c.text()) == c for c in combos)
+    assert mirror(Caption(4, (3, 5))) == Caption(5, (5, 3)) and mirror(Caption(6, (3, 5))) == Caption(7, (5, 3))
+    words = {w for t in TEMPLATES for w in t.split()}
+    for template, wordings in enumerate(PARAPHRASES):  # paraphrases: the same digits, new content words
+        assert len(wordings) >= 3 and all(w.count("{}") == TEMPLATES[template].count("{}") for w in wordings)
+        assert all(set(w.split()) - words - {"{}"} for w in wordings)
 
 
 def test_layouts_match_captions_from_the_pixels(small_captions, mnist_idx_dir):
@@ -60,52 +77,63 @@ def test_layouts_match_captions_from_the_pixels(small_captions, mnist_idx_dir):
     digits = (images[:, 0] >= 128).numpy().astype(np.uint8)  # (10000, 28, 28), binarized independently
     for split, data in splits.items():
         assert data.images.shape == (len(data), 1, 60, 60) and set(data.images.unique().tolist()) <= {0, 1}
-        for image, caption, cells, template, sources in zip(
-            data.images[:, 0].numpy(),
-            data.captions,
-            data.cells.tolist(),
-            data.templates.tolist(),
-            data.sources.tolist(),
+        for image, caption, layout, corners, sources in zip(
+            data.images[:, 0].numpy(), data.captions, data.layouts(), data.corners.tolist(), data.sources.tolist(),
             strict=True,
-        ):
-            parsed = parse_caption(caption)
-            assert parsed is not None and parsed.template == template and tuple(cells) in cells_matching(caption)
-            assert sorted(d for d in cells if d >= 0) == sorted(parsed.digits), (split, caption)
-            for i, (digit, source) in enumerate(zip(cells, sources, strict=True)):
-                crop = image[30 * (i // 2) : 30 * (i // 2) + 30, 30 * (i % 2) : 30 * (i % 2) + 30]  # cell i
-                if digit < 0:
-                    assert source == -1 and not crop.any(), (split, caption, i)
-                    continue
-                assert labels[source] == digit
-                # the cell is exactly the source digit at some offset 0..2: all its pixels are inside this cell
-                placed = [np.pad(digits[source], ((dy, 2 - dy), (dx, 2 - dx))) for dy in range(3) for dx in range(3)]
-                assert any(np.array_equal(crop, p) for p in placed), (split, caption, i)
+        ):  # fmt: skip
+            if split != "test_paraphrase":
+                assert parse_caption(caption) == layout, (split, caption)
+            expected = np.zeros((60, 60), np.uint8)
+            for k, slot in enumerate(layout.slots()):
+                (row, col), source = corners[k], sources[k]
+                (r0, r1), (c0, c1) = SLOTS[slot]
+                assert r0 <= row <= r1 and c0 <= col <= c1, (split, caption, slot)
+                assert labels[source] == layout.digits[k]
+                expected[row : row + 28, col : col + 28] |= digits[source]
+            if len(layout.digits) == 1:
+                assert corners[1] == [-1, -1] and sources[1] == -1
+            elif layout.template in (4, 5):
+                assert corners[0][0] == corners[1][0]  # side by side: one row
+            else:
+                assert corners[0][1] == corners[1][1]  # one above the other: one column
+            assert np.array_equal(image, expected), (split, caption)  # nothing else on the canvas
 
 
-def test_heldout_combos_only_in_test_heldout_and_training_keeps_every_digit_and_template(small_captions):
+def test_role_bans_hold_roles_out_of_training_only(small_captions):
     splits, meta = small_captions
-    heldout = set(meta["heldout_captions"])
-    assert heldout == {c.text() for c in choose_heldout(0)}
-    one = [c for c in heldout if "image" in c]
-    assert len(one) == 4 and len(heldout) - len(one) == 40  # 10% of 40 and of 400
-    for split in ("train", "valid", "test_seen"):
-        assert not heldout & set(splits[split].captions), split
-    assert set(splits["test_heldout"].captions) <= heldout
-    # held out as image layouts, not only as wordings: no held-out arrangement of digits in cells
-    # (whichever of its two captions described it) ever occurs in training
-    train_layouts = {tuple(r) for r in splits["train"].cells.tolist()}
-    assert not {tuple(r) for r in splits["test_heldout"].cells.tolist()} & train_layouts
-    train = [parse_caption(c) for c in splits["train"].captions]
+    bans = choose_bans(0)
+    assert meta["bans"] == [list(b) for b in bans] and [len(b) for b in bans] == [1, 1, 1, 1, 2, 2, 2, 2]
+    seen, heldout = split_combos(bans)
+    assert len(seen) + len(heldout) == 440 and set(meta["heldout_captions"]) == {c.text() for c in heldout}
+    assert len(heldout) == 4 * 1 + 4 * 19  # one digit per one-digit template; 10 + 10 - 1 pairs per pair template
+    for c in heldout:  # each held-out caption has a banned digit in its banned role
+        assert any(d == b for d, b in zip(c.digits, bans[c.template], strict=True))
+    for split in ("train", "valid", "test_seen", "test_paraphrase"):
+        assert not any(is_heldout(c, bans) for c in splits[split].layouts()), split
+    assert all(is_heldout(c, bans) for c in splits["test_heldout"].layouts())
+    train = splits["train"].layouts()
     assert {c.template for c in train} == set(range(len(TEMPLATES)))
-    assert {d for c in train for d in c.digits} == set(range(10))
-    assert 0.4 < sum(len(c.digits) == 1 for c in train) / len(train) < 0.6  # about half one-digit
-    for seed in range(5):  # whatever the seed, no template and no digit in any role is lost to training
-        seen = set(all_combos()) - choose_heldout(seed)
-        assert {c.template for c in seen} == set(range(8))
-        for t in range(4, 8):
-            for pos in (0, 1):
-                assert {c.digits[pos] for c in seen if c.template == t} == set(range(10))
-        assert {c.digits[0] for c in seen if c.template < 4} == set(range(10))
+    assert 0.3 < sum(len(c.digits) == 1 for c in train) / len(train) < 0.7  # about half one-digit
+    assert choose_bans(0) == bans and choose_bans(1) != bans
+
+
+def test_training_composites_are_new_every_epoch_and_the_same_for_the_same_epoch(small_captions, mnist_idx_dir):
+    from cdraw.mnist_captions import source_pools
+
+    pool = source_pools(mnist_idx_dir, source="t10k-split", download=False)["train"]
+    bans = choose_bans(0)
+    first, again, second = (train_composites(pool, bans, 50, 7, e) for e in (0, 0, 1))
+    assert torch.equal(first.images, again.images) and first.captions == again.captions
+    assert not torch.equal(first.images, second.images)
+    assert torch.equal(small_captions[0]["train"].images[:0], first.images[:0])  # same shapes and dtype
+    encode = lambda texts: torch.arange(len(texts))[:, None].repeat(1, 3)  # noqa: E731  (captions -> ids)
+    data = fresh_train_data(pool, bans, 50, 7, encode)
+    seen = [c.text() for c in split_combos(bans)[0]]
+    assert isinstance(data, FreshEachEpoch) and len(data) == 50 and torch.equal(data.images, first.images)
+    assert [seen[i] for i in data.conditions[:, 0].tolist()] == first.captions  # each caption's own ids
+    data.set_epoch(1)
+    assert torch.equal(data.images, second.images) and data.epoch == 1
+    assert torch.equal(data.to("cpu").images, second.images)  # moving keeps the epoch
 
 
 def test_same_seed_same_data_other_seed_other_data(mnist_idx_dir):
@@ -116,7 +144,7 @@ def test_same_seed_same_data_other_seed_other_data(mnist_idx_dir):
     for split in a:
         assert torch.equal(a[split].images, b[split].images) and a[split].captions == b[split].captions
         assert a[split].captions != c[split].captions
-    assert meta_a["heldout_captions"] != meta_c["heldout_captions"]
+    assert meta_a["bans"] != meta_c["bans"]
     more_train, _ = make(1, {**SIZES, "train": 90})  # each split has its own random stream
     assert torch.equal(more_train["valid"].images, a["valid"].images)
 
@@ -127,9 +155,9 @@ def test_train_and_test_composites_never_share_a_source_digit(small_captions):
     assert sorted(torch.cat([train_part, test_part]).tolist()) == list(range(10_000))
     used = {s: set(d.sources[d.sources >= 0].tolist()) for s, d in splits.items()}
     assert used["train"] | used["valid"] <= set(train_part.tolist())
-    assert used["test_seen"] | used["test_heldout"] <= set(test_part.tolist())
+    assert used["test_seen"] | used["test_heldout"] | used["test_paraphrase"] <= set(test_part.tolist())
     assert "t10k" in meta["source"]["train"] and "t10k_split()[0]" in meta["source"]["train"]
-    assert "t10k_split()[1]" in meta["source"]["test_seen"]
+    assert "t10k_split()[1]" in meta["source"]["test_seen"] and meta["source_kind"] == "t10k-split"
 
 
 def test_parquet_files_load_back_and_with_hf_datasets(mnist_idx_dir, tmp_path):
@@ -137,34 +165,39 @@ def test_parquet_files_load_back_and_with_hf_datasets(mnist_idx_dir, tmp_path):
 
     out = tmp_path / "mc"
     meta = make_mnist_captions(out, mnist_idx_dir, sizes=SIZES, seed=3, source="t10k-split", download=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metadata.json", "train.parquet", "valid.parquet", "test_seen.parquet", "test_heldout.parquet"]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(["metadata.json", *(f"{s}.parquet" for s in EVAL)])
     assert json.loads((out / "metadata.json").read_text()) == meta and meta["sizes"] == SIZES
     expected, _ = generate_mnist_captions(mnist_idx_dir, sizes=SIZES, seed=3, source="t10k-split", download=False)
-    for split in SIZES:
+    for split in EVAL:
         loaded = load_mnist_captions(split, out)
         assert loaded.images.shape == (SIZES[split], 1, 60, 60) and loaded.images.dtype == torch.uint8
         assert torch.equal(loaded.images, expected[split].images) and loaded.captions == expected[split].captions
-        assert torch.equal(loaded.cells, expected[split].cells) and torch.equal(loaded.sources, expected[split].sources)
+        for column in ("templates", "digits", "corners", "sources"):
+            assert torch.equal(getattr(loaded, column), getattr(expected[split], column)), (split, column)
+    train = load_mnist_captions("train", out, data_dir=mnist_idx_dir)  # composed: epoch 0 of the training seed 3
+    pool, bans, _ = load_train_pool(out, data_dir=mnist_idx_dir)
+    assert torch.equal(train.images, train_composites(pool, bans, SIZES["train"], 3, 0).images)
     ds = datasets.load_dataset(
-        "parquet", data_files={s: str(out / f"{s}.parquet") for s in SIZES}, cache_dir=str(tmp_path / "hf")
+        "parquet", data_files={s: str(out / f"{s}.parquet") for s in EVAL}, cache_dir=str(tmp_path / "hf")
     )
-    assert {s: ds[s].num_rows for s in SIZES} == SIZES
+    assert {s: ds[s].num_rows for s in EVAL} == {s: SIZES[s] for s in EVAL}
+    row = ds["valid"][0]
+    assert row["caption"] == expected["valid"].captions[0] and row["digits"] == expected["valid"].digits[0].tolist()
+    image = np.frombuffer(row["image"], dtype=np.uint8).reshape(60, 60)
+    assert np.array_equal(image, expected["valid"].images[0, 0].numpy())
     smaller = {**SIZES, "valid": 7}
     make_mnist_captions(out, mnist_idx_dir, sizes=smaller, source="t10k-split", download=False, overwrite=True)
     assert len(load_mnist_captions("valid", out)) == 7
-    row = ds["valid"][0]
-    assert row["caption"] == expected["valid"].captions[0] and row["cells"] == expected["valid"].cells[0].tolist()
-    image = np.frombuffer(row["image"], dtype=np.uint8).reshape(60, 60)
-    assert np.array_equal(image, expected["valid"].images[0, 0].numpy())
 
 
-def test_missing_split_and_non_empty_folder_are_clear_errors(tmp_path):
+def test_missing_split_old_form_and_non_empty_folder_are_clear_errors(tmp_path):
     with pytest.raises(CDrawError, match="make_mnist_captions.py --out"):
-        load_mnist_captions("train", tmp_path)
+        load_mnist_captions("valid", tmp_path)
     with pytest.raises(CDrawError, match="unknown split"):
         load_mnist_captions("test", tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"format": "cdraw-mnist-captions-1"}))
+    with pytest.raises(CDrawError, match="official layouts.*--overwrite"):  # the earlier grid form
+        load_mnist_captions("test_seen", tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(CDrawError, match="not empty.*--overwrite"):
         make_mnist_captions(tmp_path, tmp_path / "no-data", download=False)
@@ -177,8 +210,10 @@ def test_script_writes_the_dataset_and_refuses_to_overwrite(mnist_idx_dir, tmp_p
     out = tmp_path / "mc"
     cmd = [sys.executable, str(REPO / "data_scripts" / "make_mnist_captions.py"), "--data-dir", str(mnist_idx_dir)]
     cmd += ["--out", str(out), "--train", "30", "--valid", "5", "--test-seen", "5", "--test-heldout", "5"]
+    cmd += ["--test-paraphrase", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"{out}/train.parquet: 30 examples" in done.stdout and len(load_mnist_captions("valid", out)) == 5
+    assert f"{out}/valid.parquet: 5 examples" in done.stdout and "composes 30 new images per epoch" in done.stdout
+    assert len(load_mnist_captions("test_paraphrase", out)) == 5
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr

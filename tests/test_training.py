@@ -248,6 +248,25 @@ def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, t
     assert lrs[100] < 1e-6  # decayed to 0 at the budget
 
 
+def test_fresh_examples_every_epoch_are_asked_for_by_epoch_also_after_a_resume(small_sets, tmp_path):
+    from cdraw.data import FreshEachEpoch
+
+    train_set, valid_set = small_sets
+    asked = []
+
+    def make(epoch):  # each epoch its own images: the training set rolled by the epoch
+        asked.append(epoch)
+        return torch.roll(train_set.images, epoch, 0), None
+
+    cfg = tiny_train_config(tmp_path / "run", epochs=2, checkpoint_every=1000)
+    train(cfg, FreshEachEpoch(make), valid_set)
+    assert asked == [0, 0, 0, 1]  # made, moved to the device, then epochs 0 and 1
+    asked.clear()
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": 3})
+    train(cfg, FreshEachEpoch(make), valid_set, resume=True)
+    assert asked[-1] == 2 and 1 not in asked  # the resumed run starts at epoch 2
+
+
 def test_max_minutes_stops_training_and_saves_the_model(small_sets, tmp_path):
     train_set, valid_set = small_sets
     cfg = tiny_train_config(tmp_path / "run", epochs=1000, max_minutes=1e-6, log_every=5)
