@@ -226,6 +226,31 @@ def test_pretrained_encoder_offline_round_trip(tmp_path):
     assert not any(k.startswith("condition.model.") for k in load_file(tmp_path / "ckpt" / "model.safetensors"))
 
 
+def test_pretrained_encoder_with_a_bilstm_adapter(tmp_path):
+    """adapter="bilstm": a trained bidirectional LSTM over the frozen token states (2 x hidden_size per
+    word, padding ignored as the BiLSTM encoder's), which round-trips; unknown adapters are refused."""
+    folder = pretrained_folder()
+    torch.manual_seed(0)
+    cond = ConditionConfig(kind="pretrained", text_encoder=folder, adapter="bilstm", hidden_size=5, max_length=16)
+    assert cond.words_size == 10
+    model = DRAW(tiny(cond, learned_prior=True))
+    enc = model.condition
+    assert not hasattr(enc, "project") and all(p.requires_grad for p in enc.lstm.parameters())
+    short, long = "the number 7 is in the upper left corner", "a 3 to the left of a 5 , both small"
+    alone = model.condition(model.encode_condition([short]))
+    batched = model.condition(model.encode_condition([short, long]))
+    n = alone.words.shape[1]
+    assert batched.words.shape[-1] == 10 and batched.words.shape[1] > n
+    torch.testing.assert_close(batched.words[0, :n], alone.words[0])  # padding changes nothing
+    assert (batched.words[0, n:] == 0).all()
+    out = model(torch.rand(2, 1, 12, 12), [short, long])
+    out.loss.sum().backward()
+    assert enc.lstm.weight_ih_l0.grad is not None and all(p.grad is None for p in enc.model.parameters())
+    round_trip(model, tmp_path, [short, long])
+    with pytest.raises(CDrawError, match="adapter must be one of"):
+        ConditionConfig(kind="pretrained", adapter="mlp")
+
+
 def test_pretrained_default_resolves_to_the_offline_package():
     folder = pretrained_folder()
     from cdraw.conditioning import DEFAULT_TEXT_ENCODER, resolve_text_encoder

