@@ -155,7 +155,7 @@ class WindowParams(nn.Module):
 
     def from_raw(self, raw: Tensor) -> Window:
         """The window from the linear layer's output (B, WINDOW_PARAMS), eq. (22)-(24); the model computes that
-        output together with its other maps of h_dec (:class:`cdraw.model.FusedLinear`)."""
+        output together with its other maps of h_dec (:class:`cdraw.fused.FusedLinear`)."""
         gx_, gy_, log_sigma2, log_delta_, log_gamma = raw.unbind(-1)  # each (B,)
         a, b = self.width, self.height
         gx = (a + 1) / 2 * (gx_ + 1)  # eq. (22)

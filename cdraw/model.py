@@ -26,6 +26,11 @@ which case the KL of (10) is between two diagonal Gaussians; alignDRAW bounds it
 
     mu_t = tanh(W_mu h_dec_{t-1}),  sigma_t = exp(tanh(W_sigma h_dec_{t-1}))
 
+:meth:`DRAW.step` is that step as written, one line per equation, each calling a named part
+(reader, encoder, posterior, prior, alignment, decoder, writer). Training and sampling run
+:mod:`cdraw.fused` by default, the same step with its matrix products fused (tested equal, loss
+and gradients in float64); ``model.use_fused_step(False)`` runs :meth:`DRAW.step` itself.
+
 Shapes: B batch, T steps, C channels, H/W image, N patch, Z latent, D context vector, L caption
 tokens, K word state, A alignment size, E/F enc/dec sizes.
 """
@@ -43,11 +48,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from cdraw import attention
+from cdraw import attention, fused
 from cdraw.attention import WINDOW_PARAMS, Window, WindowParams
 from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.conditioning.encoders import make_encoder
 from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.gaussian import GaussianLayer, kl_divergence, log_ratio
 from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported for callers of the model)
     CONFIG_NAME,
     TRAINING_RECORD,
@@ -182,117 +188,18 @@ class Trace:
     alignments: Tensor | None = None  # (B, T, L) the alignment over the caption at each step
 
 
-class Gaussian(NamedTuple):
-    """A diagonal Gaussian, mean and log standard deviation, each (B, Z)."""
-
-    mu: Tensor
-    log_sigma: Tensor
-
-    def sample(self, eps: Tensor) -> Tensor:
-        """The reparameterised draw mu + sigma * eps of eq. (6), for standard normal noise ``eps``
-        (B, Z), or (1, Z) to give the whole batch the same noise."""
-        return self.mu + torch.exp(self.log_sigma) * eps
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log N(z; mu, sigma^2) summed over Z: (B, Z) -> (B,)."""
-        u = (z - self.mu) * torch.exp(-self.log_sigma)
-        return (-0.5 * u**2 - self.log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def kl_standard_normal(q: Gaussian) -> Tensor:
-    """KL(N(mu, sigma^2) || N(0, I)) summed over Z, eq. (10): 0.5 sum(mu^2 + sigma^2 - log sigma^2 - 1).
-
-    The -1 is per latent dimension (inside the sum), not once per step.
-    """
-    return 0.5 * (q.mu**2 + torch.exp(2 * q.log_sigma) - 2 * q.log_sigma - 1).sum(-1)  # (B,)
-
-
-def kl_gaussians(q: Gaussian, p: Gaussian) -> Tensor:
-    """KL(q || p) between diagonal Gaussians, summed over Z: (B,).
-
-    log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2, per dimension.
-    """
-    var_ratio = torch.exp(2 * (q.log_sigma - p.log_sigma))
-    mean_term = ((q.mu - p.mu) * torch.exp(-p.log_sigma)) ** 2
-    return (p.log_sigma - q.log_sigma + 0.5 * (var_ratio + mean_term - 1)).sum(-1)
-
-
-class GaussianLayer(nn.Module):
-    """h -> a diagonal Gaussian (mu = W h + b, log sigma = W' h + b'), eq. (1)-(2)."""
-
-    def __init__(self, in_size: int, z_size: int):
-        super().__init__()
-        self.linear = nn.Linear(in_size, 2 * z_size)
-
-    def forward(self, h: Tensor) -> Gaussian:
-        return self.from_raw(self.linear(h))
-
-    @staticmethod
-    def from_raw(raw: Tensor) -> Gaussian:
-        """The Gaussian from the linear layer's output (B, 2Z)."""
-        mu, log_sigma = raw.chunk(2, dim=-1)  # (B, Z) each
-        return Gaussian(mu, log_sigma)
-
-
-class FusedLinear(NamedTuple):
-    """Several linear maps of one input as a single matrix product, ``h -> {name: h W_k^T + b_k}``.
-
-    Every step of DRAW multiplies h_dec_t by up to six matrices (the write patch and window, the
-    next read window, the prior, the alignment's query, the encoder's and the decoder's gates) and
-    h_enc_t by two: one product each keeps the arithmetic the same and does it in one kernel with
-    one weight gradient. Built from the modules' own parameters at each forward (a ``torch.cat``,
-    differentiable), so checkpoints and optimisers see the modules unchanged.
-    """
-
-    weight: Tensor  # (P, I), the maps' weights stacked, P = sum of their output sizes
-    bias: Tensor  # (P,)
-    names: tuple[str, ...]
-    sizes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, maps: dict[str, tuple[Tensor, Tensor | None]]) -> FusedLinear:
-        """``maps``: name -> (weight (P_k, I), bias (P_k,) or None), in the order of the output."""
-        weights = [w for w, _ in maps.values()]
-        biases = [b if b is not None else w.new_zeros(len(w)) for w, b in maps.values()]
-        return cls(torch.cat(weights), torch.cat(biases), tuple(maps), tuple(len(w) for w in weights))
-
-    def __call__(self, h: Tensor) -> dict[str, Tensor]:
-        """(B, I) -> {name: (B, P_k)}."""
-        out = torch.addmm(self.bias, h, self.weight.t())  # (B, P)
-        return dict(zip(self.names, out.split(self.sizes, dim=-1), strict=True))
-
-
-def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """An LSTM's update from its gate pre-activations, as :class:`torch.nn.LSTMCell` computes it.
-
-    gates (B, 4H) = W_ih input + W_hh h + b in PyTorch's order (input, forget, cell, output);
-    c (B, H) the previous cell -> (h, c) the new hidden state and cell.
-    """
-    i, f, g, o = gates.chunk(4, dim=-1)  # (B, H) each
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def _head(linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    return linear.weight, linear.bias
-
-
 class AttentionReader(nn.Module):
-    """read with attention, eq. (27): two N x N glimpses per channel at a window set by h_dec."""
+    """read with attention, eq. (27): two N x N glimpses per channel at a window set by h_dec_{t-1}."""
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
         self.n = cfg.read_size
-        self.window = WindowParams(cfg.dec_size, cfg.read_size, cfg.image_size)
+        self.window = WindowParams(cfg.dec_size, cfg.read_size, cfg.image_size)  # eq. (21)
         self.out_size = 2 * cfg.channels * cfg.read_size**2
 
-    def head(self) -> tuple[Tensor, Tensor | None] | None:
-        """The linear map of h_dec this reader takes (the window's, eq. 21)."""
-        return _head(self.window.linear)
-
-    def forward(self, x: Tensor, x_hat: Tensor, raw: Tensor) -> Tensor:
-        """``raw`` (B, 5): :meth:`head` applied to h_dec_{t-1} -> (B, 2 C N N)."""
-        return attention.read(x, x_hat, self.window.from_raw(raw), self.n)
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+        """(B, C, H, W) image and error image, (B, F) h_dec_{t-1} -> (B, 2 C N N)."""
+        return attention.read(x, x_hat, self.window(h_dec), self.n)
 
 
 class PlainReader(nn.Module):
@@ -302,16 +209,12 @@ class PlainReader(nn.Module):
         super().__init__()
         self.out_size = 2 * cfg.channels * cfg.image_size[0] * cfg.image_size[1]
 
-    def head(self) -> None:
-        """This reader does not look at h_dec."""
-        return None
-
-    def forward(self, x: Tensor, x_hat: Tensor, raw: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor | None = None) -> Tensor:
         return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1)  # (B, 2 C H W)
 
 
 class AttentionWriter(nn.Module):
-    """write with attention, eq. (28)-(29): an N x N patch per channel, placed by h_dec."""
+    """write with attention, eq. (28)-(29): an N x N patch per channel, placed by h_dec_t."""
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
@@ -319,34 +222,22 @@ class AttentionWriter(nn.Module):
         self.patch = nn.Linear(cfg.dec_size, cfg.channels * cfg.write_size**2)  # eq. (28)
         self.window = WindowParams(cfg.dec_size, cfg.write_size, cfg.image_size)
 
-    def head(self) -> tuple[Tensor, Tensor]:
-        """The linear map of h_dec this writer takes: the patch w_t (eq. 28) and the window's 5."""
-        return torch.cat([self.patch.weight, self.window.linear.weight]), torch.cat(
-            [self.patch.bias, self.window.linear.bias]
-        )
-
-    def window_of(self, raw: Tensor) -> Window:
-        return self.window.from_raw(raw[:, -WINDOW_PARAMS:])
-
-    def forward(self, raw: Tensor) -> Tensor:
-        """``raw`` (B, C N N + 5): :meth:`head` applied to h_dec_t -> (B, C, H, W)."""
-        w = raw[:, :-WINDOW_PARAMS].reshape(-1, self.c, self.n, self.n)  # (B, C, N, N)
-        return attention.write(w, self.window_of(raw), self.size)
+    def forward(self, h_dec: Tensor) -> Tensor:
+        """(B, F) h_dec_t -> (B, C, H, W), what eq. (8) adds to the canvas."""
+        w = self.patch(h_dec).reshape(-1, self.c, self.n, self.n)  # (B, C, N, N), eq. (28)
+        return attention.write(w, self.window(h_dec), self.size)  # eq. (29)
 
 
 class PlainWriter(nn.Module):
-    """write without attention, eq. (18): a linear map of h_dec to the whole canvas."""
+    """write without attention, eq. (18): a linear map of h_dec_t to the whole canvas."""
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
         self.shape = (cfg.channels, *cfg.image_size)
         self.linear = nn.Linear(cfg.dec_size, math.prod(self.shape))
 
-    def head(self) -> tuple[Tensor, Tensor]:
-        return _head(self.linear)
-
-    def forward(self, raw: Tensor) -> Tensor:
-        return raw.reshape(-1, *self.shape)  # (B, C, H, W)
+    def forward(self, h_dec: Tensor) -> Tensor:
+        return self.linear(h_dec).reshape(-1, *self.shape)  # (B, C, H, W)
 
 
 class Alignment(nn.Module):
@@ -366,7 +257,11 @@ class Alignment(nn.Module):
         """U h_lang_k for every word, once per caption: (B, L, K) -> (B, L, A)."""
         return self.U(words)
 
-    def forward(self, keys: Tensor, words: Tensor, padding: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, cond: Conditions, h_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """The caption's words (``cond``) and h_dec_{t-1} (B, F) -> s_t (B, K), alpha_t (B, L)."""
+        return self.attend(cond.keys, cond.words, cond.padding, self.W(h_dec))
+
+    def attend(self, keys: Tensor, words: Tensor, padding: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
         """keys (B, L, A), words (B, L, K), padding (B, L) True at padding, query (B, A) the
         product W h_dec_{t-1} + b -> s_t (B, K), alpha_t (B, L)."""
         scores = self.v(torch.tanh(keys + query[:, None])).squeeze(-1)  # (B, L)
@@ -374,29 +269,26 @@ class Alignment(nn.Module):
         return torch.einsum("bl,blk->bk", alpha, words), alpha
 
 
-class _Weights(NamedTuple):
-    """What every step multiplies by, gathered once per forward (:meth:`DRAW._weights`)."""
+class Conditions(NamedTuple):
+    """A batch's context, checked and ready for the step loop."""
 
-    dec: FusedLinear  # h_dec_t -> write, [read, prior, align,] [enc,] dec: every map that reads it
-    enc: FusedLinear | None  # h_enc_t -> posterior, rec (W_hh of the encoder); None when sampling
-    read_in: Tensor | None  # (4E, R) the encoder's weight of r_t
-    dec_in: Tensor  # (4F, Z + K) the decoder's weight of [z_t, s_t]
-    enc_const: Tensor | None  # (B, 4E) the context vector's term in the encoder's gates
-    dec_const: Tensor | None  # (B, 4F) and in the decoder's
+    vector: Tensor | None  # (B, D)
+    words: Tensor | None  # (B, L, K)
+    padding: Tensor | None  # (B, L) True at padding
+    keys: Tensor | None  # (B, L, A) U h_lang, computed once
 
 
-class _State(NamedTuple):
-    """What step t-1 hands step t: the cells, the canvas, and h_enc_{t-1}, h_dec_{t-1} already
-    multiplied by every matrix that reads them (the hidden states themselves are needed no more)."""
+class State(NamedTuple):
+    """What step t-1 hands step t (None where a pass does not use it: no encoder when sampling)."""
 
-    c_enc: Tensor | None  # (B, E); None when sampling
-    enc_rec: Tensor | None  # (B, 4E) W_hh h_enc_{t-1}
+    h_enc: Tensor | None  # (B, E)
+    c_enc: Tensor | None  # (B, E)
+    h_dec: Tensor  # (B, F)
     c_dec: Tensor  # (B, F)
-    dec: dict[str, Tensor]  # the heads of h_dec_{t-1}, :attr:`_Weights.dec`
     canvas: Tensor  # (B, C, H, W) c_{t-1}, logits
 
 
-class _Wanted(NamedTuple):
+class Wanted(NamedTuple):
     """What a forward pass was asked to return beyond the loss (constants to ``torch.compile``)."""
 
     log_ratio: bool = False
@@ -404,8 +296,13 @@ class _Wanted(NamedTuple):
     windows: bool = False
 
 
-class _StepOut(NamedTuple):
-    kl: Tensor  # (B,)
+NOTHING_MORE = Wanted()
+
+
+class StepOut(NamedTuple):
+    """What a step reports beside its state."""
+
+    kl: Tensor | None  # (B,) KL(Q(z_t) || P(z_t)); None when sampling
     log_ratio: Tensor | None  # (B,) log q(z_t) - log p(z_t), on request
     alpha: Tensor | None  # (B, L) the alignment, for caption models
     canvas: Tensor | None  # (B, C, H, W) sigmoid(c_t), on request
@@ -413,13 +310,9 @@ class _StepOut(NamedTuple):
     write: Window | None  # where it wrote (from h_dec_t), on request
 
 
-class _Conditions(NamedTuple):
-    """A batch's context, checked and ready for the step loop."""
-
-    vector: Tensor | None  # (B, D)
-    words: Tensor | None  # (B, L, K)
-    padding: Tensor | None  # (B, L) True at padding
-    keys: Tensor | None  # (B, L, A) U h_lang, computed once
+def cat(parts: list[Tensor | None]) -> Tensor:
+    """The inputs that are there, side by side: (B, *) each -> (B, sum)."""
+    return torch.cat([p for p in parts if p is not None], dim=-1)
 
 
 class _FirstCallFallback:
@@ -482,8 +375,8 @@ class DRAW(nn.Module):
         self.encoder = nn.LSTMCell(self.reader.out_size + cfg.dec_size + d, cfg.enc_size)
         self.decoder = nn.LSTMCell(cfg.z_size + k + d, cfg.dec_size)
         self.alignment = Alignment(k, cfg.dec_size, cfg.align_size) if k else None
-        self.posterior = GaussianLayer(cfg.enc_size, cfg.z_size)
-        self.prior = GaussianLayer(cfg.dec_size, cfg.z_size) if cfg.learned_prior else None
+        self.posterior = GaussianLayer(cfg.enc_size, cfg.z_size)  # Q(Z_t | h_enc_t)
+        self.prior = GaussianLayer(cfg.dec_size, cfg.z_size, cfg.bounded_prior) if cfg.learned_prior else None
         self.likelihood = make_likelihood(cfg.likelihood, cfg.channels)
         # Learned initial states: h and cell of both LSTMs, and the canvas c_0.
         self.h_enc0 = nn.Parameter(torch.zeros(cfg.enc_size))
@@ -492,6 +385,7 @@ class DRAW(nn.Module):
         self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
         self._compiled_steps, self._steps_per_call = None, self.config.steps  # see compile_step()
+        self.fused = True  # see use_fused_step()
 
     # -- conditions -------------------------------------------------------------------------
 
@@ -531,7 +425,7 @@ class DRAW(nn.Module):
             raise CDrawError("this model is unconditional: it takes no --caption or --label")
         return self.condition.tokenizer.encode(values)
 
-    def _conditions(self, condition: Any, batch: int, check: bool = False) -> _Conditions:
+    def _conditions(self, condition: Any, batch: int, check: bool = False) -> Conditions:
         """The batch's context from what the caller gave; ``check``: validate a tensor of ids too
         (generation does; training skips it, as it would cost a host sync per step)."""
         if condition is None and (self.config.vector_size or self.config.words_size):
@@ -556,14 +450,14 @@ class DRAW(nn.Module):
         vector = _checked(ctx.vector, (batch, d), "context vector") if d else _absent(ctx.vector, "context vector")
         if not k:
             _absent(ctx.words, "per-word states")
-            return _Conditions(vector, None, None, None)
+            return Conditions(vector, None, None, None)
         if ctx.words is None or ctx.mask is None:
             raise CDrawError(f"this is a caption model: {self._wants()}")
         words = _checked(ctx.words, (batch, ctx.words.shape[1], k), "word states")  # (B, L, K)
         mask = _checked(ctx.mask, words.shape[:2], "word mask").bool()  # (B, L)
         if check and not mask.any(1).all():  # tokenizers never make an empty caption: checked when generating
             raise CDrawError("every caption needs at least one token")
-        return _Conditions(vector, words, ~mask, self.alignment.keys(words))
+        return Conditions(vector, words, ~mask, self.alignment.keys(words))
 
     def _wants(self) -> str:
         kind = self.config.condition.kind if self.config.condition is not None else None
@@ -573,124 +467,84 @@ class DRAW(nn.Module):
             return "give it captions (--caption TEXT)"
         return "pass a Context(vector) of size context_size"
 
-    # -- one step ---------------------------------------------------------------------------
+    # -- one step: the paper's equations --------------------------------------------------
 
-    def _weights(self, cond: _Conditions, encoding: bool = True) -> _Weights:
-        """What every step multiplies by, gathered once per forward from the modules' parameters."""
-        cfg = self.config
-        r, f, zk = self.reader.out_size, cfg.dec_size, cfg.z_size + cfg.words_size
-        enc, dec = self.encoder, self.decoder  # LSTMCell inputs: encoder [r, h_dec, v], decoder [z, s, v]
-        heads = {"write": self.writer.head()}
-        if (read := self.reader.head()) is not None:
-            heads["read"] = read
-        if self.prior is not None:
-            heads["prior"] = _head(self.prior.linear)
-        if self.alignment is not None:
-            heads["align"] = _head(self.alignment.W)
-        if encoding:
-            heads["enc"] = (enc.weight_ih[:, r : r + f], enc.bias_ih + enc.bias_hh)
-        heads["dec"] = (dec.weight_hh, dec.bias_ih + dec.bias_hh)
-        v = cond.vector  # (B, D): its terms in the gates are the same at every step
-        return _Weights(
-            dec=FusedLinear.of(heads),
-            enc=FusedLinear.of({"posterior": _head(self.posterior.linear), "rec": (enc.weight_hh, None)})
-            if encoding
-            else None,
-            read_in=enc.weight_ih[:, :r] if encoding else None,
-            dec_in=dec.weight_ih[:, :zk],
-            enc_const=v @ enc.weight_ih[:, r + f :].t() if encoding and v is not None else None,
-            dec_const=v @ dec.weight_ih[:, zk:].t() if v is not None else None,
-        )
-
-    def _initial_state(self, w: _Weights, batch: int) -> _State:
+    def initial_state(self, batch: int, encoding: bool = True) -> State:
         """t = 0: the learned initial states and canvas, for every example of the batch."""
 
-        def expand(t: Tensor) -> Tensor:  # (B, ...) contiguous, as a step's cells and canvas are
-            return t.expand(batch, *t.shape[1:]).contiguous()
+        def expand(p: Tensor) -> Tensor:  # (...) -> (B, ...)
+            return p.expand(batch, *p.shape)
 
-        # The heads of h_0 are computed the way a step computes them (slices of one product for the
-        # whole batch), so every compiled group of steps sees its inputs in the same memory layout:
-        # one compiled graph instead of one for the first group and another for the rest.
-        encoding = w.enc is not None
-        return _State(
-            c_enc=expand(self.c_enc0[None]) if encoding else None,
-            enc_rec=w.enc(self.h_enc0.expand(batch, -1))["rec"] if encoding else None,
-            c_dec=expand(self.c_dec0[None]),
-            dec=w.dec(self.h_dec0.expand(batch, -1)),
-            canvas=expand(self.canvas0[None]),
-        )
+        h_enc, c_enc = (expand(self.h_enc0), expand(self.c_enc0)) if encoding else (None, None)
+        return State(h_enc, c_enc, expand(self.h_dec0), expand(self.c_dec0), expand(self.canvas0))
 
-    def _step(
-        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, want: _Wanted
-    ) -> tuple[_State, _StepOut]:
-        """One glimpse of training or reconstruction, eq. (3)-(8): step t from the state of t-1."""
-        x_hat = x - self.likelihood.mean(s.canvas)  # eq. (3)
-        r = self.reader(x, x_hat, s.dec.get("read"))  # eq. (4), window from h_dec_{t-1}
-        gates = torch.addmm(s.dec["enc"] + s.enc_rec, r, w.read_in.t())  # W [r_t, h_dec_{t-1}] + W_hh h_enc + b
-        if w.enc_const is not None:
-            gates = gates + w.enc_const
-        h_enc, c_enc = lstm_cell(gates, s.c_enc)  # eq. (5)
-        enc = w.enc(h_enc)
-        q = GaussianLayer.from_raw(enc["posterior"])  # Q(Z_t | h_enc_t), eq. (1)-(2)
-        z = q.sample(eps)  # eq. (6)
-        p = self._prior(s)  # P(Z_t | h_dec_{t-1}): N(0, I) unless learned
-        kl = kl_standard_normal(q) if p is None else kl_gaussians(q, p)  # eq. (10)
-        ratio = None
-        if want.log_ratio:
-            ratio = q.log_prob(z) - (standard_normal_log_prob(z) if p is None else p.log_prob(z))
-        c_dec, dec, alpha = self._decode(z, s, w, cond)  # eq. (7)
-        canvas = s.canvas + self.writer(dec["write"])  # eq. (8)
+    def step(
+        self, x: Tensor, s: State, eps: Tensor, cond: Conditions, want: Wanted = NOTHING_MORE
+    ) -> tuple[State, StepOut]:
+        """One glimpse of training or reconstruction, eq. (3)-(8): step t from the state of t-1.
+
+        x (B, C, H, W) in [0, 1]; eps (B, Z) or (1, Z) standard normal noise for z_t. The fused step
+        (:mod:`cdraw.fused`, used unless :meth:`use_fused_step` says otherwise) computes the same.
+        """
+        v = cond.vector  # (B, D) context vector, or None
+        x_hat = x - self.likelihood.mean(s.canvas)  # (3)
+        r = self.reader(x, x_hat, s.h_dec)  # (4)
+        h_enc, c_enc = self.encoder(cat([r, s.h_dec, v]), (s.h_enc, s.c_enc))  # (5)
+        q = self.posterior(h_enc)  # Q(Z_t | h_enc_t), (1)-(2)
+        z = q.sample(eps)  # (6)
+        p = self.prior(s.h_dec) if self.prior is not None else None  # P(Z_t | h_dec_{t-1}); None: N(0, I)
+        sentence, alpha = self.alignment(cond, s.h_dec) if cond.words is not None else (None, None)  # alignDRAW
+        h_dec, c_dec = self.decoder(cat([z, sentence, v]), (s.h_dec, s.c_dec))  # (7)
+        canvas = s.canvas + self.writer(h_dec)  # (8)
         windows = want.windows and self.config.attention
-        return _State(c_enc, enc["rec"], c_dec, dec, canvas), _StepOut(
-            kl,
-            ratio,
+        return State(h_enc, c_enc, h_dec, c_dec, canvas), StepOut(
+            kl_divergence(q, p),  # (10)
+            log_ratio(q, p, z) if want.log_ratio else None,
             alpha,
-            canvas=self.likelihood.mean(canvas) if want.canvases else None,
-            read=self.reader.window.from_raw(s.dec["read"]) if windows else None,
-            write=self.writer.window_of(dec["write"]) if windows else None,
+            self.likelihood.mean(canvas) if want.canvases else None,
+            self.reader.window(s.h_dec) if windows else None,
+            self.writer.window(h_dec) if windows else None,
         )
+
+    def sample_step(self, s: State, eps: Tensor, cond: Conditions, windows: bool = False) -> tuple[State, StepOut]:
+        """One step of generation: z_t from the prior, then eq. (7)-(8); the report's canvas is sigmoid(c_t)."""
+        p = self.prior(s.h_dec) if self.prior is not None else None
+        z = eps if p is None else p.sample(eps)
+        sentence, alpha = self.alignment(cond, s.h_dec) if cond.words is not None else (None, None)
+        h_dec, c_dec = self.decoder(cat([z, sentence, cond.vector]), (s.h_dec, s.c_dec))  # (7)
+        canvas = s.canvas + self.writer(h_dec)  # (8)
+        windows = windows and self.config.attention
+        return State(None, None, h_dec, c_dec, canvas), StepOut(
+            None,
+            None,
+            alpha,
+            self.likelihood.mean(canvas),
+            self.reader.window(s.h_dec) if windows else None,
+            self.writer.window(h_dec) if windows else None,
+        )
+
+    # -- running the steps -------------------------------------------------------------------
+
+    def use_fused_step(self, enabled: bool = True) -> DRAW:
+        """Which step forward passes and sampling run: the fused one (:mod:`cdraw.fused`, the default,
+        faster) or :meth:`step` as written (``enabled=False``). Both compute the same (tested)."""
+        self.fused = enabled
+        return self
 
     def _steps(
-        self, x: Tensor, s: _State, eps: Tensor, w: _Weights, cond: _Conditions, want: _Wanted
-    ) -> tuple[_State, list[_StepOut]]:
-        """len(eps) steps in a row (eps: (k, B, Z)): the unit that :meth:`compile_step` compiles."""
+        self, x: Tensor, s: Any, eps: Tensor, w: fused.Weights | None, cond: Conditions, want: Wanted
+    ) -> tuple[Any, list[StepOut]]:
+        """len(eps) steps in a row (eps: (k, B, Z)), fused with the weights ``w`` or as written when
+        ``w`` is None: the unit that :meth:`compile_step` compiles."""
         outs = []
         for eps_t in eps:
-            s, out = self._step(x, s, eps_t, w, cond, want)
+            if w is None:
+                s, out = self.step(x, s, eps_t, cond, want)
+            else:
+                s, report = fused.step(self, x, s, eps_t, w, cond, *want)
+                out = StepOut(*report)
             outs.append(out)
         return s, outs
-
-    def _sample_step(self, s: _State, eps: Tensor, w: _Weights, cond: _Conditions) -> tuple[_State, Tensor | None]:
-        """One step of generation: z_t from the prior, then eq. (7)-(8)."""
-        p = self._prior(s)
-        z = eps if p is None else p.sample(eps)
-        c_dec, dec, alpha = self._decode(z, s, w, cond)  # eq. (7)
-        canvas = s.canvas + self.writer(dec["write"])  # eq. (8)
-        return _State(None, None, c_dec, dec, canvas), alpha
-
-    def _prior(self, s: _State) -> Gaussian | None:
-        """P(z_t | h_dec_{t-1}) when learned; None means N(0, I).
-
-        alignDRAW's bounded form (``bounded_prior``): mu = tanh(W h), log sigma = tanh(W' h), so
-        sigma stays within [1/e, e] and the KL cannot blow up through a collapsing prior."""
-        if "prior" not in s.dec:
-            return None
-        p = GaussianLayer.from_raw(s.dec["prior"])
-        return Gaussian(torch.tanh(p.mu), torch.tanh(p.log_sigma)) if self.config.bounded_prior else p
-
-    def _decode(
-        self, z: Tensor, s: _State, w: _Weights, cond: _Conditions
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """Eq. (7), h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t, v]) -> (c_dec_t, the heads of h_dec_t, alpha_t)."""
-        inputs, alpha = z, None
-        if cond.words is not None:  # alignDRAW's s_t, from h_dec_{t-1}
-            sentence, alpha = self.alignment(cond.keys, cond.words, cond.padding, s.dec["align"])
-            inputs = torch.cat([z, sentence], dim=-1)
-        gates = torch.addmm(s.dec["dec"], inputs, w.dec_in.t())  # (B, 4F)
-        if w.dec_const is not None:
-            gates = gates + w.dec_const
-        h_dec, c_dec = lstm_cell(gates, s.c_dec)
-        return c_dec, w.dec(h_dec), alpha
 
     def compile_step(self, enabled: bool = True, steps_per_call: int = 8, **options: Any) -> DRAW:
         """Run training steps through ``torch.compile`` (``options`` are passed on), which fuses
@@ -744,13 +598,13 @@ class DRAW(nn.Module):
         self._check_images(x)
         b = x.shape[0]
         cond = self._conditions(condition, b)
-        w = self._weights(cond)
-        state = self._initial_state(w, b)
+        w = fused.gather(self, cond) if self.fused else None
+        state = fused.initial_state(self, w, b) if w is not None else self.initial_state(b)
         eps = self._noise(self.config.steps, b, generator, shared_noise)  # (T, B or 1, Z)
         compiled = self._compiled_steps is not None and torch.is_grad_enabled()
         run = self._compiled_steps if compiled else self._steps
-        want = _Wanted(return_log_ratio, return_canvases, return_windows)
-        outs: list[_StepOut] = []
+        want = Wanted(return_log_ratio, return_canvases, return_windows)
+        outs: list[StepOut] = []
         for chunk in eps.split(self._steps_per_call):  # (k, B or 1, Z)
             state, chunk_outs = run(x, state, chunk, w, cond, want)
             outs += chunk_outs
@@ -790,24 +644,22 @@ class DRAW(nn.Module):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CDrawError(f"the number of drawing steps must be a positive integer, got {steps!r}")
         cond = self._conditions(condition, n, check=True)
-        w = self._weights(cond, encoding=False)
-        state = self._initial_state(w, n)
-        canvases, reads, writes, alphas = [], [], [], []
+        w = fused.gather(self, cond, encoding=False) if self.fused else None
+        state = fused.initial_state(self, w, n) if w is not None else self.initial_state(n, encoding=False)
+        outs = []
         for eps_t in self._noise(steps, n, generator):
-            if cfg.attention:
-                reads.append(self.reader.window.from_raw(state.dec["read"]))  # where a reconstruction would read
-            state, alpha = self._sample_step(state, eps_t, w, cond)
-            if cfg.attention:
-                writes.append(self.writer.window_of(state.dec["write"]))
-            canvases.append(self.likelihood.mean(state.canvas))
-            if alpha is not None:
-                alphas.append(alpha)
+            if w is None:
+                state, out = self.sample_step(state, eps_t, cond, windows=cfg.attention)
+            else:
+                state, report = fused.sample_step(self, state, eps_t, w, cond, cfg.attention)
+                out = StepOut(*report)
+            outs.append(out)
         return Trace(
-            images=canvases[-1],
-            canvases=torch.stack(canvases),
-            read_windows=Window.stack(reads) if reads else None,
-            write_windows=Window.stack(writes) if writes else None,
-            alignments=torch.stack(alphas, dim=1) if alphas else None,
+            images=outs[-1].canvas,
+            canvases=torch.stack([o.canvas for o in outs]),
+            read_windows=Window.stack([o.read for o in outs]) if cfg.attention else None,
+            write_windows=Window.stack([o.write for o in outs]) if cfg.attention else None,
+            alignments=torch.stack([o.alpha for o in outs], dim=1) if outs[0].alpha is not None else None,
         )
 
     @torch.no_grad()
@@ -862,11 +714,6 @@ def _checked(t: Tensor | None, shape: tuple[int, ...], what: str) -> Tensor:
 def _absent(t: Tensor | None, what: str) -> None:
     if t is not None:
         raise CDrawError(f"this model takes no {what} (it is unconditional, or conditioned otherwise)")
-
-
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """log N(z; 0, I) summed over Z: (B, Z) -> (B,)."""
-    return (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def load_config(path: str | os.PathLike) -> DRAWConfig:

@@ -41,7 +41,7 @@ def paper_loss(model, x, eps, vector=None, words=None, padding=None):
         kl = kl + kl_divergence(Normal(mu, log_sigma.exp()), prior).sum(-1)  # (10)
         dec_in = [z]
         if words is not None:  # alignDRAW: s_t from h_dec_{t-1}
-            s, _ = model.alignment(keys, words, padding, model.alignment.W(h_dec))
+            s, _ = model.alignment.attend(keys, words, padding, model.alignment.W(h_dec))
             dec_in.append(s)
         if vector is not None:
             dec_in.append(vector)

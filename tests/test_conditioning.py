@@ -11,7 +11,7 @@ import torch
 
 from cdraw import DRAW, CDrawError, CDrawWarning, ConditionConfig, DRAWConfig
 from cdraw.conditioning import PAD, SentencePieceTokenizer
-from cdraw.model import Gaussian, kl_gaussians
+from cdraw.gaussian import Gaussian, kl_gaussians
 
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in POSITIONS] + [
@@ -119,13 +119,15 @@ def test_alignment_sums_to_one_over_real_tokens_and_is_zero_on_padding(tokenizer
 
 def test_alignment_is_the_papers_formula():
     """s_t = sum_k alpha_k h_k, alpha proportional to exp(v^T tanh(U h_k + W h_dec + b)), written out slowly."""
-    from cdraw.model import Alignment
+    from cdraw.model import Alignment, Conditions
 
     torch.manual_seed(0)
     align = Alignment(word_size=5, dec_size=4, align_size=3)
     words, h_dec = torch.randn(2, 6, 5), torch.randn(2, 4)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    s, alpha = align(align.keys(words), words, ~mask, align.W(h_dec))  # the query W h_dec + b
+    s, alpha = align(Conditions(None, words, ~mask, align.keys(words)), h_dec)
+    s_fused, alpha_fused = align.attend(align.keys(words), words, ~mask, align.W(h_dec))  # the query W h_dec + b
+    torch.testing.assert_close((s_fused, alpha_fused), (s, alpha))
     U, W, b, v = align.U.weight, align.W.weight, align.W.bias, align.v.weight[0]
     for i in range(2):
         real = [k for k in range(6) if mask[i, k]]
@@ -135,13 +137,14 @@ def test_alignment_is_the_papers_formula():
         torch.testing.assert_close(s[i], sum(a[j] * words[i, k] for j, k in enumerate(real)))
 
 
-def test_caption_model_step_equals_the_papers_equations(tokenizer_dir):
-    """alignDRAW's step (alignment from h_dec_{t-1}, learned prior) through the fused matrix
-    products equals the equations written plainly (tests/paper_draw.py), loss and gradients."""
+@pytest.mark.parametrize("fused", [True, False], ids=["fused step", "readable step"])
+def test_caption_model_step_equals_the_papers_equations(tokenizer_dir, fused):
+    """alignDRAW's step (alignment from h_dec_{t-1}, learned prior), fused and as written in
+    DRAW.step, equals the equations written plainly (tests/paper_draw.py), loss and gradients."""
     from paper_draw import paper_loss
 
     torch.manual_seed(0)
-    model = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True)).double()
+    model = DRAW(tiny(bilstm(tokenizer_dir), learned_prior=True)).double().use_fused_step(fused)
     ids = model.encode_condition(["the digit 1 is on the left of the digit 2", "the digit 3 is at the top left"])
     x = (torch.rand(2, 1, 12, 12) > 0.5).double()
     ctx = model.condition(ids)

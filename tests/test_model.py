@@ -15,8 +15,9 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
 from cdraw import DRAW, CDrawError, CDrawWarning, Context, DRAWConfig
+from cdraw.fused import lstm_cell
+from cdraw.gaussian import Gaussian, kl_gaussians, kl_standard_normal, standard_normal_log_prob
 from cdraw.likelihoods import LEVELS, Bernoulli, DiscretizedLogistic
-from cdraw.model import Gaussian, kl_gaussians, kl_standard_normal, lstm_cell, standard_normal_log_prob
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -108,8 +109,7 @@ def test_bounded_prior_is_alignDRAWs_formula():
         model.prior.linear.weight.mul_(100)
         model.h_dec0.normal_()
     raw = model.prior.linear(model.h_dec0[None])
-    state = model._initial_state(model._weights(model._conditions(Context(torch.zeros(1, 2)), 1)), 1)
-    p = model._prior(state)
+    p = model.prior(model.h_dec0[None])
     torch.testing.assert_close(p.mu, torch.tanh(raw[:, :3]))
     torch.testing.assert_close(p.log_sigma.exp(), torch.exp(torch.tanh(raw[:, 3:])))
     assert p.log_sigma.abs().max() <= 1
@@ -117,13 +117,15 @@ def test_bounded_prior_is_alignDRAWs_formula():
         DRAWConfig(bounded_prior=True)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused step", "readable step"])
 @pytest.mark.parametrize("variant", PAPER_VARIANTS)
-def test_fused_step_equals_the_papers_equations(tiny_cfg, variant):
-    """The model's step (its matrix products fused, h_dec's and h_enc's products shared between
-    steps) gives the loss and every gradient of eq. (3)-(12) written plainly, in float64."""
+def test_both_steps_equal_the_papers_equations(tiny_cfg, variant, fused):
+    """The model's steps, the readable one (DRAW.step) and the fused one (cdraw.fused: matrix products
+    fused, h_dec's and h_enc's products shared between steps), give the loss and every gradient of
+    eq. (3)-(12) written plainly with torch.distributions (tests/paper_draw.py), in float64."""
     cfg = dataclasses.replace(tiny_cfg, **PAPER_VARIANTS[variant])
     torch.manual_seed(0)
-    model = DRAW(cfg).double()
+    model = DRAW(cfg).double().use_fused_step(fused)
     with torch.no_grad():  # learned initial states away from 0, so their gradients are tested too
         for p in (model.h_enc0, model.c_enc0, model.h_dec0, model.c_dec0, model.canvas0):
             p.normal_(0, 0.3)
@@ -137,6 +139,30 @@ def test_fused_step_equals_the_papers_equations(tiny_cfg, variant):
     torch.testing.assert_close(fast.loss, slow)
     for (name, _), a, b in zip(model.named_parameters(), fast_grads, slow_grads, strict=True):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+def test_fused_and_readable_steps_give_the_same_outputs_and_samples(tiny_cfg, variant):
+    """Everything a pass can return (canvases, windows, log ratios) and sampling, in float64."""
+    cfg = dataclasses.replace(tiny_cfg, **PAPER_VARIANTS[variant])
+    torch.manual_seed(0)
+    model = DRAW(cfg).double()
+    x = (torch.rand(3, 1, 28, 28) > 0.7).double()
+    ctx = Context(torch.randn(3, 3, dtype=torch.float64)) if cfg.context_size else None
+    flags = {"return_canvases": True, "return_log_ratio": True, "return_windows": True}
+    runs = []
+    for fused in (True, False):
+        model.use_fused_step(fused)
+        out = model(x, ctx, generator=torch.Generator().manual_seed(1), **flags)
+        trace = model.sample_trace(3, ctx, generator=torch.Generator().manual_seed(2))
+        runs.append((out, trace))
+    (out_a, trace_a), (out_b, trace_b) = runs
+    for name in ("loss", "kl", "canvases", "log_ratio"):
+        torch.testing.assert_close(getattr(out_a, name), getattr(out_b, name), msg=name)
+    torch.testing.assert_close(trace_a.canvases, trace_b.canvases)
+    if cfg.attention:
+        for a, b in ((out_a.read_windows, out_b.read_windows), (trace_a.write_windows, trace_b.write_windows)):
+            torch.testing.assert_close(tuple(a), tuple(b))
 
 
 @pytest.mark.skipif(
