@@ -321,3 +321,31 @@ def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
         DRAWConfig(steps=0)
     with pytest.raises(CDrawError, match="likelihood"):
         DRAWConfig(likelihood="gaussian")
+
+
+#: per-image sums of 4 samples (seed 0) of each shipped model, as the model gave them before the step was
+#: split into a readable and a fused one (revision b8e59c9): the redesign changed no drawing
+SHIPPED_SAMPLES = {
+    "none": (None, [108.9118, 132.7101, 171.153, 108.9467]),
+    "label": ([0, 3, 7, 9], [193.4633, 117.9773, 67.0783, 104.8527]),
+    "caption": (
+        [
+            "the digit 7 is at the top left of the image",
+            "the digit 1 is on the left of the digit 2",
+            "the digit 3 is at the top of the digit 8",
+            "the digit 5 is at the bottom right of the image",
+        ],
+        [70.9812, 157.349, 266.9821, 59.0025],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", SHIPPED_SAMPLES)
+def test_shipped_models_draw_what_they_drew_before_the_redesign(kind):
+    from cdraw.generate import DEFAULT_MODELS
+
+    model = DRAW.from_pretrained(DEFAULT_MODELS[kind])
+    condition, sums = SHIPPED_SAMPLES[kind]
+    for fused in (True, False):
+        x = model.use_fused_step(fused).sample(4, condition, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(x.flatten(1).sum(1), torch.tensor(sums), atol=2e-3, rtol=0)
