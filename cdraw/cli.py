@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from pathlib import Path
 from cdraw.errors import CDrawError, CDrawWarning
 
 #: What `cdraw eval --json` is conventionally called inside a model folder (`cdraw info` shows it).
-EVAL_RECORD = "eval.json"
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -46,39 +44,23 @@ def run_main(main: Callable[[], object]) -> None:
 
 
 #: What a Hugging Face Hub model id looks like (``owner/name``).
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A model folder from what a user points at: the folder itself, a training run's ``model/``,
-    or a Hugging Face Hub id (``owner/name``, downloaded when online)."""
+    or a Hugging Face Hub id (``owner/name``, downloaded when online, else from the local cache)."""
+    from cdraw.hub import HUB_ID, snapshot
+
     given = str(path)
     path = Path(path).expanduser()
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():
             return candidate
     if not path.exists() and HUB_ID.fullmatch(given):
-        return _from_hub(given)
+        return snapshot(given)
     if not path.exists():
         raise CDrawError(f"checkpoint {path} does not exist")
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
-
-
-def _from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CDrawError(f"{repo_id} is not a local folder, and huggingface_hub is not installed") from None
-    try:
-        folder = Path(snapshot_download(repo_id))
-    except Exception as e:  # offline, unknown id, no access: all the user's to fix
-        raise CDrawError(
-            f"{repo_id} is not a local folder and could not be fetched from the Hugging Face Hub "
-            f"({type(e).__name__}; offline?)"
-        ) from None
-    if not (folder / "config.json").is_file():
-        raise CDrawError(f"the Hub repository {repo_id} is not a cdraw checkpoint (no config.json)")
-    return folder
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -186,7 +168,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.io import TRAINING_RECORD, read_record
+    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, read_record
 
     folder, model = _load_model(args)
     cfg = model.config

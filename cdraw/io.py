@@ -25,6 +25,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: Written beside a model by training: the data set, training length and time, the validation bound.
 TRAINING_RECORD = "training.json"
+EVAL_RECORD = "eval.json"  # what `cdraw eval --json` wrote into the model folder
 
 
 def typed_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
 from cdraw import attention, fused
@@ -54,13 +55,16 @@ from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.conditioning.encoders import make_encoder
 from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.gaussian import GaussianLayer, kl_divergence, log_ratio
+from cdraw.hub import HUB_ID, LIBRARY, TAGS
 from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported for callers of the model)
     CONFIG_NAME,
+    EVAL_RECORD,
     TRAINING_RECORD,
     WEIGHTS_NAME,
     atomic_write,
     load_weights,
     read_config,
+    read_record,
     save_folder,
     typed_fields,
 )
@@ -346,7 +350,7 @@ class _FirstCallFallback:
         return out
 
 
-class DRAW(nn.Module):
+class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     """The DRAW network: ``out = model(x)`` for training, ``model.sample(n)`` to generate.
 
     A conditional model takes its conditions as the second argument: labels or captions as a user
@@ -683,25 +687,83 @@ class DRAW(nn.Module):
         apart = getattr(self.condition, "saved_apart", None)
         return f"condition.{apart}" if apart else None
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (and an encoder's files) into ``path``.
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        config: Any = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write ``config.json`` and ``model.safetensors`` (and an encoder's files) into ``save_directory``,
+        and a model card (``README.md``, with the Hub's YAML metadata) unless one is there.
 
         Each file is written to a temporary name and renamed, so a crash leaves the old file whole.
+        ``push_to_hub=True`` then uploads the folder to ``repo_id`` (:meth:`push_to_hub`; ``config``
+        and ``model_card_kwargs`` are accepted as ``huggingface_hub`` passes them, and not needed).
         """
-        path = Path(path)
+        path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         if self.condition is not None:  # the tokenizer (and text model) go beside; paths become relative
             cfg = dataclasses.replace(cfg, condition=self.condition.save_assets(path, cfg.condition))
         save_folder(path, MODEL_TYPE, cfg.to_dict(), self.checkpoint_state())
+        if not (path / "README.md").is_file():
+            self._write_card(path)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or path.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return None
+
+    def _write_card(self, path: Path) -> None:
+        from cdraw import hub
+
+        kind = self.config.condition.kind if self.config.condition is not None else None
+        data = hub.card_data(read_record(path), read_record(path, EVAL_RECORD), kind)
+        body = f"# cdraw model\n\n{hub.describe(self.config, sum(p.numel() for p in self.parameters()))}\n"
+        text = hub.card_text(data, body)
+        atomic_write(path / "README.md", lambda tmp: Path(tmp).write_text(text))
+
+    def _save_pretrained(self, save_directory: Path) -> None:  # huggingface_hub's hook
+        self.save_pretrained(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DRAW:
-        """Load a folder written by :meth:`save_pretrained`, onto ``device`` (CPU by default)."""
-        config = load_config(path)
-        model = cls(config, root=path)
-        model.load_checkpoint_state(load_weights(path, model))
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **unused: Any,
+    ) -> DRAW:
+        """Load a folder written by :meth:`save_pretrained`, or a Hugging Face Hub repository
+        (``"owner/name"``, at ``revision``; served from the local cache when offline), onto
+        ``device`` (CPU by default)."""
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if not folder.exists() and HUB_ID.fullmatch(str(pretrained_model_name_or_path)):
+            from cdraw.hub import snapshot
+
+            folder = snapshot(
+                str(pretrained_model_name_or_path),
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        config = load_config(folder)
+        model = cls(config, root=folder)
+        model.load_checkpoint_state(load_weights(folder, model))
         return model.to(device)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> DRAW:  # huggingface_hub's hook
+        return cls.from_pretrained(model_id, **{k: v for k, v in kwargs.items() if k != "config"})
 
 
 def _checked(t: Tensor | None, shape: tuple[int, ...], what: str) -> Tensor:

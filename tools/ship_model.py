@@ -17,28 +17,33 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cdraw.cli import EVAL_RECORD, resolve_checkpoint, run_main
+from cdraw import hub
+from cdraw.cli import resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import DEFAULT_MODELS
-from cdraw.io import TRAINING_RECORD, read_record
+from cdraw.io import EVAL_RECORD, TRAINING_RECORD, read_record
 from cdraw.model import DRAW
 
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
+
+
+def with_metadata(folder: Path, name: str, body: str) -> str:
+    """The card: the Hub's YAML metadata (from the folder's training.json and eval.json), then ``body``."""
+    model = DRAW.from_pretrained(folder)
+    kind = model.config.condition.kind if model.config.condition else None
+    data = hub.card_data(read_record(folder), read_record(folder, EVAL_RECORD), kind, name=f"cdraw {name}")
+    return hub.card_text(data, body)
 
 
 def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     model = DRAW.from_pretrained(folder)
     cfg, n = model.config, sum(p.numel() for p in model.parameters())
     training, figures = read_record(folder), read_record(folder, EVAL_RECORD)
-    kind = cfg.condition.kind if cfg.condition else "unconditional"
     lines = [
         f"# cdraw default model: {name}",
         "",
-        f"DRAW ({kind}), {n:,} parameters, {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} images, "
-        f"T = {cfg.steps}, read {cfg.read_size}x{cfg.read_size}, write {cfg.write_size}x{cfg.write_size}, "
-        f"LSTMs {cfg.enc_size}/{cfg.dec_size}, z {cfg.z_size}, prior "
-        f"{'learned' if cfg.learned_prior else 'N(0, I)'}. Full settings: `config.json`.",
+        hub.describe(cfg, n),
         "",
         "## Training",
         "",
@@ -62,16 +67,28 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
     if training.get("source") == "t10k" and figures.get("split") == "test":
         lines += ["", "The bound above is on the test file this model was trained on (most of it): not a test figure."]
-    return "\n".join(lines) + "\n"
+    return with_metadata(folder, name, "\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="model folder with eval.json beside it")
+    parser.add_argument("checkpoint", nargs="?", help="model folder with eval.json beside it")
     parser.add_argument("--name", required=True, choices=[p.name for p in DEFAULT_MODELS.values()])
-    parser.add_argument("--train-command", required=True, help="the command that trained it")
-    parser.add_argument("--eval-command", required=True, help="the command that wrote eval.json")
+    parser.add_argument("--train-command", help="the command that trained it")
+    parser.add_argument("--eval-command", help="the command that wrote eval.json")
+    parser.add_argument(
+        "--metadata-only", action="store_true", help="only (re)write the YAML metadata of the shipped NAME's card"
+    )
     args = parser.parse_args()
+    if args.metadata_only:
+        dst = next(p for p in DEFAULT_MODELS.values() if p.name == args.name)
+        text = (dst / "README.md").read_text()
+        body = text.split("---\n", 2)[2] if text.startswith("---\n") else text  # without its old metadata
+        (dst / "README.md").write_text(with_metadata(dst, args.name, body))
+        print(f"wrote the metadata of {dst / 'README.md'}")
+        return
+    if not (args.checkpoint and args.train_command and args.eval_command):
+        parser.error("give CHECKPOINT, --train-command and --eval-command (or --metadata-only)")
     src = resolve_checkpoint(args.checkpoint)
     if not (src / EVAL_RECORD).is_file():
         raise CDrawError(f"{src} has no eval.json: run `cdraw eval --checkpoint {src} --json {src}/eval.json` first")
