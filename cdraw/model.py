@@ -695,10 +695,11 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         repo_id: str | None = None,
         push_to_hub: bool = False,
         model_card_kwargs: dict[str, Any] | None = None,
+        card: bool = True,
         **push_to_hub_kwargs: Any,
     ) -> str | None:
         """Write ``config.json`` and ``model.safetensors`` (and an encoder's files) into ``save_directory``,
-        and a model card (``README.md``, with the Hub's YAML metadata) unless one is there.
+        and a model card (``README.md``, with the Hub's YAML metadata) unless one is there or ``card=False``.
 
         Each file is written to a temporary name and renamed, so a crash leaves the old file whole.
         ``push_to_hub=True`` then uploads the folder to ``repo_id`` (:meth:`push_to_hub`; ``config``
@@ -710,7 +711,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         if self.condition is not None:  # the tokenizer (and text model) go beside; paths become relative
             cfg = dataclasses.replace(cfg, condition=self.condition.save_assets(path, cfg.condition))
         save_folder(path, MODEL_TYPE, cfg.to_dict(), self.checkpoint_state())
-        if not (path / "README.md").is_file():
+        if card and not (path / "README.md").is_file():
             self._write_card(path)
         if push_to_hub:
             return self.push_to_hub(repo_id or path.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)

@@ -401,7 +401,7 @@ class Trainer:
 
     def _write_model(self, folder: Path, valid: dict[str, float]) -> None:
         st = self.state
-        self._unwrapped.save_pretrained(folder)
+        self._unwrapped.save_pretrained(folder, card=False)  # a card belongs to a model that is published
         record = {
             "dataset": self.dataset,
             "step": st.step,
@@ -446,7 +446,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(acc.device)
         torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
         if self.main:
-            self._unwrapped.save_pretrained(tmp / "model")
+            self._unwrapped.save_pretrained(tmp / "model", card=False)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(st), indent=2))
         acc.wait_for_everyone()
