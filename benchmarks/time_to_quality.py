@@ -78,8 +78,6 @@ def row_commands(name: str, out: Path, minutes: float, data_dir: str | None) -> 
 
 
 def run_rows(names: list[str], out: Path, minutes: float, parallel: int, data_dir: str | None) -> None:
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per row, also for its evaluation
     for start in range(0, len(names), parallel):
         group = names[start : start + parallel]
@@ -94,18 +92,26 @@ def run_rows(names: list[str], out: Path, minutes: float, parallel: int, data_di
         for name, (proc, log) in jobs.items():
             rc = proc.wait()
             log.close()
-            train, evaluate = row_commands(name, out, minutes, data_dir)
-            entry = {"change": ROWS[name][0], "command": shlex.join(train), "returncode": rc}
-            if rc == 0:
-                test = json.loads((out / name / "test.json").read_text())
-                record = json.loads((out / name / "model" / "training.json").read_text())
-                entry.update(
-                    test_bound=test["bound"], recon=test["recon"], kl=test["kl"], steps=record["step"],
-                    images_seen=record["images_seen"], training_s=record["training_s"],
-                )  # fmt: skip
-            results[name] = entry
-            results_path.write_text(json.dumps(results, indent=2))
-            print(f"{time.strftime('%H:%M:%S')} {name}: {json.dumps(entry)}", flush=True)
+            record(name, out, minutes, data_dir, rc)
+
+
+def record(name: str, out: Path, minutes: float, data_dir: str | None, returncode: int = 0) -> dict:
+    """Add a finished row (its model's test bound, steps and time) to OUT/results.json."""
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    train, _ = row_commands(name, out, minutes, data_dir)
+    entry = {"change": ROWS[name][0], "command": shlex.join(train), "returncode": returncode}
+    if returncode == 0:
+        test = json.loads((out / name / "test.json").read_text())
+        trained = json.loads((out / name / "model" / "training.json").read_text())
+        entry.update(
+            test_bound=test["bound"], recon=test["recon"], kl=test["kl"], steps=trained["step"],
+            images_seen=trained["images_seen"], training_s=trained["training_s"],
+        )  # fmt: skip
+    results[name] = entry
+    results_path.write_text(json.dumps(results, indent=2))
+    print(f"{time.strftime('%H:%M:%S')} {name}: {json.dumps(entry)}", flush=True)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/time-to-quality"), help="where the runs go")
     parser.add_argument("--data-dir", help="folder with binarized_mnist/ (default: $CDRAW_DATA_DIR or the cache)")
     parser.add_argument("--list", action="store_true", help="print the rows and their flags, then stop")
+    parser.add_argument("--collect", action="store_true", help="only record the finished runs of --rows")
     args = parser.parse_args(argv)
     if args.list:
         for name, (change, _, flags) in ROWS.items():
             print(f"{name:16s} {change}  [{shlex.join(flags)}]")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.collect:
+        for name in args.rows:
+            record(name, args.out, args.minutes, args.data_dir)
+        return 0
     run_rows(args.rows, args.out, args.minutes, args.parallel, args.data_dir)
     return 0
 
