@@ -2,7 +2,7 @@
 fixed wall-clock budget, for one optimiser or model change per row.
 
 Every row is one command, ``cdraw train mnist --max-minutes M ...`` (the recipe of
-recipes/configs/mnist.yaml plus the row's flags) in one process on one CPU thread; ``--parallel 2`` runs
+cdraw/recipes/configs/mnist.yaml plus the row's flags) in one process on one CPU thread; ``--parallel 2`` runs
 two rows at a time on a 2-core machine, each on its own core. The budget is wall-clock from the start
 of the run, compilation and validation included; with ``--max-minutes`` the cosine schedule decays to 0
 at the budget. After training, each row's final model is measured on the whole test set
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NO_ATTENTION = str(REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
 
 #: name -> (what changes against the recipe, minutes or None for --minutes, the recipe flags)
 ROWS: dict[str, tuple[str, float | None, list[str]]] = {
@@ -56,7 +55,7 @@ ROWS: dict[str, tuple[str, float | None, list[str]]] = {
         ],
     ),
     "attention-30": ("the recipe, 30 minutes", 30.0, []),
-    "no-attention-30": ("the recipe without attention, 30 minutes", 30.0, ["--config", NO_ATTENTION]),
+    "no-attention-30": ("the recipe without attention, 30 minutes", 30.0, ["--config", "mnist_no_attention"]),
 }
 
 

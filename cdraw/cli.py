@@ -226,8 +226,6 @@ def _describe(kind: str) -> str:
     }[kind]
 
 
-#: ``cdraw train NAME`` runs ``recipes/train_NAME.py`` of a source checkout.
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def cpu_thread_flags(launch_args: list[str]) -> list[str]:
@@ -255,18 +253,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     launcher for one process). Several (``--launch-args "--multi_gpu --num_processes 2"``):
     through ``accelerate launch``. Either way the recipe's exit status is this command's, and its
     one-line errors are not followed by a launcher's traceback."""
-    script = RECIPES_DIR / f"train_{args.recipe}.py"
-    if not script.is_file():
-        found = sorted(p.stem.removeprefix("train_") for p in RECIPES_DIR.glob("train_*.py"))
-        if not found:
-            raise CDrawError("cdraw train needs the recipes/ folder of a source checkout (git clone the project)")
-        raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(found)}")
+    from cdraw.recipes import NAMES
+
+    if args.recipe not in NAMES:
+        raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(NAMES)}")
+    module = f"cdraw.recipes.{args.recipe}"  # in the installed package: no source checkout needed
     env = dict(os.environ)
     if args.launch_args:
         cmd = ["accelerate", "launch", *launch_defaults(args.launch_args), *cpu_thread_flags(args.launch_args)]
-        cmd += [*args.launch_args, str(script), *args.overrides]
+        cmd += [*args.launch_args, "-m", module, *args.overrides]
     else:
-        cmd = [sys.executable, str(script), *args.overrides]
+        cmd = [sys.executable, "-m", module, *args.overrides]
         threads = cpu_thread_flags([])
         if threads:
             env["OMP_NUM_THREADS"] = threads[1]
@@ -518,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train",
-        help="run a training recipe with accelerate launch (same as `accelerate launch recipes/train_NAME.py`)",
+        help="run a training recipe (the package's cdraw.recipes.NAME; several processes through accelerate launch)",
         epilog="examples:\n  cdraw train mnist --max-steps 200\n  cdraw train mnist_captions --epochs 5\n"
         "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # launch flags before the recipe",
         formatter_class=raw,

@@ -116,10 +116,16 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file of settings: a path, or the name of a config that ships with the recipes
+        (``mnist``, ``mnist_captions_paper``, ...: ``cdraw/recipes/configs/NAME.yaml``)."""
+        shipped = SHIPPED_CONFIGS / f"{path}.yaml"
+        if not Path(path).exists() and "/" not in str(path) and shipped.is_file():
+            path = shipped
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
-            raise CDrawError(f"cannot read config file {path}: {e.strerror}") from None
+            names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+            raise CDrawError(f"cannot read config file {path}: {e.strerror} (shipped configs: {names})") from None
         except yaml.YAMLError as e:
             raise CDrawError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -167,7 +173,12 @@ def train_arg_parser(
     """The recipes' parser: --config, --resume, a flag per training and model field (and, for
     conditional recipes, per :class:`~cdraw.ConditionConfig` field). Recipes may add their own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config, help=f"YAML file of settings (default: {default_config})")
+    parser.add_argument(
+        "--config",
+        default=default_config,
+        help=f"YAML file of settings, or the name of a shipped one such as mnist_captions_paper (default: "
+        f"{Path(default_config).stem if default_config else None})",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     train_group = parser.add_argument_group("training")
     add_dataclass_flags(train_group, TrainConfig)
@@ -179,6 +190,8 @@ def train_arg_parser(
 
 
 COND = "model.condition."
+#: the YAML configs that ship with the recipes; --config NAME reads NAME.yaml from here
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "recipes" / "configs"
 
 
 def parse_train_args(

@@ -1,35 +1,12 @@
 """Train unconditional DRAW on binarized MNIST (the paper's MNIST setting by default).
 
-Examples:
-  accelerate launch recipes/train_mnist.py                      # the paper's config, all epochs
-  accelerate launch recipes/train_mnist.py --max-steps 200      # a short run
-  accelerate launch recipes/train_mnist.py --no-attention       # the 87.40-nat baseline
-  accelerate launch recipes/train_mnist.py --resume             # continue the run in --output-dir
-  accelerate launch --multi_gpu --num_processes 2 recipes/train_mnist.py   # 2 processes
+The recipe lives in the package (cdraw/recipes/mnist.py, its config in cdraw/recipes/configs/); this
+file runs it from a source checkout: `accelerate launch recipes/train_mnist.py --help`. The same:
+`cdraw train mnist` and `python -m cdraw.recipes.mnist`.
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
 from cdraw.cli import run_main
-from cdraw.config import parse_train_args
-from cdraw.data import ImageData, load_binarized_mnist
-from cdraw.training import train
-
-CONFIGS = Path(__file__).parent / "configs"
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    # --no-attention picks the baseline's config file (its own output folder), unless --config is given
-    default = CONFIGS / ("mnist_no_attention.yaml" if "--no-attention" in argv else "mnist.yaml")
-    cfg, resume = parse_train_args(argv, default_config=default, description=__doc__)
-    train_data = ImageData(load_binarized_mnist("train", cfg.data_dir))
-    valid_data = ImageData(load_binarized_mnist("valid", cfg.data_dir))
-    train(cfg, train_data, valid_data, resume=resume, dataset="binarized-mnist")
-
+from cdraw.recipes.mnist import main
 
 if __name__ == "__main__":
     run_main(main)

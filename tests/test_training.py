@@ -149,10 +149,12 @@ def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
         parse_train_args(["--config", str(yaml_file)])
     with pytest.raises(CDrawError, match="cannot read config file"):
         parse_train_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(CDrawError, match="shipped configs: coco, coco_paper, mnist, mnist_captions"):
+        parse_train_args(["--config", "mnist_paper"])  # not a file, not a shipped name
 
 
 def test_recipe_default_config_is_the_papers_mnist_setting():
-    cfg, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist.yaml")
+    cfg, _ = parse_train_args([], default_config=REPO / "cdraw" / "recipes" / "configs" / "mnist.yaml")
     m = cfg.model
     assert (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.attention) == (
         64, 2, 5, 256, 256, 100, True,
@@ -161,7 +163,7 @@ def test_recipe_default_config_is_the_papers_mnist_setting():
     # the optimiser recipe of docs/results.md, for both
     recipe = (cfg.lr, cfg.adam_beta1, cfg.warmup_steps, cfg.lr_schedule, cfg.init_from_data)
     assert recipe == (2e-3, 0.5, 500, "cosine", True)
-    base, _ = parse_train_args([], default_config=REPO / "recipes" / "configs" / "mnist_no_attention.yaml")
+    base, _ = parse_train_args(["--config", "mnist_no_attention"], default_config="mnist")  # shipped, by name
     assert not base.model.attention and base.output_dir != cfg.output_dir
     assert (base.lr, base.adam_beta1, base.warmup_steps, base.lr_schedule, base.init_from_data) == recipe
 

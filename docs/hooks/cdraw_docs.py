@@ -178,8 +178,8 @@ def train_flags() -> str:
     from cdraw.config import train_arg_parser
 
     with _columns():
-        parser = train_arg_parser("recipes/configs/NAME.yaml", conditional=True)
-        parser.prog = "recipes/train_NAME.py"
+        parser = train_arg_parser("NAME", conditional=True)
+        parser.prog = "cdraw train NAME"
         out = []
         for group in parser._action_groups:
             table = actions_table(parser, group._group_actions)

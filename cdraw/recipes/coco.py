@@ -1,0 +1,45 @@
+"""Train alignDRAW on COCO captions at 32x32 RGB (prepare it first: data_scripts/prepare_coco.py).
+
+Every caption of an image is a training example (the image itself is stored once). The colour
+likelihood is the discretised logistic, so the bound is in nats per 32x32x3 image.
+
+Examples:
+  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_train2014.json \\
+      --images ~/coco/train2014 --split train
+  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_val2014.json \\
+      --images ~/coco/val2014 --split val
+  cdraw train coco
+  cdraw train coco --text-encoder sentence-transformers/all-MiniLM-L6-v2
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cdraw.cli import run_main
+from cdraw.coco import caption_pairs, load_coco
+from cdraw.config import parse_train_args, train_arg_parser
+from cdraw.training import conditioned_data, train
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = train_arg_parser(CONFIGS / "coco.yaml", __doc__, conditional=True)
+    parser.add_argument("--coco-dir", help="folder made by data_scripts/prepare_coco.py (default: DATA_DIR/coco32)")
+    parser.add_argument("--train-split", default="train", help="split name given to prepare_coco.py (default: train)")
+    parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
+    args = parser.parse_args(argv)
+    cfg, resume = parse_train_args(argv, parser=parser)
+    splits = []
+    for name in (args.train_split, args.valid_split):  # the training split first: it fits the tokenizer
+        coco = load_coco(name, args.coco_dir, data_dir=cfg.data_dir)
+        image_index, captions = caption_pairs(coco.captions)  # (M,), M captions
+        splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index, resume=resume))
+    train(cfg, *splits, resume=resume, dataset="coco")
+
+
+if __name__ == "__main__":
+    run_main(main)
