@@ -10,19 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.errors import EXIT_USER_ERROR, CDrawError
 
-#: What `cdraw eval --json` is conventionally called inside a model folder (`cdraw info` shows it).
-
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -41,9 +36,6 @@ def run_main(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: the last complete checkpoint (if any) is intact", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-
-
-#: What a Hugging Face Hub model id looks like (``owner/name``).
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -226,98 +218,15 @@ def _describe(kind: str) -> str:
     }[kind]
 
 
-
-
-def cpu_thread_flags(launch_args: list[str]) -> list[str]:
-    """``--num_cpu_threads_per_process N`` for a machine without a GPU, where ``accelerate launch``
-    would otherwise set OMP_NUM_THREADS=1 and train on one core; nothing if the user chose."""
-    import torch
-
-    from cdraw.training import cpu_threads_per_process
-
-    chosen = any(a.startswith("--num_cpu_threads_per_process") for a in launch_args)  # --cpu does not set it
-    if chosen or "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
-        return []
-    processes = 1
-    for i, a in enumerate(launch_args):
-        value = a.split("=", 1)[1] if a.startswith("--num_processes=") else None
-        if a == "--num_processes" and i + 1 < len(launch_args):
-            value = launch_args[i + 1]
-        if value is not None and value.isdigit() and int(value) > 0:
-            processes = int(value)
-    return ["--num_cpu_threads_per_process", str(cpu_threads_per_process(processes))]
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    """One process: the recipe runs as a plain Python process on every core (accelerate needs no
-    launcher for one process). Several (``--launch-args "--multi_gpu --num_processes 2"``):
-    through ``accelerate launch``. Either way the recipe's exit status is this command's, and its
-    one-line errors are not followed by a launcher's traceback."""
-    from cdraw.recipes import NAMES
+    from cdraw.launch import run_recipe
 
-    if args.recipe not in NAMES:
-        raise CDrawError(f"no recipe {args.recipe!r}: choose one of {', '.join(NAMES)}")
-    module = f"cdraw.recipes.{args.recipe}"  # in the installed package: no source checkout needed
-    env = dict(os.environ)
-    if args.launch_args:
-        cmd = ["accelerate", "launch", *launch_defaults(args.launch_args), *cpu_thread_flags(args.launch_args)]
-        cmd += [*args.launch_args, "-m", module, *args.overrides]
-    else:
-        cmd = [sys.executable, "-m", module, *args.overrides]
-        threads = cpu_thread_flags([])
-        if threads:
-            env["OMP_NUM_THREADS"] = threads[1]
-    print("running:", " ".join(cmd), flush=True)
-    launched = bool(args.launch_args)  # through accelerate: its stderr is filtered
-    try:
-        child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE if launched else None)
-    except FileNotFoundError:
-        raise CDrawError("accelerate is not on PATH: activate the environment cdraw is installed in") from None
-    saw_error = False
-    try:
-        if launched:
-            saw_error = _pass_stderr(child.stderr)
-        code = child.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C: it says what it kept, and exits
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut its last words
-        if launched:
-            saw_error = _pass_stderr(child.stderr)
-        code = child.wait()
-    sys.exit(EXIT_USER_ERROR if launched and code and saw_error else code)
-
-
-def _pass_stderr(stream) -> bool:
-    """Copy a launch's stderr through byte for byte (progress bars keep their carriage returns) up
-    to the recipe's first ``error:`` line; what follows it is the launcher's report of the failed
-    processes (a traceback), not news to the user. Returns whether an ``error:`` line came."""
-    saw_error = False
-    for line in iter(stream.readline, b""):
-        if saw_error:
-            continue
-        sys.stderr.buffer.write(line)
-        sys.stderr.flush()
-        saw_error = line.split(b"\r")[-1].startswith(b"error:")
-    return saw_error
-
-
-def launch_defaults(launch_args: list[str]) -> list[str]:
-    """The ``accelerate launch`` settings a user left out, given explicitly (accelerate warns about
-    each one it defaults), and ``--quiet`` for one process (no launcher traceback after an error)."""
-    given = {a.split("=", 1)[0] for a in launch_args}
-    defaults = {"--num_machines": "1", "--mixed_precision": "no", "--dynamo_backend": "no"}
-    if "--multi_gpu" not in given:
-        defaults["--num_processes"] = "1"
-    out = [x for flag, value in defaults.items() if flag not in given for x in (flag, value)]
-    single = "--multi_gpu" not in given and "--num_processes" not in given
-    return out + (["--quiet"] if single and not given & {"--quiet", "-q"} else [])
+    sys.exit(run_recipe(args.recipe, args.launch_args, args.overrides))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import torch
-    from tqdm.auto import tqdm
-
-    from cdraw.evaluate import EVAL_DATASETS, bound_sums, default_dataset, evaluation_data, iwae_sum
-    from cdraw.io import atomic_write, read_record
+    from cdraw.evaluate import evaluate
+    from cdraw.io import atomic_write
 
     out = Path(args.json).expanduser() if args.json else None
     folder, model = _load_model(args)
@@ -326,91 +235,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
-    device = model.h_dec0.device
-    dataset = args.data or default_dataset(model, folder)
-    split = args.split or EVAL_DATASETS[dataset]
-    if (args.fidelity or args.retrieval) and model.config.condition is None:
-        raise CDrawError("--fidelity and --retrieval measure conditional models; this one is unconditional")
-    if args.retrieval and model.config.condition.kind == "label":
-        raise CDrawError("--retrieval ranks captions; this is a label model")
-    if dataset in ("mnist", "fashion-mnist") and split == "test" and read_record(folder).get("source") == "t10k":
-        warnings.warn(
-            f"{folder} was trained on images of the {dataset} test file (--source t10k): its test figures "
-            "include training images",
-            CDrawWarning,
-            stacklevel=1,
-        )
-    full = data = evaluation_data(model, dataset, split, args.data_dir)
-    if args.limit:
-        data = data.select(slice(0, args.limit))
-    torch.manual_seed(args.seed)
-    gen = torch.Generator(device).manual_seed(args.seed)
-
-    start = time.perf_counter()
-    with tqdm(total=len(data), desc="bound", unit="img", disable=args.quiet) as bar:
-        result = bound_sums(model, data, args.batch_size, gen, progress=bar).means()
-    result.update(dataset=dataset, split=split, checkpoint=str(folder), seed=args.seed)
-    print(f"{dataset} {split} ({result['images']} images), model {folder}")
-    print(
-        f"variational bound: {result['bound']:.2f} nats  (reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})"
+    result = evaluate(
+        model,
+        folder,
+        dataset=args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        iw_samples=args.iw_samples,
+        iw_limit=args.iw_limit,
+        fidelity=args.fidelity,
+        fidelity_samples=args.fidelity_samples,
+        retrieval=args.retrieval,
+        seed=args.seed,
+        progress=not args.quiet,
     )
-    if args.iw_samples:
-        iw_data = data.select(slice(0, args.iw_limit)) if args.iw_limit else data
-        with tqdm(total=len(iw_data), desc=f"IWAE k={args.iw_samples}", unit="img", disable=args.quiet) as bar:
-            total = iwae_sum(model, iw_data, args.iw_samples, max(1, args.batch_size // 10), gen, progress=bar)
-        result.update(iwae=total / len(iw_data), iw_samples=args.iw_samples, iwae_images=len(iw_data))
-        print(f"IWAE estimate of -log p(x), k={args.iw_samples}, {len(iw_data)} images: {result['iwae']:.2f} nats")
-    if args.fidelity:
-        result.update(_fidelity(model, dataset, args, gen, device))
-    if args.retrieval:
-        result.update(_retrieval(model, full, dataset, split, args, gen))
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    if args.json:
+    if out is not None:
         try:
             atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
         print(f"wrote {out}")
-
-
-def _fidelity(model, dataset: str, args: argparse.Namespace, gen, device) -> dict:
-    """Label fidelity (images generated per class) or caption fidelity (seen, held-out and paraphrased captions)."""
-    from cdraw.evaluate import caption_fidelity_splits, label_fidelity_of
-    from cdraw.fidelity import shipped_classifier
-
-    if model.config.condition.kind == "label":
-        if dataset not in ("mnist", "fashion-mnist"):
-            raise CDrawError(f"label fidelity needs --data mnist or fashion-mnist, got {dataset}")
-        found = label_fidelity_of(model, shipped_classifier(dataset, device), args.fidelity_samples, generator=gen)
-        n, share = found["fidelity_images"], found["label_fidelity"]
-        print(f"label fidelity: {share:.1%} of {n} generated images show their class")
-        return found
-    if dataset != "mnist-captions":
-        raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
-    classifier, found = shipped_classifier("mnist", device), {}
-    for split, (share, n) in caption_fidelity_splits(
-        model, classifier, args.fidelity_samples, args.data_dir, gen
-    ).items():
-        found[f"fidelity_{split}"] = share
-        print(f"caption fidelity, {split}: {share:.1%} of {n} generated images")
-    return found
-
-
-def _retrieval(model, data, dataset: str, split: str, args: argparse.Namespace, gen) -> dict:
-    """alignDRAW's retrieval: rank each image's caption among N captions of distinct images by the bound."""
-    from tqdm.auto import tqdm
-
-    from cdraw.evaluate import caption_ranks, retrieval_picks, retrieval_summary
-
-    chosen = data.select(retrieval_picks(dataset, split, args.retrieval, args.data_dir))
-    with tqdm(total=len(chosen), desc="retrieval", unit="img", disable=args.quiet) as bar:
-        ranks = caption_ranks(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
-    found = {f"retrieval_{k}": v for k, v in retrieval_summary(ranks).items()}
-    print(
-        f"retrieval among {len(ranks)} captions ({split}): R@1 {found['retrieval_r_at_1']:.1%}, "
-        f"R@5 {found['retrieval_r_at_5']:.1%}, median rank {found['retrieval_median_rank']:.0f}"
-    )
-    return found
 
 
 class _Parser(argparse.ArgumentParser):

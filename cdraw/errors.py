@@ -1,5 +1,7 @@
 """The one exception type for user mistakes (bad input, missing files, mismatched checkpoints)."""
 
+EXIT_USER_ERROR = 2  # the exit status of a command stopped by a CDrawError
+
 
 class CDrawError(Exception):
     """A mistake the user can fix; the message says what was wrong and what to do.

@@ -180,6 +180,7 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     alone would train on one thread); several go through accelerate launch with the thread flag
     and without its defaults warning."""
     from cdraw import cli
+    from cdraw import launch as launcher
     from cdraw.training import cpu_threads_per_process
 
     calls = []
@@ -193,7 +194,7 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
         def wait(self):
             return 0
 
-    monkeypatch.setattr(cli.subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     recipe = ["-m", "cdraw.recipes.mnist"]  # the installed package's recipe: no checkout needed
