@@ -4,8 +4,9 @@ Markers a page may hold (each on a line of its own):
 
     <!-- cdraw-cli -->                    the reference of every `cdraw` command, from cdraw.cli.build_parser()
     <!-- cdraw-train-flags -->            the flags every training recipe shares, from cdraw.config.train_arg_parser()
-    <!-- cdraw-recipe: train_mnist -->    a recipe's examples (its docstring), its own flags and its YAML config
+    <!-- cdraw-recipe: mnist -->          a recipe's examples (its module's docstring), its own flags, its config
     <!-- cdraw-figure-caption: NAME -->   the caption docs/make_figures.py wrote for figure NAME (figures.json)
+    <!-- cdraw-layers -->                 cdraw's modules in layers with the cdraw modules each imports
 
 and maths written as \\( inline \\) or \\[ display \\] (pymdownx.arithmatex) is turned into MathML here, so
 pages need no JavaScript and no CDN to show equations.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -27,7 +28,6 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = REPO / "recipes"
 FIGURES = REPO / "docs" / "figures"
 MARKER = re.compile(r"^<!-- cdraw-(?P<kind>[a-z-]+)(?::\s*(?P<arg>[\w.-]+))? -->$", re.MULTILINE)
 #: Width the usage lines are wrapped to (argparse reads it from $COLUMNS).
@@ -51,6 +51,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             return recipe_section(arg, where)
         if kind == "figure-caption" and arg:
             return figure_caption(arg, where)
+        if kind == "layers":
+            return import_layers()
         raise PluginError(f"{where}: unknown marker (see docs/hooks/cdraw_docs.py)")
 
     return MARKER.sub(replace, markdown)
@@ -190,15 +192,15 @@ def train_flags() -> str:
 
 
 def _recipe_parser(name: str, where: str) -> tuple[argparse.ArgumentParser, str]:
-    """The parser recipes/NAME.py builds, caught by running its main(["--help"]), and its docstring."""
+    """The parser the recipe ``cdraw.recipes.NAME`` builds (``train_NAME`` also names it), caught by
+    running its main(["--help"]), and its docstring."""
     import cdraw.config
+    from cdraw.recipes import NAMES
 
-    path = RECIPES / f"{name}.py"
-    if not path.is_file():
-        raise PluginError(f"{where}: no recipe {path}")
-    spec = importlib.util.spec_from_file_location(f"_cdraw_docs_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    short = name.removeprefix("train_")
+    if short not in NAMES:
+        raise PluginError(f"{where}: no recipe {short!r} (cdraw.recipes has {', '.join(NAMES)})")
+    module = importlib.import_module(f"cdraw.recipes.{short}")
     caught = []
     original = cdraw.config.train_arg_parser
 
@@ -220,7 +222,7 @@ def _recipe_parser(name: str, where: str) -> tuple[argparse.ArgumentParser, str]
         for owner, attr in patched:
             setattr(owner, attr, original)
     if not caught:
-        raise PluginError(f"{where}: {path} did not build its parser with cdraw.config.train_arg_parser")
+        raise PluginError(f"{where}: {module.__name__} did not build its parser with cdraw.config.train_arg_parser")
     return caught[-1], module.__doc__ or ""
 
 
@@ -229,7 +231,7 @@ def recipe_section(name: str, where: str) -> str:
     from cdraw.config import train_arg_parser
 
     parser, doc = _recipe_parser(name, where)
-    parser.prog = f"recipes/{name}.py"
+    parser.prog = f"cdraw train {name.removeprefix('train_')}"
     shared = {a.dest for a in train_arg_parser(None, conditional=True)._actions}
     own = [a for a in parser._actions if a.dest not in shared]
     config = next(a.default for a in parser._actions if a.dest == "config")
@@ -258,6 +260,46 @@ def recipe_section(name: str, where: str) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+# -- the layers of the package ----------------------------------------------------------------------
+
+
+def import_layers() -> str:
+    """cdraw's modules by layer, read from the source with ``ast``: a module's layer is one more than
+    the highest layer it imports (layer 0 imports nothing of cdraw), so each layer may import only
+    the layers below it. Every import counts, at the top of a module or inside a function."""
+    import ast
+
+    package = REPO / "cdraw"
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    imports = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cdraw"):
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+                found |= {t if t in modules else node.module for t in targets}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("cdraw")}
+        package_inits = {m for m in modules if name.startswith(m + ".")}  # a parent's __init__ is no need of its own
+        imports[name] = sorted(found & set(modules) - {name} - package_inits)
+    layer: dict[str, int] = {}
+
+    def depth(m: str) -> int:
+        if m not in layer:
+            layer[m] = 0  # guards a cycle (the import-cycle test fails on one)
+            layer[m] = 1 + max((depth(d) for d in imports[m]), default=-1)
+        return layer[m]
+
+    rows = ["| layer | module | imports from cdraw |", "| --- | --- | --- |"]
+    for m in sorted(modules, key=lambda m: (depth(m), m)):
+        needs = ", ".join(f"`{d.removeprefix('cdraw.')}`" for d in imports[m]) or "nothing"
+        rows.append(f"| {layer[m]} | `{m}` | {needs} |")
+    return "\n".join(rows)
 
 
 # -- figures ----------------------------------------------------------------------------------------
