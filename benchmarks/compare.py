@@ -10,6 +10,7 @@ Examples:
   python benchmarks/compare.py                                  # paper config, CPU, 3 rounds
   python benchmarks/compare.py --configs paper mnist-captions --json docs/figures/speed.json
   python benchmarks/compare.py --device cuda --batch-size 100
+  python benchmarks/compare.py --baseline b8e59c9 --compiled-only --rounds 2   # before/after a change
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ BASELINE = "790bed6"
 VARIANTS = {  # name -> (use the baseline checkout, compile)
     "baseline (eager, rev {rev})": (True, False),
     "this revision, --no-compile": (False, False),
+    "this revision, compiled": (False, True),
+}
+COMPILED_VARIANTS = {  # --compiled-only: the compiled training step before and after a change
+    "baseline (compiled, rev {rev})": (True, True),
     "this revision, compiled": (False, True),
 }
 
@@ -61,7 +66,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--smoke", action="store_true", help="the benchmark's smoke mode: checks the plumbing")
+    parser.add_argument(
+        "--compiled-only", action="store_true", help="compare the compiled step of both revisions (no eager runs)"
+    )
     args = parser.parse_args()
+    variants = COMPILED_VARIANTS if args.compiled_only else VARIANTS
     if args.rounds < 1:
         sys.exit("error: --rounds must be at least 1")
     if args.smoke:
@@ -78,7 +87,7 @@ def main() -> None:
             runs = {}
             for config in args.configs:
                 for rnd in range(args.rounds):
-                    for name, (old, compiled) in VARIANTS.items():
+                    for name, (old, compiled) in variants.items():
                         out = tmp / f"{config}-{rnd}-{len(runs)}.json"
                         r = bench(config, worktree if old else None, compiled, args, out)
                         runs.setdefault((config, name), []).append(r)
@@ -95,8 +104,8 @@ def main() -> None:
           "peak memory MiB | first steps s | sample 64 s |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for config in args.configs:
-        base = med(runs[(config, next(iter(VARIANTS)))], "train_images_per_s")
-        for name in VARIANTS:
+        base = med(runs[(config, next(iter(variants)))], "train_images_per_s")
+        for name in variants:
             rs = runs[(config, name)]
             r = rs[0]
             device = f"{r['device']} ({r['threads']} threads)" if r["device"] == "cpu" else r["device_name"]
