@@ -143,12 +143,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from cdraw.evaluate import EVAL_DATASETS, default_dataset, evaluation_data
+    from cdraw import datasets
+    from cdraw.evaluate import evaluation_data
     from cdraw.generate import reconstruct
 
     folder, model = _load_model(args)
-    dataset = args.data or default_dataset(model, folder)
-    data = evaluation_data(model, dataset, args.split or EVAL_DATASETS[dataset], args.data_dir)
+    dataset = args.data or datasets.for_model(model.config, folder).name
+    data = evaluation_data(model, dataset, args.split or datasets.get(dataset).eval_split, args.data_dir)
     rows = slice(0, args.num)
     from cdraw.generate import output_dir
 
@@ -273,7 +274,7 @@ def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cdraw.evaluate import EVAL_DATASETS
+    from cdraw.datasets import DATASETS
 
     parser = _Parser(
         prog="cdraw",
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     _add_common(rec, "model folder or run folder (default: the shipped unconditional model)")
-    rec.add_argument("--data", choices=list(EVAL_DATASETS), help="data set (default: the one the model was trained on)")
+    rec.add_argument("--data", choices=list(DATASETS), help="data set (default: the one the model was trained on)")
     rec.add_argument("--split", help="which split (default: the test split)")
     rec.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
     rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
@@ -392,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--data",
-        choices=list(EVAL_DATASETS),
+        choices=list(DATASETS),
         help="data set (default: from the model: binarized-mnist, mnist for labels, mnist-captions, coco)",
     )
     ev.add_argument(

@@ -128,22 +128,15 @@ def caption_ranks(
 
 
 def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = None) -> Tensor:
-    """Indices of ``n`` examples of :func:`evaluation_data` with distinct targets, for retrieval:
-    one caption per image (COCO's images have about five), one per layout (MNIST with captions:
-    "a on the left of b" and "b on the right of a" are one layout)."""
-    if dataset == "mnist-captions":
-        from cdraw.mnist_captions import load_mnist_captions, mirror, parse_caption
+    """Indices of ``n`` examples of a split with distinct targets, for retrieval (the data set's
+    ``retrieval_keys``: one caption per COCO image, one per MNIST-with-captions layout)."""
+    from cdraw import datasets
 
-        captions = load_mnist_captions(split, data_dir=data_dir).captions
-        keys = [min(c, mirror(c)) if (c := parse_caption(text)) else text for text in captions]
-    elif dataset == "coco":
-        from cdraw.coco import caption_pairs, load_coco
-
-        keys = caption_pairs(load_coco(split, data_dir=data_dir).captions)[0].tolist()
-    else:
+    found = datasets.get(dataset)
+    if found.retrieval_keys is None:
         raise CDrawError(f"retrieval ranks captions: {dataset} has none")
     first: dict = {}
-    for i, key in enumerate(keys):
+    for i, key in enumerate(found.retrieval_keys(split, data_dir)):
         first.setdefault(key, i)
         if len(first) == n:
             break
@@ -163,58 +156,19 @@ def retrieval_summary(ranks: Tensor) -> dict[str, float]:
 
 # -- conditional models: which data, and does a generated image show what was asked? ------------
 
-#: The data sets `cdraw eval` knows, and their default evaluation split.
-EVAL_DATASETS = {
-    "binarized-mnist": "test",
-    "mnist": "test",
-    "fashion-mnist": "test",
-    "mnist-captions": "test_seen",
-    "coco": "val",
-}
-
-
-def default_dataset(model: DRAW, folder: str | Path | None = None) -> str:
-    """The data set a model was trained on: as recorded in its folder's ``training.json``, else
-    the likeliest for its shape and conditioning."""
-    dataset = read_record(folder).get("dataset") if folder is not None else None
-    if dataset in EVAL_DATASETS:
-        return dataset
-    cfg = model.config
-    if cfg.condition is None:
-        return "binarized-mnist"
-    if cfg.condition.kind == "label":
-        return "mnist"
-    return "coco" if cfg.channels == 3 else "mnist-captions"
-
-
 def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None = None) -> ImageData:
-    """A split of ``dataset`` as :class:`ImageData`, its labels or captions encoded by ``model``'s tokenizer."""
-    from cdraw.data import binarize, load_binarized_mnist, load_labelled
+    """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
+    captions encoded by the model's tokenizer."""
+    from cdraw import datasets
 
-    if dataset not in EVAL_DATASETS:
-        raise CDrawError(f"unknown data set {dataset!r}: choose one of {', '.join(EVAL_DATASETS)}")
-    if dataset == "binarized-mnist":
-        if model.config.condition is not None:
-            raise CDrawError("binarized MNIST has no labels or captions; pick the data set the model was trained on")
-        return ImageData(load_binarized_mnist(split, data_dir))
-    if model.config.condition is None:
-        raise CDrawError(f"{dataset} is for conditional models; this model is unconditional (use binarized-mnist)")
-    if dataset in ("mnist", "fashion-mnist"):
-        parts = {"train": "train", "test": "t10k"}
-        if split not in parts:
-            raise CDrawError(f"{dataset} splits are train and test, got {split!r}")
-        images, labels = load_labelled(dataset, parts[split], data_dir)
-        return ImageData(binarize(images), 2, model.encode_condition(labels))
-    if dataset == "mnist-captions":
-        from cdraw.mnist_captions import load_mnist_captions
-
-        data = load_mnist_captions(split, data_dir=data_dir)
-        return ImageData(data.images, 2, model.encode_condition(data.captions))
-    from cdraw.coco import caption_pairs, load_coco
-
-    coco = load_coco(split, data_dir=data_dir)
-    image_index, captions = caption_pairs(coco.captions)
-    return ImageData(coco.images, 256, model.encode_condition(captions), image_index)
+    found = datasets.get(dataset)
+    cond = model.config.condition
+    wants = None if cond is None else ("label" if cond.kind == "label" else "caption")
+    if found.conditions != wants:
+        has = f"has {found.conditions}s" if found.conditions else "has no labels or captions"
+        model_wants = f"{wants}s" if wants else "nothing (it is unconditional: use binarized-mnist)"
+        raise CDrawError(f"{dataset} {has}, and this model is conditioned on {model_wants}")
+    return found.load(split, data_dir, model.encode_condition if wants else None)
 
 
 @torch.no_grad()
@@ -313,8 +267,10 @@ def evaluate(
     if retrieval and model.config.condition.kind == "label":
         raise CDrawError("--retrieval ranks captions; this is a label model")
     device = model.h_dec0.device
-    dataset = dataset or default_dataset(model, folder)
-    split = split or EVAL_DATASETS[dataset]
+    from cdraw import datasets
+
+    dataset = dataset or datasets.for_model(model.config, folder).name
+    split = split or datasets.get(dataset).eval_split
     if dataset in ("mnist", "fashion-mnist") and split == "test" and read_record(folder).get("source") == "t10k":
         warnings.warn(
             f"{folder} was trained on images of the {dataset} test file (--source t10k): its test figures "

@@ -173,3 +173,33 @@ def test_binarize_thresholds_at_128():
     assert binarize(grey).tolist() == [0, 0, 0, 1, 1, 1] and binarize(grey).dtype == torch.uint8
     with pytest.raises(CDrawError, match="uint8"):
         binarize(grey.float() / 255)
+
+
+def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_idx_dir, tmp_path):
+    """One shape for all: get(name).load(split, data_dir, encode) -> ImageData; the data set of a
+    model is its training record's, else the first that fits its images and conditions."""
+    from cdraw import DRAW, datasets
+    from cdraw.evaluate import evaluation_data
+    from cdraw.generate import DEFAULT_MODELS
+    from cdraw.mnist_captions import make_mnist_captions
+
+    test = datasets.get("binarized-mnist").load("test", data_dir)
+    assert len(test) == 10_000 and test.batch(slice(0, 2)).shape == (2, 1, 28, 28) and test.conditions is None
+    labelled = datasets.get("mnist").load("test", mnist_idx_dir, encode=lambda labels: labels * 0 + 7)
+    assert len(labelled) == 10_000 and set(labelled.condition(slice(0, 50)).tolist()) == {7}
+    sizes = {"train": 10, "valid": 10, "test_seen": 10, "test_heldout": 10, "test_paraphrase": 10}
+    make_mnist_captions(tmp_path / "mnist_captions", mnist_idx_dir, sizes=sizes, source="t10k-split", download=False)
+    captions = datasets.get("mnist-captions").load("test_heldout", tmp_path, encode=lambda texts: texts)
+    assert len(captions) == 10 and captions.batch(slice(0, 1)).shape == (1, 1, 60, 60)
+    for kind, name in (("none", "binarized-mnist"), ("label", "mnist"), ("caption", "mnist-captions")):
+        model = DRAW.from_pretrained(DEFAULT_MODELS[kind])
+        assert datasets.for_model(model.config).name == name  # from the config alone
+        assert datasets.for_model(model.config, DEFAULT_MODELS[kind]).name == name  # and from the record
+    with pytest.raises(CDrawError, match="unknown data set 'svhn'"):
+        datasets.get("svhn")
+    with pytest.raises(CDrawError, match="binarized-mnist splits are train, valid, test"):
+        datasets.get("binarized-mnist").load("val", data_dir)
+    with pytest.raises(
+        CDrawError, match="binarized-mnist has no labels or captions, and this model is conditioned on labels"
+    ):
+        evaluation_data(DRAW.from_pretrained(DEFAULT_MODELS["label"]), "binarized-mnist", "test", data_dir)

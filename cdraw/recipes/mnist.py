@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cdraw import datasets
 from cdraw.cli import run_main
 from cdraw.config import parse_train_args
-from cdraw.data import ImageData, load_binarized_mnist
 from cdraw.training import train
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     # --no-attention picks the baseline's config file (its own output folder), unless --config is given
     default = CONFIGS / ("mnist_no_attention.yaml" if "--no-attention" in argv else "mnist.yaml")
     cfg, resume = parse_train_args(argv, default_config=default, description=__doc__)
-    train_data = ImageData(load_binarized_mnist("train", cfg.data_dir))
-    valid_data = ImageData(load_binarized_mnist("valid", cfg.data_dir))
-    train(cfg, train_data, valid_data, resume=resume, dataset="binarized-mnist")
+    mnist = datasets.get("binarized-mnist")
+    train_data, valid_data = mnist.load("train", cfg.data_dir), mnist.load("valid", cfg.data_dir)
+    train(cfg, train_data, valid_data, resume=resume, dataset=mnist.name)
 
 
 if __name__ == "__main__":

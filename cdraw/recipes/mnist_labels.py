@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from cdraw import datasets
 from cdraw.cli import run_main
 from cdraw.config import parse_train_args, train_arg_parser
-from cdraw.data import LABELLED_URLS, binarize, load_labelled
 from cdraw.training import conditioned_data, train
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -31,7 +31,8 @@ SPLIT_SEED = 0
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = train_arg_parser(CONFIGS / "mnist_labels.yaml", __doc__, conditional=True)
-    parser.add_argument("--dataset", choices=tuple(LABELLED_URLS), default="mnist", help="default: mnist")
+    labelled = [name for name, d in datasets.DATASETS.items() if d.conditions == "label"]
+    parser.add_argument("--dataset", choices=labelled, default="mnist", help="default: mnist")
     parser.add_argument(
         "--source",
         choices=("train", "t10k"),
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    images, labels = load_labelled(args.dataset, args.source, cfg.data_dir)
-    images = binarize(images)  # (N, 1, 28, 28) 0/1
+    split = {"train": "train", "t10k": "test"}[args.source]
+    images, _, labels, _ = datasets.get(args.dataset).loader(split, cfg.data_dir)  # (N, 1, 28, 28) 0/1, (N,)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     valid, train_ = perm[: VALID_SIZE[args.source]], perm[VALID_SIZE[args.source] :]
     train_data = conditioned_data(cfg, images[train_], 2, labels[train_])

@@ -1,0 +1,38 @@
+"""The data sets, one module each, behind one shape: ``get(name).load(split, data_dir, encode)`` gives
+:class:`~cdraw.data.ImageData`. Training, ``cdraw eval`` and ``cdraw reconstruct`` load through here;
+making a data set (MNIST with captions, COCO at 32x32) is a separate step (``data_scripts/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cdraw.datasets import binarized_mnist, coco, labelled, mnist_captions
+from cdraw.datasets.base import DataSet
+from cdraw.errors import CDrawError
+from cdraw.io import read_record
+
+DATASETS: dict[str, DataSet] = {
+    d.name: d for d in (binarized_mnist.DATASET, labelled.MNIST, labelled.FASHION, mnist_captions.DATASET, coco.DATASET)
+}
+
+
+def get(name: str) -> DataSet:
+    if name not in DATASETS:
+        raise CDrawError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def for_model(config: Any, folder: str | Path | None = None) -> DataSet:
+    """The data set a model was trained on: as its folder's ``training.json`` records, else the first
+    whose images and conditions fit the model's config."""
+    recorded = read_record(folder).get("dataset") if folder is not None else None
+    if recorded in DATASETS:
+        return DATASETS[recorded]
+    for dataset in DATASETS.values():
+        if dataset.fits(config):
+            return dataset
+    raise CDrawError("no data set of cdraw fits this model; name one with --data")
+
+
+__all__ = ["DATASETS", "DataSet", "for_model", "get"]

@@ -1,0 +1,45 @@
+"""What a data set is to the rest of cdraw: a name, its splits, what it conditions on, and one way to load
+a split as :class:`~cdraw.data.ImageData`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cdraw.data import ImageData
+from cdraw.errors import CDrawError
+
+#: A loader's answer: (images (N, C, H, W) uint8, levels, conditions (labels or captions) or None,
+#: image index (M,) or None when example i is image i).
+Raw = tuple[torch.Tensor, int, Sequence[Any] | torch.Tensor | None, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One data set behind the shape every caller uses: :meth:`load` a split."""
+
+    name: str
+    eval_split: str  # the split `cdraw eval` measures by default
+    splits: tuple[str, ...] | None  # None: whatever splits were prepared (COCO)
+    conditions: str | None  # None (unconditional), "label" or "caption"
+    image_shape: tuple[int, int, int] | None  # (C, H, W) of its images; None: any (COCO at the size prepared)
+    loader: Callable[[str, str | None], Raw]
+    retrieval_keys: Callable[[str, str | None], list] | None = None  # one key per example: same key, same target
+
+    def load(self, split: str, data_dir: str | None = None, encode: Callable | None = None) -> ImageData:
+        """A split as :class:`ImageData`; ``encode`` (a model's ``encode_condition``) turns its labels
+        or captions into the tensor the model reads (without it they are left out)."""
+        if self.splits is not None and split not in self.splits:
+            raise CDrawError(f"{self.name} splits are {', '.join(self.splits)}, got {split!r}")
+        images, levels, conditions, image_index = self.loader(split, data_dir)
+        ids = encode(conditions) if encode is not None and conditions is not None else None
+        return ImageData(images, levels, ids, image_index)
+
+    def fits(self, config: Any) -> bool:
+        """Whether a model of this DRAWConfig could have been trained on this data set."""
+        kind = None if config.condition is None else ("label" if config.condition.kind == "label" else "caption")
+        shape_ok = self.image_shape is None or tuple(self.image_shape) == (config.channels, *config.image_size)
+        return kind == self.conditions and shape_ok
