@@ -161,3 +161,15 @@ def test_paper_configs_carry_the_official_numbers(name, numbers):
     got = (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.align_size, m.condition.hidden_size)
     assert got == numbers and m.learned_prior and m.bounded_prior and m.condition.kind == "bilstm"
     assert (cfg.lr, cfg.batch_size) == (1e-3, 100)
+
+
+def test_caption_recipe_makes_the_data_set_on_first_use(mnist_idx_dir, tmp_path, capsys):
+    """A data folder without mnist_captions/ (an installed package has no data_scripts/ at hand): made there."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mnist").symlink_to(mnist_idx_dir / "mnist")
+    out = tmp_path / "run"
+    flags = [*TINY, *TEXT_TINY, "--data-dir", str(data), "--output-dir", str(out), "--epoch-size", "100"]
+    recipe("train_mnist_captions.py")([*flags, "--valid-images", "40"])
+    assert "making MNIST with captions" in capsys.readouterr().out
+    assert (data / "mnist_captions" / "metadata.json").is_file() and (out / "model" / "config.json").is_file()

@@ -21,8 +21,17 @@ from pathlib import Path
 
 from cdraw.cli import positive_int, run_main
 from cdraw.config import parse_train_args, train_arg_parser
-from cdraw.data import ImageData
-from cdraw.mnist_captions import fresh_train_data, load_mnist_captions, load_train_pool, split_combos
+from cdraw.data import ImageData, default_data_dir
+from cdraw.errors import CDrawError
+from cdraw.mnist_captions import (
+    METADATA_NAME,
+    SUBDIR,
+    fresh_train_data,
+    load_mnist_captions,
+    load_train_pool,
+    make_mnist_captions,
+    split_combos,
+)
 from cdraw.training import condition_tokenizer, train
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -32,13 +41,22 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = train_arg_parser(CONFIGS / "mnist_captions.yaml", __doc__, conditional=True)
     parser.add_argument(
-        "--captions-dir", help="folder made by data_scripts/make_mnist_captions.py (default: DATA_DIR/mnist_captions)"
+        "--captions-dir",
+        help="folder made by data_scripts/make_mnist_captions.py (default: DATA_DIR/mnist_captions; made there "
+        "with the default settings when it does not exist yet)",
     )
     parser.add_argument(
         "--epoch-size", type=positive_int, help="composites per epoch (default: the dataset's train size)"
     )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
+    folder = Path(args.captions_dir or Path(cfg.data_dir or default_data_dir()) / SUBDIR).expanduser()
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
+        print(f"making MNIST with captions in {folder} (data_scripts/make_mnist_captions.py, default settings)")
+        make_mnist_captions(folder, cfg.data_dir)
+    elif not (folder / METADATA_NAME).is_file():
+        raise CDrawError(f"{folder} is not MNIST with captions (no {METADATA_NAME}): point --captions-dir elsewhere")
+    args.captions_dir = str(folder)
     pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
     tokenizer = condition_tokenizer(cfg, [c.text() for c in split_combos(bans)[0]], resume=resume)
     train_data = fresh_train_data(pool, bans, args.epoch_size or meta["sizes"]["train"], cfg.seed, tokenizer.encode)
