@@ -76,6 +76,10 @@ class TrainConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no, or bf16 (autocast through accelerate)"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (slower; exact resume)"})
     record_batches: bool = field(default=False, metadata={"help": "write each process's batch indices (audit)"})
+    log_with: str = field(
+        default="tensorboard",
+        metadata={"help": "trackers besides log.csv: tensorboard, wandb (pip install wandb), all, or none"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -98,6 +102,8 @@ class TrainConfig:
             raise CDrawError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise CDrawError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.log_with not in ("tensorboard", "wandb", "all", "none"):
+            raise CDrawError(f"log_with must be tensorboard, wandb, all or none, got {self.log_with!r}")
         if self.warmup_steps < 0:
             raise CDrawError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_minutes is not None and not self.max_minutes > 0:

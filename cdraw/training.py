@@ -92,6 +92,37 @@ def cpu_threads_per_process(local_processes: int = 1) -> int:
     return max(1, cores // max(1, local_processes))
 
 
+def trackers(log_with: str) -> list[str]:
+    """The accelerate trackers of ``--log-with`` (``all``: those installed); asking for wandb without it is
+    a one-line error, and a broken TensorBoard install never stops training (log.csv is always written)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    if log_with == "none":
+        return []
+    if log_with == "all":
+        return [name for name, ok in available.items() if ok]
+    if log_with == "wandb" and not available["wandb"]:
+        raise CDrawError("--log-with wandb: wandb is not installed (pip install wandb), or use tensorboard")
+    return [log_with] if available[log_with] else []
+
+
+def hyperparameters(cfg: TrainConfig) -> dict[str, int | float | str | bool]:
+    """The run's settings as flat ``key: value`` pairs (``model.read_size``), as trackers record them."""
+    flat: dict[str, int | float | str | bool] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            key = prefix.rstrip(".")
+            flat[key] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk("", cfg.to_dict())
+    return flat
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes, to compare models across processes."""
     h = hashlib.sha256()
@@ -120,7 +151,12 @@ class Trainer:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        self.acc = acc = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.mixed_precision,
+            log_with=trackers(cfg.log_with) or None,
+            project_dir=str(self.out),
+        )
         if cfg.tf32 and acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -174,7 +210,6 @@ class Trainer:
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._batches_seen: list[list[int]] = []
-        self._writer = None
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -205,6 +240,7 @@ class Trainer:
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if self.main:
             tqdm.write(f"training run folder: {self.out.resolve()}")
+        acc.init_trackers("tensorboard", config=hyperparameters(cfg))  # a folder of the run: out/tensorboard
         if cfg.compile and self.main:
             tqdm.write(
                 "compiling the training step (torch.compile): the first step takes longer; --no-compile skips it"
@@ -253,9 +289,7 @@ class Trainer:
             audit = {"batches": self._batches_seen, "weights_sha256": weights_digest(self._unwrapped)}
             (self.out / f"audit_rank{self.rank}.json").write_text(json.dumps(audit))
         acc.wait_for_everyone()
-        if self._writer is not None:
-            self._writer.close()
-        acc.end_training()
+        acc.end_training()  # closes the trackers
         return valid
 
     def _out_of_time(self) -> bool:
@@ -345,23 +379,10 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
-        writer = self._tensorboard()
-        if writer is not None:
-            writer.add_scalar(f"{split}/bound", loss, st.step)
-            writer.add_scalar(f"{split}/recon", recon, st.step)
-            writer.add_scalar(f"{split}/kl", kl, st.step)
-            if speed is not None:
-                writer.add_scalar(f"{split}/images_per_s", speed, st.step)
-
-    def _tensorboard(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.out / "tensorboard"))
-        return self._writer or None
+        scalars = {f"{split}/bound": loss, f"{split}/recon": recon, f"{split}/kl": kl}
+        if speed is not None:
+            scalars[f"{split}/images_per_s"] = speed
+        self.acc.log(scalars, step=st.step)  # TensorBoard (out/tensorboard), wandb: as --log-with says
 
     # -- validation, samples, checkpoints ---------------------------------------------------
 

@@ -47,7 +47,13 @@ def test_recipe_end_to_end_in_one_process(data_dir, tmp_path):
     assert [r["split"] for r in rows] == ["train", "train", "train", "valid"]
     assert all(float(r["loss"]) > 0 for r in rows)
     assert (out / "samples" / "step-00000012.png").is_file()
-    assert any((out / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train/bound", "valid/bound", "train/kl"} <= set(events.Tags()["scalars"])  # accelerate's tracker
+    assert events.Scalars("valid/bound")[-1].step == 12
+    assert any(p.is_dir() for p in (out / "tensorboard").iterdir())  # add_hparams: the run's settings
     assert (out / "checkpoints" / "latest").read_text() == "step-00000012"
     model = DRAW.from_pretrained(out / "model")
     assert model.config.steps == 4 and model.config.attention
@@ -223,6 +229,25 @@ def test_init_from_data_starts_at_the_mean_image_with_a_unit_gain_writer(small_s
     assert torch.allclose(plain.writer(raw_plain), model.writer(raw_init), atol=1e-6)  # same first writes
     with pytest.raises(CDrawError, match="mean image"):
         model.init_from_data(torch.zeros(1, 5, 5))
+
+
+def test_trackers_log_the_runs_flat_hyperparameters_and_wandb_must_be_installed(small_sets, tmp_path):
+    from cdraw.training import hyperparameters, trackers
+
+    cfg = tiny_train_config(tmp_path / "run", max_steps=2, log_with="none")
+    flat = hyperparameters(cfg)
+    assert flat["lr"] == cfg.lr and flat["model.read_size"] == cfg.model.read_size and flat["max_minutes"] == "None"
+    assert all(isinstance(v, int | float | str | bool) for v in flat.values())
+    train(cfg, *small_sets)
+    assert not (tmp_path / "run" / "tensorboard").exists()  # --log-with none: log.csv only
+    assert trackers("none") == [] and "tensorboard" in trackers("all")
+    from accelerate.utils import is_wandb_available
+
+    if not is_wandb_available():
+        with pytest.raises(CDrawError, match="wandb is not installed"):
+            trackers("wandb")
+    with pytest.raises(CDrawError, match="log_with must be"):
+        TrainConfig(log_with="mlflow")
 
 
 def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, tmp_path, monkeypatch):
