@@ -167,7 +167,7 @@ def _decode(model: Any, z: Tensor, s: State, w: Weights, cond: Any):
     """Eq. (7), h_dec_t = RNN_dec(h_dec_{t-1}, [z_t, s_t, v]) -> (c_dec_t, the heads of h_dec_t, alpha_t)."""
     inputs, alpha = z, None
     if cond.words is not None:  # alignDRAW's s_t, from h_dec_{t-1}
-        sentence, alpha = model.alignment.attend(cond.keys, cond.words, cond.padding, s.dec["align"])
+        sentence, alpha = model.alignment.attend(cond.keys, cond.words, cond.mask, s.dec["align"])
         inputs = torch.cat([z, sentence], dim=-1)
     gates = torch.addmm(s.dec["dec"], inputs, w.dec_in.t())  # (B, 4F)
     if w.dec_const is not None:

@@ -263,13 +263,13 @@ class Alignment(nn.Module):
 
     def forward(self, cond: Conditions, h_dec: Tensor) -> tuple[Tensor, Tensor]:
         """The caption's words (``cond``) and h_dec_{t-1} (B, F) -> s_t (B, K), alpha_t (B, L)."""
-        return self.attend(cond.keys, cond.words, cond.padding, self.W(h_dec))
+        return self.attend(cond.keys, cond.words, cond.mask, self.W(h_dec))
 
-    def attend(self, keys: Tensor, words: Tensor, padding: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-        """keys (B, L, A), words (B, L, K), padding (B, L) True at padding, query (B, A) the
+    def attend(self, keys: Tensor, words: Tensor, mask: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """keys (B, L, A), words (B, L, K), mask (B, L) True at real tokens (as Context.mask), query (B, A) the
         product W h_dec_{t-1} + b -> s_t (B, K), alpha_t (B, L)."""
         scores = self.v(torch.tanh(keys + query[:, None])).squeeze(-1)  # (B, L)
-        alpha = torch.softmax(scores.masked_fill(padding, -math.inf), dim=-1)  # (B, L), 0 on padding
+        alpha = torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1)  # (B, L), 0 on padding
         return torch.einsum("bl,blk->bk", alpha, words), alpha
 
 
@@ -278,7 +278,7 @@ class Conditions(NamedTuple):
 
     vector: Tensor | None  # (B, D)
     words: Tensor | None  # (B, L, K)
-    padding: Tensor | None  # (B, L) True at padding
+    mask: Tensor | None  # (B, L) True at real tokens, False at padding (as Context.mask)
     keys: Tensor | None  # (B, L, A) U h_lang, computed once
 
 
@@ -461,7 +461,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         mask = _checked(ctx.mask, words.shape[:2], "word mask").bool()  # (B, L)
         if check and not mask.any(1).all():  # tokenizers never make an empty caption: checked when generating
             raise CDrawError("every caption needs at least one token")
-        return Conditions(vector, words, ~mask, self.alignment.keys(words))
+        return Conditions(vector, words, mask, self.alignment.keys(words))
 
     def _wants(self) -> str:
         kind = self.config.condition.kind if self.config.condition is not None else None

@@ -11,9 +11,9 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 from cdraw import attention
 
 
-def paper_loss(model, x, eps, vector=None, words=None, padding=None):
+def paper_loss(model, x, eps, vector=None, words=None, mask=None):
     """-ELBO per image (B,) for images ``x``, step noise ``eps`` (T, B, Z), an optional context
-    vector (B, D) and caption word states (B, L, K) with their padding (B, L)."""
+    vector (B, D) and caption word states (B, L, K) with their mask (B, L), True at real tokens."""
     cfg = model.config
     b = x.shape[0]
     h_enc, c_enc = model.h_enc0.expand(b, -1), model.c_enc0.expand(b, -1)
@@ -41,7 +41,7 @@ def paper_loss(model, x, eps, vector=None, words=None, padding=None):
         kl = kl + kl_divergence(Normal(mu, log_sigma.exp()), prior).sum(-1)  # (10)
         dec_in = [z]
         if words is not None:  # alignDRAW: s_t from h_dec_{t-1}
-            s, _ = model.alignment.attend(keys, words, padding, model.alignment.W(h_dec))
+            s, _ = model.alignment.attend(keys, words, mask, model.alignment.W(h_dec))
             dec_in.append(s)
         if vector is not None:
             dec_in.append(vector)

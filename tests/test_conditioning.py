@@ -125,8 +125,8 @@ def test_alignment_is_the_papers_formula():
     align = Alignment(word_size=5, dec_size=4, align_size=3)
     words, h_dec = torch.randn(2, 6, 5), torch.randn(2, 4)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    s, alpha = align(Conditions(None, words, ~mask, align.keys(words)), h_dec)
-    s_fused, alpha_fused = align.attend(align.keys(words), words, ~mask, align.W(h_dec))  # the query W h_dec + b
+    s, alpha = align(Conditions(None, words, mask, align.keys(words)), h_dec)
+    s_fused, alpha_fused = align.attend(align.keys(words), words, mask, align.W(h_dec))  # the query W h_dec + b
     torch.testing.assert_close((s_fused, alpha_fused), (s, alpha))
     U, W, b, v = align.U.weight, align.W.weight, align.W.bias, align.v.weight[0]
     for i in range(2):
@@ -150,7 +150,7 @@ def test_caption_model_step_equals_the_papers_equations(tokenizer_dir, fused):
     ctx = model.condition(ids)
     eps = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     fast = model(x, ctx, generator=torch.Generator().manual_seed(1)).loss
-    slow = paper_loss(model, x, eps, ctx.vector, ctx.words, ~ctx.mask.bool())
+    slow = paper_loss(model, x, eps, ctx.vector, ctx.words, ctx.mask.bool())
     torch.testing.assert_close(fast, slow)
     params = [p for p in model.parameters() if p.requires_grad]
     fast_grads = torch.autograd.grad(fast.sum(), params, retain_graph=True, allow_unused=True)
