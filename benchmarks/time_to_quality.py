@@ -113,6 +113,22 @@ def record(name: str, out: Path, minutes: float, data_dir: str | None, returncod
     return entry
 
 
+def table(results: dict) -> str:
+    """The study as Markdown: one row per run, best test bound first (within each budget)."""
+    rows = [
+        "| row | change | budget | steps | images | test bound (nats) | recon + KL |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    done = [(name, r) for name, r in results.items() if r.get("returncode") == 0]
+    for name, r in sorted(done, key=lambda item: (ROWS[item[0]][1] or 20.0, item[1]["test_bound"])):
+        budget = f"{ROWS[name][1] or 20:g} min"
+        rows.append(
+            f"| `{name}` | {r['change']} | {budget} | {r['steps']:,} | {r['images_seen']:,} | "
+            f"**{r['test_bound']:.2f}** | {r['recon']:.2f} + {r['kl']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS), metavar="ROW")
@@ -122,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="folder with binarized_mnist/ (default: $CDRAW_DATA_DIR or the cache)")
     parser.add_argument("--list", action="store_true", help="print the rows and their flags, then stop")
     parser.add_argument("--collect", action="store_true", help="only record the finished runs of --rows")
+    parser.add_argument("--table", action="store_true", help="print OUT/results.json as a Markdown table, then stop")
     args = parser.parse_args(argv)
     if args.list:
         for name, (change, _, flags) in ROWS.items():
             print(f"{name:16s} {change}  [{shlex.join(flags)}]")
+        return 0
+    if args.table:
+        print(table(json.loads((args.out / "results.json").read_text())))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     if args.collect:
