@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cdraw.conditioning import ConditionConfig
+from cdraw.conditioning.base import CONFIG_CLASSES
 from cdraw.errors import CDrawError
 from cdraw.io import typed_fields
 from cdraw.model import DRAWConfig
@@ -154,9 +155,15 @@ def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str = "") -> None:
-    """One flag per field of ``cls``; only the flags a user passes land in the namespace."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    """One flag per field of ``cls`` (:class:`ConditionConfig`: of every kind, once); only the flags a
+    user passes land in the namespace."""
+    if cls is ConditionConfig:
+        fields = [(f, typing.get_type_hints(c)) for c in CONFIG_CLASSES.values() for f in dataclasses.fields(c)]
+        fields = list({f.name: (f, hints) for f, hints in fields}.values())
+    else:
+        hints = typing.get_type_hints(cls)
+        fields = [(f, hints) for f in dataclasses.fields(cls)]
+    for f, hints in fields:
         tp, kwargs = _flag_type(hints[f.name])
         if dataclasses.is_dataclass(tp):  # nested configs get their own group
             continue
@@ -233,4 +240,11 @@ def parse_train_args(
             d["model"][key.removeprefix("model.")] = value
         else:
             d[key] = value
+    condition = d["model"]["condition"]
+    if condition is not None:  # a flag of another kind of encoder is a mistake (YAML keys of one are dropped)
+        own = {f.name for f in dataclasses.fields(CONFIG_CLASSES.get(condition.get("kind", "label"), ConditionConfig))}
+        wrong = [k.removeprefix(COND) for k in args if k.startswith(COND) and k.removeprefix(COND) not in own]
+        if wrong:
+            flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+            raise CDrawError(f"{flags}: not a setting of a {condition.get('kind', 'label')} condition encoder")
     return TrainConfig.from_dict(d), resume

@@ -636,15 +636,21 @@ def check_output_dir(out: Path, resume: bool) -> None:
 RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboard")
 
 
-def _architecture(cfg: DRAWConfig) -> DRAWConfig:
-    """The config without where its encoder's files are (a checkpoint points at its own copies)."""
-    if cfg.condition is None:
-        return cfg
-    return dataclasses.replace(cfg, condition=dataclasses.replace(cfg.condition, tokenizer=None, text_encoder=""))
+#: what a saved condition config says of its files rather than its shape: where its tokenizer or
+#: text model is (a checkpoint points at its own copies) and the trained tokenizer's real vocabulary
+_FROM_FILES = ("tokenizer", "text_encoder", "vocab_size")
+
+
+def _architecture(cfg: DRAWConfig) -> dict:
+    """The config as a dict, without what its encoder's files decide (see _FROM_FILES)."""
+    d = cfg.to_dict()
+    if d["condition"] is not None:
+        d["condition"] = {k: v for k, v in d["condition"].items() if k not in _FROM_FILES}
+    return d
 
 
 def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
-    da, db = _architecture(a).to_dict(), _architecture(b).to_dict()
+    da, db = _architecture(a), _architecture(b)
     return "\n".join(f"  {k}: checkpoint {da[k]!r}, now {db[k]!r}" for k in da if da[k] != db[k])
 
 

@@ -25,7 +25,7 @@ def saved(tmp_path, tiny_cfg):
 
 def test_round_trip_gives_the_same_model(saved):
     model, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # with its card
     loaded = DRAW.from_pretrained(path)
     assert loaded.config == model.config
     x = (torch.rand(3, 1, 28, 28) > 0.5).float()

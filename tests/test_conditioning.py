@@ -339,3 +339,24 @@ def test_tensors_and_numpy_labels_given_for_generation_are_checked(tokenizer_dir
     captions = DRAW(tiny(bilstm(tokenizer_dir)))
     with pytest.raises(CDrawError, match="out of range"):
         captions.sample(1, torch.tensor([[3, 10_000]]))
+
+
+def test_one_config_class_per_kind_and_the_earlier_single_class_form_still_reads():
+    from cdraw.conditioning import BiLSTMConfig, LabelConfig, PretrainedConfig
+
+    assert type(ConditionConfig(kind="label", num_classes=3)) is LabelConfig
+    bilstm = ConditionConfig(kind="bilstm", hidden_size=5)
+    assert isinstance(bilstm, BiLSTMConfig) and isinstance(bilstm, ConditionConfig) and bilstm.words_size == 10
+    assert set(bilstm.to_dict()) == {"kind", "embed_size", "hidden_size", "vocab_size", "max_length", "tokenizer"}
+    assert isinstance(ConditionConfig(kind="pretrained"), PretrainedConfig)
+    with pytest.raises(CDrawError, match="word_size: not a setting of a bilstm condition encoder"):
+        ConditionConfig(kind="bilstm", word_size=4)
+    earlier = {  # what every config.json held before: every field of every kind
+        "kind": "bilstm", "num_classes": 10, "embed_size": 128, "hidden_size": 128, "vocab_size": 1000,
+        "max_length": 32, "tokenizer": ".", "text_encoder": "sentence-transformers/all-MiniLM-L6-v2",
+        "fine_tune": False, "word_size": 256,
+    }  # fmt: skip
+    read = ConditionConfig.from_dict(earlier)
+    assert read == BiLSTMConfig(embed_size=128, hidden_size=128, vocab_size=1000, max_length=32, tokenizer=".")
+    with pytest.raises(CDrawError, match="unknown BiLSTMConfig fields"):
+        ConditionConfig.from_dict({**earlier, "hiden_size": 3})  # a typo is still an error

@@ -4,7 +4,15 @@ An encoder turns a batch's conditions (encoded by its tokenizer) into a :class:`
 vector, and/or per-word states with a padding mask that the decoder aligns over (alignDRAW).
 """
 
-from cdraw.conditioning.base import DEFAULT_TEXT_ENCODER, KINDS, ConditionConfig, Context
+from cdraw.conditioning.base import (
+    DEFAULT_TEXT_ENCODER,
+    KINDS,
+    BiLSTMConfig,
+    ConditionConfig,
+    Context,
+    LabelConfig,
+    PretrainedConfig,
+)
 from cdraw.conditioning.encoders import (
     BiLSTMEncoder,
     LabelEncoder,
@@ -19,12 +27,15 @@ __all__ = [
     "DEFAULT_TEXT_ENCODER",
     "KINDS",
     "PAD",
+    "BiLSTMConfig",
     "BiLSTMEncoder",
     "ConditionConfig",
     "Context",
     "HFTokenizer",
+    "LabelConfig",
     "LabelEncoder",
     "LabelTokenizer",
+    "PretrainedConfig",
     "PretrainedTextEncoder",
     "SentencePieceTokenizer",
     "make_encoder",

@@ -74,8 +74,9 @@ class BiLSTMEncoder(nn.Module):
         return Context(words=run_bilstm(self.lstm, self.embedding(ids.clamp(min=0)), mask), mask=mask)
 
     def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
+        """The tokenizer beside the weights; the config records it and its real vocabulary size."""
         self.tokenizer.save(folder)
-        return dataclasses.replace(cfg, tokenizer=".")
+        return dataclasses.replace(cfg, tokenizer=".", vocab_size=self.tokenizer.vocab_size)
 
 
 class PretrainedTextEncoder(nn.Module):
