@@ -409,7 +409,7 @@ def main() -> None:
     deadline = t0 + 60 * args.budget_min
 
     if args.smoke:
-        cfg = DRAWConfig(steps=4, enc_size=32, dec_size=32, z_size=5, write_size=3)
+        cfg = DRAWConfig(glimpses=4, enc_size=32, dec_size=32, z_size=5, write_size=3)
         batches, speed_steps, test_timeout = (8, 16), 2, 60.0
         args.valid_images, args.eval_batch, args.log_every = 200, 200, 2
         args.iw_samples, args.iw_images, train_minutes = 2, 50, 0.05

@@ -132,7 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             labels=labels,
             num=args.num,
             seed=args.seed,
-            steps=args.steps,
+            glimpses=args.glimpses,
             gif=args.gif,
         )
     print(
@@ -170,7 +170,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     h, w = cfg.image_size
     print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
     print(f"model        DRAW, {n_params:,} parameters; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
-    print(f"steps        T = {cfg.steps}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
+    print(f"glimpses     T = {cfg.glimpses}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
     if cfg.attention:
         print(f"attention    read {cfg.read_size}x{cfg.read_size}, write {cfg.write_size}x{cfg.write_size}")
     else:
@@ -319,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--label", type=non_negative_int, nargs="+", metavar="K", help="one or more class labels")
     gen.add_argument("--captions-file", metavar="F", help="more captions, one per line")
     gen.add_argument("--num", type=positive_int, default=16, help="images per caption or label (default: 16)")
-    gen.add_argument("--steps", type=positive_int, help="drawing steps (default: the model's T)")
+    gen.add_argument(
+        "--glimpses", "--steps", type=positive_int, help="glimpses to draw (default: the model's T, its glimpses)"
+    )
     gen.add_argument(
         "--out",
         help="output folder; an earlier call's pictures in it are replaced (default: a new folder "

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: the dataclass defaults (the paper's settings), a YAML file
 (``--config``), then flags. Every field of :class:`TrainConfig` and of its nested
-:class:`~cdraw.DRAWConfig` is a flag: ``--lr 3e-4``, ``--steps 16``, ``--no-attention``.
+:class:`~cdraw.DRAWConfig` is a flag: ``--lr 3e-4``, ``--glimpses 16``, ``--no-attention``.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
             kwargs["type"] = tp
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
+            *f.metadata.get("aliases", []),  # earlier names keep working
             dest=dest_prefix + f.name,
             default=argparse.SUPPRESS,
             help=f"{help_text} (default: {default})",

@@ -156,6 +156,7 @@ def retrieval_summary(ranks: Tensor) -> dict[str, float]:
 
 # -- conditional models: which data, and does a generated image show what was asked? ------------
 
+
 def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None = None) -> ImageData:
     """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
     captions encoded by the model's tokenizer."""

@@ -119,7 +119,7 @@ def generate(
     labels: Sequence[int] | None = None,
     num: int = 16,
     seed: int = 0,
-    steps: int | None = None,
+    glimpses: int | None = None,
     gif: bool = True,
 ) -> list[Path]:
     """Draw ``num`` images (per caption or label, if given) and save the pictures into ``out``.
@@ -143,7 +143,7 @@ def generate(
     ids = model.encode_condition(conditions) if conditions is not None else None  # (R,) or (R, L)
     batch_ids = ids.repeat_interleave(num, dim=0) if ids is not None else None  # (R * num, ...)
     gen = torch.Generator(device).manual_seed(seed)
-    trace = model.sample_trace(rows * num, batch_ids, generator=gen, steps=steps)
+    trace = model.sample_trace(rows * num, batch_ids, generator=gen, glimpses=glimpses)
     texts = [f"label {c}" for c in conditions] if labels is not None and not captions else conditions
     with staged_output(out) as tmp:
         pictures.labelled_grid(trace.images, tmp / "images.png", nrow=num if conditions else None, row_labels=texts)

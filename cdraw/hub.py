@@ -76,7 +76,7 @@ def describe(config: Any, parameters: int) -> str:
     kind = config.condition.kind if config.condition else "unconditional"
     h, w = config.image_size
     return (
-        f"DRAW ({kind}), {parameters:,} parameters, {config.channels}x{h}x{w} images, T = {config.steps}, "
+        f"DRAW ({kind}), {parameters:,} parameters, {config.channels}x{h}x{w} images, T = {config.glimpses}, "
         f"read {config.read_size}x{config.read_size}, write {config.write_size}x{config.write_size}, "
         f"LSTMs {config.enc_size}/{config.dec_size}, z {config.z_size}, prior "
         f"{'learned' if config.learned_prior else 'N(0, I)'}. Full settings: `config.json`."

@@ -41,7 +41,7 @@ import dataclasses
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,7 +75,7 @@ MODEL_TYPE = "draw"
 
 #: The largest sizes a DRAWConfig may name (far beyond any DRAW; they catch typos and damaged files).
 SIZE_LIMITS = {
-    "image_size": 4096, "channels": 64, "steps": 10_000, "read_size": 1024, "write_size": 1024,
+    "image_size": 4096, "channels": 64, "glimpses": 10_000, "read_size": 1024, "write_size": 1024,
     "enc_size": 65_536, "dec_size": 65_536, "z_size": 65_536, "align_size": 65_536, "context_size": 65_536,
 }  # fmt: skip
 #: ... and the most parameters (about 4 GB of float32 weights).
@@ -88,7 +88,9 @@ class DRAWConfig:
 
     image_size: tuple[int, int] = (28, 28)  # (H, W)
     channels: int = 1
-    steps: int = 64  # T, the number of glimpses
+    glimpses: int = field(
+        default=64, metadata={"help": "T, the number of glimpses (steps of drawing)", "aliases": ["--steps"]}
+    )
     read_size: int = 2  # N of the read window
     write_size: int = 5  # N of the write window
     enc_size: int = 256
@@ -111,7 +113,7 @@ class DRAWConfig:
             raise CDrawError(f"DRAWConfig.condition must be a mapping of ConditionConfig fields: {self.condition!r}")
         if self.condition is not None and self.context_size:
             raise CDrawError("DRAWConfig: give either a condition encoder or a raw context_size, not both")
-        positive = ("channels", "steps", "read_size", "write_size", "enc_size", "dec_size", "z_size", "align_size")
+        positive = ("channels", "glimpses", "read_size", "write_size", "enc_size", "dec_size", "z_size", "align_size")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -164,6 +166,9 @@ class DRAWConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
+        """From a mapping of its fields; ``steps``, T's earlier name, still reads as ``glimpses``."""
+        if "steps" in d and "glimpses" not in d:
+            d = {("glimpses" if k == "steps" else k): v for k, v in d.items()}
         return cls(**typed_fields(cls, d))
 
 
@@ -359,7 +364,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     :class:`~cdraw.conditioning.Context`.
 
     Example:
-        >>> cfg = DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=4)
+        >>> cfg = DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=4)
         >>> model = DRAW(cfg)
         >>> out = model(torch.rand(2, 1, 28, 28).round())
         >>> out.loss.shape, out.kl.shape
@@ -388,7 +393,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         self.h_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.c_dec0 = nn.Parameter(torch.zeros(cfg.dec_size))
         self.canvas0 = nn.Parameter(torch.zeros(cfg.channels, *cfg.image_size))
-        self._compiled_steps, self._steps_per_call = None, self.config.steps  # see compile_step()
+        self._compiled_steps, self._steps_per_call = None, self.config.glimpses  # see compile_step()
         self.fused = True  # see use_fused_step()
 
     # -- conditions -------------------------------------------------------------------------
@@ -563,7 +568,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         """
         if not isinstance(steps_per_call, int) or steps_per_call < 1:
             raise CDrawError(f"steps_per_call must be a positive integer, got {steps_per_call!r}")
-        t = self.config.steps
+        t = self.config.glimpses
         self._steps_per_call = max(k for k in range(1, min(t, steps_per_call) + 1) if t % k == 0)
         compiled = torch.compile(self._steps, **{"dynamic": False, **options}) if enabled else None
         self._compiled_steps = _FirstCallFallback(compiled, self._steps) if enabled else None
@@ -604,7 +609,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         cond = self._conditions(condition, b)
         w = fused.gather(self, cond) if self.fused else None
         state = fused.initial_state(self, w, b) if w is not None else self.initial_state(b)
-        eps = self._noise(self.config.steps, b, generator, shared_noise)  # (T, B or 1, Z)
+        eps = self._noise(self.config.glimpses, b, generator, shared_noise)  # (T, B or 1, Z)
         compiled = self._compiled_steps is not None and torch.is_grad_enabled()
         run = self._compiled_steps if compiled else self._steps
         want = Wanted(return_log_ratio, return_canvases, return_windows)
@@ -634,19 +639,19 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         condition: Any = None,
         *,
         generator: torch.Generator | None = None,
-        steps: int | None = None,
+        glimpses: int | None = None,
     ) -> Trace:
         """Draw ``n`` images from the prior, keeping every canvas, attention window and alignment.
 
-        ``steps``: how many glimpses to draw (default: the T the model was trained with; fewer
+        ``glimpses``: how many steps to draw (default: the T the model was trained with; fewer
         leave the picture unfinished, more let the decoder go on drawing past its training).
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise CDrawError(f"the number of images must be a positive integer, got {n!r}")
         cfg = self.config
-        steps = cfg.steps if steps is None else steps
+        steps = cfg.glimpses if glimpses is None else glimpses
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise CDrawError(f"the number of drawing steps must be a positive integer, got {steps!r}")
+            raise CDrawError(f"the number of glimpses to draw must be a positive integer, got {steps!r}")
         cond = self._conditions(condition, n, check=True)
         w = fused.gather(self, cond, encoding=False) if self.fused else None
         state = fused.initial_state(self, w, n) if w is not None else self.initial_state(n, encoding=False)

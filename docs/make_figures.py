@@ -56,7 +56,7 @@ READ_N = 12
 DIGIT_INDEX = 3500  # a 3 (the test split is sorted by class)
 GLIMPSE_SCALE = 8  # each image pixel becomes 8 x 8 screen pixels
 #: The stand-in model when no trained one ships: small, seeded, untrained.
-RANDOM_MODEL = DRAWConfig(steps=16, enc_size=64, dec_size=64, z_size=10)
+RANDOM_MODEL = DRAWConfig(glimpses=16, enc_size=64, dec_size=64, z_size=10)
 RANDOM_SEED = 0
 SAMPLES = 16
 
@@ -173,7 +173,7 @@ def drawing_figure(path: Path) -> str:
         cfg = model.config
         caption = (
             "The unconditional model that ships with cdraw (cdraw/assets/models/mnist/, "
-            f"T = {cfg.steps}, write window {cfg.write_size} x {cfg.write_size}) drawing {SAMPLES} samples "
+            f"T = {cfg.glimpses}, write window {cfg.write_size} x {cfg.write_size}) drawing {SAMPLES} samples "
             "from the prior. Each frame is one step: the canvas sigmoid(c_t) so far, and in green where "
             "that step wrote."
         )
@@ -183,7 +183,7 @@ def drawing_figure(path: Path) -> str:
             model = DRAW(RANDOM_MODEL).eval()
         cfg = model.config
         caption = (
-            f"A randomly initialised, untrained DRAW (T = {cfg.steps}, LSTMs of {cfg.enc_size}, z of {cfg.z_size}) "
+            f"A randomly initialised, untrained DRAW (T = {cfg.glimpses}, LSTMs of {cfg.enc_size}, z of {cfg.z_size}) "
             f"drawing {SAMPLES} samples: no trained unconditional model ships in cdraw/assets/models/mnist/ "
             "in this version, so this shows the mechanics, not digits. Each frame is one step: the canvas "
             "sigmoid(c_t) so far, and in green the window that step wrote through. Rerun python "

@@ -83,4 +83,4 @@ def tiny_cfg():
     """A DRAW small enough for many forward passes in a test."""
     from cdraw import DRAWConfig
 
-    return DRAWConfig(steps=4, enc_size=24, dec_size=24, z_size=5, read_size=2, write_size=3)
+    return DRAWConfig(glimpses=4, enc_size=24, dec_size=24, z_size=5, read_size=2, write_size=3)

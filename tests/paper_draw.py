@@ -21,7 +21,7 @@ def paper_loss(model, x, eps, vector=None, words=None, mask=None):
     canvas = model.canvas0.expand(b, *model.canvas0.shape)
     keys = model.alignment.U(words) if words is not None else None
     kl = 0
-    for t in range(cfg.steps):
+    for t in range(cfg.glimpses):
         x_hat = x - torch.sigmoid(canvas)  # (3)
         if cfg.attention:  # (4), with the window from h_dec_{t-1}
             r = attention.read(x, x_hat, model.reader.window(h_dec), cfg.read_size)

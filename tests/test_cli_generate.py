@@ -41,7 +41,7 @@ def models(tmp_path_factory):
     """A tiny unconditional, label and caption model, saved as checkpoints."""
     root = tmp_path_factory.mktemp("models")
     SentencePieceTokenizer.train(CAPTIONS, vocab_size=100, max_length=16).save(root / "tok")
-    small = dict(image_size=(16, 16), steps=3, enc_size=8, dec_size=8, z_size=2, read_size=2, write_size=3)
+    small = dict(image_size=(16, 16), glimpses=3, enc_size=8, dec_size=8, z_size=2, read_size=2, write_size=3)
     configs = {
         "plain": DRAWConfig(**small),
         "label": DRAWConfig(**small, condition=ConditionConfig(kind="label", num_classes=4, embed_size=3)),
@@ -160,7 +160,7 @@ def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):
 
     torch.manual_seed(0)
     folder = tmp_path / "mnist"
-    DRAW(DRAWConfig(steps=4, enc_size=8, dec_size=8, z_size=2)).save_pretrained(folder)
+    DRAW(DRAWConfig(glimpses=4, enc_size=8, dec_size=8, z_size=2)).save_pretrained(folder)
     (folder / TRAINING_RECORD).write_text('{"dataset": "binarized-mnist"}')
     proc = cdraw("reconstruct", "--checkpoint", str(folder), "--num", "6", "--out", str(tmp_path / "r"),
                  "--data-dir", str(data_dir))  # fmt: skip

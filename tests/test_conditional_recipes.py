@@ -133,7 +133,7 @@ def test_caption_run_resumes_with_its_tokenizer_and_a_new_run_never_touches_it(c
 def test_corrupt_training_record_is_a_one_line_error(tmp_path, capsys):
     from cdraw import DRAWConfig
 
-    DRAW(DRAWConfig(steps=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
+    DRAW(DRAWConfig(glimpses=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "training.json").write_text("{not json")
     with pytest.raises(SystemExit) as exit_:
         cdraw_main(["info", "--checkpoint", str(tmp_path / "m")])
@@ -164,7 +164,16 @@ def test_paper_configs_carry_the_official_numbers(name, numbers):
 
     cfg = TrainConfig.from_yaml(name)  # a shipped config, by name
     m = cfg.model
-    got = (m.steps, m.read_size, m.write_size, m.enc_size, m.dec_size, m.z_size, m.align_size, m.condition.hidden_size)
+    got = (
+        m.glimpses,
+        m.read_size,
+        m.write_size,
+        m.enc_size,
+        m.dec_size,
+        m.z_size,
+        m.align_size,
+        m.condition.hidden_size,
+    )
     assert got == numbers and m.learned_prior and m.bounded_prior and m.condition.kind == "bilstm"
     assert (cfg.lr, cfg.batch_size) == (1e-3, 100)
 

@@ -21,7 +21,7 @@ CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p
 
 def tiny(condition: ConditionConfig, **kw) -> DRAWConfig:
     return DRAWConfig(
-        image_size=(12, 12), steps=3, enc_size=16, dec_size=16, z_size=4, read_size=2, write_size=3,
+        image_size=(12, 12), glimpses=3, enc_size=16, dec_size=16, z_size=4, read_size=2, write_size=3,
         condition=condition, align_size=8, **kw,
     )  # fmt: skip
 

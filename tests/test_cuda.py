@@ -24,7 +24,7 @@ CUDA = torch.device("cuda") if torch.cuda.is_available() else None
 
 @pytest.fixture
 def cfg() -> DRAWConfig:
-    return DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=5, write_size=3)
+    return DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3)
 
 
 def fixed_noise(model: DRAW, eps: torch.Tensor) -> None:
@@ -39,7 +39,7 @@ def test_a_step_on_the_gpu_equals_the_step_on_the_cpu(cfg):
     gpu = DRAW(cfg).double().to(CUDA)
     gpu.load_state_dict(cpu.state_dict())
     x = (torch.rand(6, 1, 28, 28) > 0.7).double()
-    eps = torch.randn(cfg.steps, 6, cfg.z_size, dtype=torch.float64)
+    eps = torch.randn(cfg.glimpses, 6, cfg.z_size, dtype=torch.float64)
     losses = []
     for model in (cpu, gpu):
         fixed_noise(model, eps)
@@ -60,7 +60,7 @@ def test_compiled_step_on_the_gpu_equals_the_eager_step(cfg, mode):
     compiled = DRAW(cfg).to(CUDA).compile_step(**({} if mode == "default" else {"mode": mode}))
     compiled.load_state_dict(eager.state_dict())
     x = (torch.rand(16, 1, 28, 28, device=CUDA) > 0.7).float()
-    eps = torch.randn(cfg.steps, 16, cfg.z_size)
+    eps = torch.randn(cfg.glimpses, 16, cfg.z_size)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (eager, compiled)]
     for _ in range(2):
         losses = []
@@ -84,7 +84,7 @@ def test_sampling_on_the_gpu(cfg):
     assert images.device.type == "cuda" and images.shape == (5, 1, 28, 28)
     assert ((images >= 0) & (images <= 1)).all()
     trace = model.sample_trace(3)
-    assert trace.canvases.shape == (cfg.steps, 3, 1, 28, 28) and trace.read_windows.gx.is_cuda
+    assert trace.canvases.shape == (cfg.glimpses, 3, 1, 28, 28) and trace.read_windows.gx.is_cuda
 
 
 def test_evaluation_on_the_gpu_matches_the_cpu(cfg, mnist):
@@ -116,7 +116,7 @@ def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
     """Two optimiser steps of the training loop on the GPU (eager: the compiled step has its own
     tests above), TF32 on: a model folder that says cuda."""
     cfg = TrainConfig(
-        model=DRAWConfig(steps=8, enc_size=32, dec_size=32, z_size=5, write_size=3),
+        model=DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3),
         output_dir=str(tmp_path / "run"),
         max_steps=2,
         batch_size=50,

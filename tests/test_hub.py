@@ -21,7 +21,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def tiny() -> DRAW:
     torch.manual_seed(0)
-    return DRAW(DRAWConfig(steps=2, enc_size=8, dec_size=8, z_size=3))
+    return DRAW(DRAWConfig(glimpses=2, enc_size=8, dec_size=8, z_size=3))
 
 
 def cache_with(model_folder: Path, cache: Path, repo_id: str = "someone/draw-mnist") -> Path:

@@ -73,10 +73,10 @@ def test_forward_returns_nats_per_image_and_per_step_kl(tiny_cfg):
     model = DRAW(tiny_cfg)
     x = (torch.rand(6, 1, 28, 28) > 0.7).float()
     out = model(x, return_canvases=True)
-    assert out.loss.shape == (6,) and out.recon.shape == (6,) and out.kl.shape == (6, tiny_cfg.steps)
+    assert out.loss.shape == (6,) and out.recon.shape == (6,) and out.kl.shape == (6, tiny_cfg.glimpses)
     torch.testing.assert_close(out.loss, out.recon + out.kl.sum(1))
     assert (out.kl >= 0).all()
-    assert out.canvases.shape == (tiny_cfg.steps, 6, 1, 28, 28)
+    assert out.canvases.shape == (tiny_cfg.glimpses, 6, 1, 28, 28)
     # the final canvas is the one the likelihood scores
     logits = torch.logit(out.canvases[-1].clamp(1e-6, 1 - 1e-6))
     torch.testing.assert_close(Bernoulli().nll(logits, x), out.recon, rtol=1e-3, atol=1e-2)
@@ -102,7 +102,9 @@ PAPER_VARIANTS = {
 def test_bounded_prior_is_alignDRAWs_formula():
     """mu = tanh(W h_dec_{t-1}), sigma = exp(tanh(W' h_dec_{t-1})): at t = 1 from h_dec_0, whatever
     the weights (large ones would leave an unbounded prior far outside)."""
-    cfg = DRAWConfig(steps=1, enc_size=8, dec_size=8, z_size=3, context_size=2, learned_prior=True, bounded_prior=True)
+    cfg = DRAWConfig(
+        glimpses=1, enc_size=8, dec_size=8, z_size=3, context_size=2, learned_prior=True, bounded_prior=True
+    )
     torch.manual_seed(0)
     model = DRAW(cfg)
     with torch.no_grad():
@@ -131,7 +133,7 @@ def test_both_steps_equal_the_papers_equations(tiny_cfg, variant, fused):
             p.normal_(0, 0.3)
     x = (torch.rand(5, 1, 28, 28) > 0.7).double()
     vector = torch.randn(5, 3, dtype=torch.float64) if cfg.context_size else None
-    eps = torch.randn(cfg.steps, 5, cfg.z_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eps = torch.randn(cfg.glimpses, 5, cfg.z_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     fast = model(x, Context(vector) if vector is not None else None, generator=torch.Generator().manual_seed(1))
     fast_grads = torch.autograd.grad(fast.loss.sum(), list(model.parameters()))
     slow = paper_loss(model, x, eps, vector)
@@ -206,7 +208,7 @@ def test_a_step_that_cannot_be_compiled_warns_once_and_trains_eagerly(tiny_cfg):
 
 def test_gradcheck_through_one_draw_step():
     """float64, T = 1: gradients w.r.t. the image and the write patch weights are exact."""
-    cfg = DRAWConfig(image_size=(6, 5), steps=1, enc_size=4, dec_size=4, z_size=2, read_size=2, write_size=2)
+    cfg = DRAWConfig(image_size=(6, 5), glimpses=1, enc_size=4, dec_size=4, z_size=2, read_size=2, write_size=2)
     torch.manual_seed(0)
     model = DRAW(cfg).double()
     x = torch.rand(2, 1, 6, 5, dtype=torch.float64).requires_grad_()
@@ -236,7 +238,7 @@ def test_untrained_loss_is_near_784_ln2_and_falls_in_50_steps_on_real_mnist(mnis
     assert start < 784 * math.log(2) + 40, start
 
     torch.manual_seed(0)
-    model = DRAW(DRAWConfig(steps=8, enc_size=64, dec_size=64, z_size=10))
+    model = DRAW(DRAWConfig(glimpses=8, enc_size=64, dec_size=64, z_size=10))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for step in range(50):
@@ -258,10 +260,10 @@ def test_sample_and_trace(tiny_cfg):
     trace = model.sample_trace(5, generator=torch.Generator().manual_seed(1))
     again = model.sample(5, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(trace.images, again)  # seeded sampling is reproducible
-    assert trace.canvases.shape == (tiny_cfg.steps, 5, 1, 28, 28)
+    assert trace.canvases.shape == (tiny_cfg.glimpses, 5, 1, 28, 28)
     torch.testing.assert_close(trace.canvases[-1], trace.images)
     for windows in (trace.read_windows, trace.write_windows):
-        assert all(f.shape == (tiny_cfg.steps, 5) for f in windows)
+        assert all(f.shape == (tiny_cfg.glimpses, 5) for f in windows)
     plain = DRAW(dataclasses.replace(tiny_cfg, attention=False)).sample_trace(2)
     assert plain.read_windows is None and plain.images.shape == (2, 1, 28, 28)
     with pytest.raises(CDrawError, match="positive integer"):
@@ -278,7 +280,9 @@ def test_no_attention_model_reads_and_writes_whole_images(tiny_cfg):
 
 
 def test_colour_images_train_with_the_logistic_likelihood():
-    cfg = DRAWConfig(image_size=(8, 10), channels=3, steps=4, enc_size=32, dec_size=32, z_size=4, likelihood="logistic")
+    cfg = DRAWConfig(
+        image_size=(8, 10), channels=3, glimpses=4, enc_size=32, dec_size=32, z_size=4, likelihood="logistic"
+    )
     torch.manual_seed(0)
     model = DRAW(cfg)
     # smooth colour images on the 8-bit grid
@@ -317,8 +321,8 @@ def test_conditioning_seam_context_and_learned_prior(tiny_cfg):
 def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
     with pytest.raises(CDrawError, match=r"images must be \(B, 1, 28, 28\)"):
         DRAW(tiny_cfg)(torch.rand(2, 28, 28))
-    with pytest.raises(CDrawError, match="steps"):
-        DRAWConfig(steps=0)
+    with pytest.raises(CDrawError, match="glimpses"):
+        DRAWConfig(glimpses=0)
     with pytest.raises(CDrawError, match="likelihood"):
         DRAWConfig(likelihood="gaussian")
 

@@ -142,7 +142,7 @@ def test_animation_has_one_frame_per_step_with_durations_even_when_frames_repeat
 
 def test_a_tiny_model_draws_a_gif_of_its_steps(tmp_path):
     torch.manual_seed(0)
-    model = DRAW(DRAWConfig(steps=3, enc_size=8, dec_size=8, z_size=2))
+    model = DRAW(DRAWConfig(glimpses=3, enc_size=8, dec_size=8, z_size=2))
     trace = model.sample_trace(4)
     frames = canvas_frames(trace.canvases, write_windows=trace.write_windows, write_size=5, scale=2)
     path = save_animation(frames, tmp_path / "drawing.gif")

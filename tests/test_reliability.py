@@ -79,7 +79,7 @@ def test_damaged_optimizer_or_rng_files_are_refused_in_one_line(tmp_path, sets, 
 
 
 def test_absurd_config_sizes_are_refused_before_anything_is_allocated(tmp_path):
-    DRAW(DRAWConfig(steps=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
+    DRAW(DRAWConfig(glimpses=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
     raw = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "enc_size": 10**12}))
     one_line(cdraw("info", "--checkpoint", str(tmp_path / "m")), "config.json", "enc_size", "at most")
@@ -238,7 +238,7 @@ def test_eval_json_folder_is_not_made_for_a_missing_checkpoint(tmp_path):
 def test_saved_files_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:
-        DRAW(DRAWConfig(steps=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
+        DRAW(DRAWConfig(glimpses=2, enc_size=8, dec_size=8, z_size=2)).save_pretrained(tmp_path / "m")
     finally:
         os.umask(old)
     for name in ("model.safetensors", "config.json"):

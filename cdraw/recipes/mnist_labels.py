@@ -7,7 +7,7 @@ Examples:
   cdraw train mnist_labels                        # MNIST, 55k train / 5k valid
   cdraw train mnist_labels --dataset fashion-mnist
   cdraw train mnist_labels --source t10k          # only the 10k test file at hand
-  cdraw train mnist_labels --max-steps 200 --steps 8   # a quick look
+  cdraw train mnist_labels --max-steps 200 --glimpses 8   # a quick look
 """
 
 from __future__ import annotations
