@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         model(x, condition).loss.mean().backward()
     gflop_per_image = counter.get_total_flops() / args.batch_size / 1e9
     opt.zero_grad(set_to_none=True)
+    if args.readable:  # DRAW.step as written instead of cdraw.fused (revisions that have both)
+        model.use_fused_step(False)
     if args.compile:
         model.compile_step(steps_per_call=args.steps_per_call)
 
@@ -155,6 +157,7 @@ def run(args: argparse.Namespace) -> dict:
         "config": args.config,
         "model": dataclasses.asdict(cfg),
         "compiled": args.compile,
+        "readable_step": args.readable,
         "cdraw": str(Path(cdraw.__file__).parent),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -208,6 +211,7 @@ def main() -> None:
         help="compile the training step, as training does by default (default: on)",
     )
     parser.add_argument("--steps-per-call", type=int, default=8, help="glimpses per compiled graph (default: 8)")
+    parser.add_argument("--readable", action="store_true", help="time DRAW.step as written, not the fused step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timing window (default: 5)")
     parser.add_argument("--windows", type=int, default=5, help="timing windows; the median is reported (default: 5)")
