@@ -49,7 +49,7 @@ CONFIGS = {
     "paper": DRAWConfig(),  # DRAW with attention, MNIST (Table 3)
     "paper-no-attention": DRAWConfig(attention=False),
     "mnist-captions": None,  # alignDRAW on MNIST with captions: the shipped model's config
-    "tiny": DRAWConfig(glimpses=4, enc_size=32, dec_size=32, z_size=5, write_size=3),
+    "tiny": DRAWConfig.from_dict(dict(steps=4, enc_size=32, dec_size=32, z_size=5, write_size=3)),
 }
 CAPTIONS_MODEL = Path(cdraw.__file__).parent / "assets" / "models" / "mnist_captions"
 CAPTIONS = [  # the two kinds of sentence of MNIST with captions

@@ -28,9 +28,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: what every row starts from: the recipe as it was when the study ran (its lr was 2e-3 then)
+BASE = ["--lr", "2e-3"]
 #: name -> (what changes against the recipe, minutes or None for --minutes, the recipe flags)
 ROWS: dict[str, tuple[str, float | None, list[str]]] = {
-    "recipe": ("the recipe: Adam 2e-3, beta1 0.5, 500 warm-up, cosine, batch 100, clip 10, data start", None, []),
+    "recipe": ("the study's base: Adam 2e-3, beta1 0.5, 500 warm-up, cosine, batch 100, clip 10, data start", None, []),
     "t32": ("T = 32 glimpses instead of 64", None, ["--steps", "32"]),
     "no-data-start": ("no data start: canvas at 0, write window at its default gain", None, ["--no-init-from-data"]),
     "beta1-0.9": ("Adam beta1 0.9", None, ["--adam-beta1", "0.9"]),
@@ -62,6 +64,7 @@ ROWS: dict[str, tuple[str, float | None, list[str]]] = {
 def row_commands(name: str, out: Path, minutes: float, data_dir: str | None) -> tuple[list[str], list[str]]:
     """The training and the evaluation command of one row."""
     _, own_minutes, flags = ROWS[name]
+    flags = flags if "--lr" in flags else [*BASE, *flags]  # the study's base lr (the recipe's default is now 4e-3)
     run = out / name
     data = ["--data-dir", data_dir] if data_dir else []
     train = [
@@ -113,17 +116,24 @@ def record(name: str, out: Path, minutes: float, data_dir: str | None, returncod
     return entry
 
 
+def own_flags(name: str) -> list[str]:
+    """A row's flags of `cdraw train mnist` (besides output folder, budget and validation size)."""
+    train = row_commands(name, Path("OUT"), 20, None)[0]
+    return train[4 : train.index("--output-dir")]
+
+
 def table(results: dict) -> str:
     """The study as Markdown: one row per run, best test bound first (within each budget)."""
     rows = [
-        "| row | change | budget | steps | images | test bound (nats) | recon + KL |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| row | change | flags of `cdraw train mnist` | budget | steps | images | test bound (nats) | recon + KL |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     done = [(name, r) for name, r in results.items() if r.get("returncode") == 0]
     for name, r in sorted(done, key=lambda item: (ROWS[item[0]][1] or 20.0, item[1]["test_bound"])):
         budget = f"{ROWS[name][1] or 20:g} min"
         rows.append(
-            f"| `{name}` | {r['change']} | {budget} | {r['steps']:,} | {r['images_seen']:,} | "
+            f"| `{name}` | {r['change']} | `{shlex.join(own_flags(name))}` | "
+            f"{budget} | {r['steps']:,} | {r['images_seen']:,} | "
             f"**{r['test_bound']:.2f}** | {r['recon']:.2f} + {r['kl']:.2f} |"
         )
     return "\n".join(rows)

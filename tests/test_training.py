@@ -170,7 +170,7 @@ def test_recipe_default_config_is_the_papers_mnist_setting():
     assert cfg.batch_size == 100 and cfg.grad_clip > 0
     # the optimiser recipe of docs/results.md, for both
     recipe = (cfg.lr, cfg.adam_beta1, cfg.warmup_steps, cfg.lr_schedule, cfg.init_from_data)
-    assert recipe == (2e-3, 0.5, 500, "cosine", True)
+    assert recipe == (4e-3, 0.5, 500, "cosine", True)
     base, _ = parse_train_args(["--config", "mnist_no_attention"], default_config="mnist")  # shipped, by name
     assert not base.model.attention and base.output_dir != cfg.output_dir
     assert (base.lr, base.adam_beta1, base.warmup_steps, base.lr_schedule, base.init_from_data) == recipe
