@@ -60,7 +60,7 @@ def test_recipe_end_to_end_in_one_process(data_dir, tmp_path):
     # the config of the run is recorded, and the paper's settings were the base
     recorded = TrainConfig.from_dict(__import__("yaml").safe_load((out / "train_config.yaml").read_text()))
     assert recorded.model.read_size == 2 and recorded.model.z_size == 5
-    assert (recorded.lr, recorded.adam_beta1, recorded.lr_schedule) == (2e-3, 0.5, "cosine")  # the recipe
+    assert (recorded.lr, recorded.adam_beta1, recorded.lr_schedule) == (4e-3, 0.5, "cosine")  # the recipe
 
 
 def free_port() -> int:
