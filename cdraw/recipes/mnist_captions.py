@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 from cdraw.cli import positive_int, run_main
 from cdraw.config import parse_train_args, train_arg_parser
 from cdraw.data import ImageData, default_data_dir
@@ -51,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
     folder = Path(args.captions_dir or Path(cfg.data_dir or default_data_dir()) / SUBDIR).expanduser()
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
-        print(f"making MNIST with captions in {folder} (data_scripts/make_mnist_captions.py, default settings)")
-        make_mnist_captions(folder, cfg.data_dir)
-    elif not (folder / METADATA_NAME).is_file():
+    with PartialState().local_main_process_first():  # one process per machine makes it, the others then read it
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
+            print(f"making MNIST with captions in {folder} (data_scripts/make_mnist_captions.py, default settings)")
+            make_mnist_captions(folder, cfg.data_dir)
+    if not (folder / METADATA_NAME).is_file():
         raise CDrawError(f"{folder} is not MNIST with captions (no {METADATA_NAME}): point --captions-dir elsewhere")
     args.captions_dir = str(folder)
     pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
