@@ -161,10 +161,10 @@ def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None 
     """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
     captions encoded by the model's tokenizer."""
     from cdraw import datasets
+    from cdraw.datasets.base import conditioned_on
 
     found = datasets.get(dataset)
-    cond = model.config.condition
-    wants = None if cond is None else ("label" if cond.kind == "label" else "caption")
+    wants = conditioned_on(model.config)
     if found.conditions != wants:
         has = f"has {found.conditions}s" if found.conditions else "has no labels or captions"
         model_wants = f"{wants}s" if wants else "nothing (it is unconditional: use binarized-mnist)"

@@ -561,7 +561,8 @@ def default_folder() -> Path:
     return default_data_dir() / SUBDIR
 
 
-def _folder(folder: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> Path:
+def captions_folder(folder: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where the data set is: ``folder``, else ``data_dir/mnist_captions``, else :func:`default_folder`."""
     if folder is None:
         folder = Path(data_dir) / SUBDIR if data_dir is not None else default_folder()
     return Path(folder).expanduser()
@@ -569,7 +570,7 @@ def _folder(folder: str | os.PathLike | None, data_dir: str | os.PathLike | None
 
 def read_metadata(folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None) -> dict:
     """The ``metadata.json`` of a dataset folder (see :func:`load_mnist_captions` for where it is looked for)."""
-    folder = _folder(folder, data_dir)
+    folder = captions_folder(folder, data_dir)
     file = folder / METADATA_NAME
     if not file.is_file():
         raise CDrawError(
@@ -608,7 +609,7 @@ def load_mnist_captions(
 
     if split not in SPLITS:
         raise CDrawError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    folder = _folder(folder, data_dir)
+    folder = captions_folder(folder, data_dir)
     if split == "train":
         pool, bans, meta = load_train_pool(folder, data_dir=data_dir)
         return train_composites(pool, bans, meta["sizes"]["train"], meta["seed"], 0)

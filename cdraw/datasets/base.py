@@ -17,6 +17,13 @@ from cdraw.errors import CDrawError
 Raw = tuple[torch.Tensor, int, Sequence[Any] | torch.Tensor | None, torch.Tensor | None]
 
 
+def conditioned_on(config: Any) -> str | None:
+    """What a DRAWConfig's model is conditioned on, in a data set's terms: None, "label" or "caption"."""
+    if config.condition is None:
+        return None
+    return "label" if config.condition.kind == "label" else "caption"
+
+
 @dataclass(frozen=True)
 class DataSet:
     """One data set behind the shape every caller uses: :meth:`load` a split."""
@@ -40,6 +47,6 @@ class DataSet:
 
     def fits(self, config: Any) -> bool:
         """Whether a model of this DRAWConfig could have been trained on this data set."""
-        kind = None if config.condition is None else ("label" if config.condition.kind == "label" else "caption")
+        kind = conditioned_on(config)
         shape_ok = self.image_shape is None or tuple(self.image_shape) == (config.channels, *config.image_size)
         return kind == self.conditions and shape_ok

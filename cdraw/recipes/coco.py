@@ -15,14 +15,13 @@ Examples:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from cdraw.cli import run_main
 from cdraw.coco import caption_pairs, load_coco
-from cdraw.config import parse_train_args, train_arg_parser
+from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
 from cdraw.training import conditioned_data, train
 
-CONFIGS = Path(__file__).parent / "configs"
+CONFIGS = SHIPPED_CONFIGS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,14 +11,13 @@ Examples:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from cdraw import datasets
 from cdraw.cli import run_main
-from cdraw.config import parse_train_args
+from cdraw.config import SHIPPED_CONFIGS, parse_train_args
 from cdraw.training import train
 
-CONFIGS = Path(__file__).parent / "configs"
+CONFIGS = SHIPPED_CONFIGS
 
 
 def main(argv: list[str] | None = None) -> None:

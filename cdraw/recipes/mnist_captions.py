@@ -17,17 +17,16 @@ Examples:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from accelerate import PartialState
 
 from cdraw.cli import positive_int, run_main
-from cdraw.config import parse_train_args, train_arg_parser
-from cdraw.data import ImageData, default_data_dir
+from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
+from cdraw.data import ImageData
 from cdraw.errors import CDrawError
 from cdraw.mnist_captions import (
     METADATA_NAME,
-    SUBDIR,
+    captions_folder,
     fresh_train_data,
     load_mnist_captions,
     load_train_pool,
@@ -36,7 +35,7 @@ from cdraw.mnist_captions import (
 )
 from cdraw.training import condition_tokenizer, train
 
-CONFIGS = Path(__file__).parent / "configs"
+CONFIGS = SHIPPED_CONFIGS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    folder = Path(args.captions_dir or Path(cfg.data_dir or default_data_dir()) / SUBDIR).expanduser()
+    folder = captions_folder(args.captions_dir, cfg.data_dir)
     with PartialState().local_main_process_first():  # one process per machine makes it, the others then read it
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
             print(f"making MNIST with captions in {folder} (data_scripts/make_mnist_captions.py, default settings)")

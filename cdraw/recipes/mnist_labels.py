@@ -13,16 +13,15 @@ Examples:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
 from cdraw import datasets
 from cdraw.cli import run_main
-from cdraw.config import parse_train_args, train_arg_parser
+from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
 from cdraw.training import conditioned_data, train
 
-CONFIGS = Path(__file__).parent / "configs"
+CONFIGS = SHIPPED_CONFIGS
 #: Validation images held out of the idx file trained on; the test file stays untouched.
 VALID_SIZE = {"train": 5_000, "t10k": 1_000}
 SPLIT_SEED = 0
