@@ -200,7 +200,8 @@ def cmd_info(args: argparse.Namespace) -> None:
             "fidelity_test_seen",
             "fidelity_test_heldout",
             "fidelity_test_paraphrase",
-            "retrieval_r_at_1",
+            "retrieval_images_r_at_1",
+            "retrieval_captions_r_at_1",
             "iwae",
         )
         extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retrieval",
         type=positive_int,
         metavar="N",
-        help="rank each of N images' caption among N distinct captions by the bound: R@1, R@5, median rank",
+        help="score N images under N distinct captions by the bound; rank each caption's image among the N images and each image's caption among the N captions: R@1, R@5, median rank (N^2 passes)",
     )
     ev.add_argument("--json", help="also write the figures to this JSON file")
     ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")

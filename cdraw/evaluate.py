@@ -102,29 +102,47 @@ def iwae_sum(
 
 
 @torch.no_grad()
-def caption_ranks(
+def bound_matrix(
     model: DRAW, images: Tensor, conditions: Tensor, generator: torch.Generator | None = None, progress=None
 ) -> Tensor:
-    """alignDRAW's retrieval test: the rank of each image's own caption among all N captions,
-    ordered by the variational bound of the image under each caption (1 = its own caption is the
-    most likely).
+    """The variational bound of every image under every caption: (N, N), row i image i, column j
+    caption j (nats; lower is more likely). Costs N^2 forward passes.
 
     images: (N, C, H, W) in [0, 1]; conditions: (N, L) token ids, row i the caption of image i.
-    Costs N^2 forward passes. All N captions of an image are scored on the same latent noise
-    (common random numbers), so the ranking compares captions, not noise draws. Returns (N,)
-    int64 ranks; ties count against the true caption.
+    All N captions of an image are scored on the same latent noise (common random numbers), so a
+    row compares captions, not noise draws.
     """
     device = next(model.parameters()).device
     n = len(images)
     conditions = conditions.to(device)
-    ranks = torch.empty(n, dtype=torch.long)
+    bounds = torch.empty(n, n, dtype=torch.float64)
     for i in range(n):
         x = images[i : i + 1].to(device).expand(n, *images.shape[1:])  # image i under every caption
-        bound = model(x, conditions, generator=generator, shared_noise=True).loss  # (N,)
-        ranks[i] = int((bound <= bound[i]).sum())  # 1 + captions at least as likely as the true one
+        bounds[i] = model(x, conditions, generator=generator, shared_noise=True).loss.double().cpu()
         if progress is not None:
             progress.update(1)
-    return ranks
+    return bounds
+
+
+def true_ranks(scores: Tensor) -> Tensor:
+    """The rank of the diagonal entry in each row of (N, N) ``scores`` (lower is better; 1 = the
+    best); ties count against the diagonal. Returns (N,) int64."""
+    return (scores <= scores.diagonal().unsqueeze(1)).sum(1)
+
+
+def retrieval_ranks(bounds: Tensor) -> dict[str, Tensor]:
+    """Both directions of retrieval from a :func:`bound_matrix`.
+
+    - ``captions``: for each image, the rank of its own caption among the N captions by the bound
+      -log p(x | y) (caption retrieval, image -> text).
+    - ``images``: for each caption, the rank of its own image among the N images (image retrieval,
+      text -> image, the direction alignDRAW reports). Images differ in how many nats they cost
+      whatever the caption, so each image is scored by its bound under the caption minus its mean
+      bound over the N captions: a log-likelihood ratio against an average caption. (Subtracting a
+      row's mean leaves caption ranks unchanged.)
+    """
+    relative = bounds - bounds.mean(1, keepdim=True)  # (N images, N captions)
+    return {"captions": true_ranks(relative), "images": true_ranks(relative.T)}
 
 
 def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = None) -> Tensor:
@@ -144,7 +162,7 @@ def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = Non
 
 
 def retrieval_summary(ranks: Tensor) -> dict[str, float]:
-    """R@1, R@5 (shares of images whose caption ranks in the top 1 / 5) and the median rank."""
+    """R@1, R@5 (shares of queries whose true match ranks in the top 1 / 5) and the median rank."""
     r = ranks.double()
     return {
         "r_at_1": (r <= 1).double().mean().item(),
@@ -329,15 +347,21 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
 
 
 def _retrieval(model: DRAW, data: ImageData, dataset: str, split: str, n: int, data_dir, gen, progress, say) -> dict:
-    """alignDRAW's retrieval: rank each image's caption among ``n`` captions of distinct images by the bound."""
+    """alignDRAW's retrieval on ``n`` examples with distinct captions, both ways: each image's caption
+    among the ``n`` captions, and each caption's image among the ``n`` images, by the bound."""
     from tqdm.auto import tqdm
 
     chosen = data.select(retrieval_picks(dataset, split, n, data_dir))
     with tqdm(total=len(chosen), desc="retrieval", unit="img", disable=not progress) as bar:
-        ranks = caption_ranks(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
-    found = {f"retrieval_{k}": v for k, v in retrieval_summary(ranks).items()}
-    say(
-        f"retrieval among {len(ranks)} captions ({split}): R@1 {found['retrieval_r_at_1']:.1%}, "
-        f"R@5 {found['retrieval_r_at_5']:.1%}, median rank {found['retrieval_median_rank']:.0f}"
-    )
+        bounds = bound_matrix(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
+    found = {}
+    for direction, ranks in retrieval_ranks(bounds).items():
+        prefix = f"retrieval_{direction}_"
+        found.update({prefix + k: v for k, v in retrieval_summary(ranks).items()})
+        query, among = ("an image", "captions") if direction == "captions" else ("a caption", "images")
+        say(
+            f"retrieval of {direction} ({query} -> its own among {len(ranks)} {among}, {split}): "
+            f"R@1 {found[prefix + 'r_at_1']:.1%}, R@5 {found[prefix + 'r_at_5']:.1%}, "
+            f"median rank {found[prefix + 'median_rank']:.0f}"
+        )
     return found

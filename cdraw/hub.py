@@ -35,7 +35,8 @@ METRICS = {
     "fidelity_test_seen": ("accuracy", "caption fidelity, seen captions"),
     "fidelity_test_heldout": ("accuracy", "caption fidelity, held-out captions"),
     "fidelity_test_paraphrase": ("accuracy", "caption fidelity, paraphrased captions"),
-    "retrieval_r_at_1": ("recall", "retrieval R@1"),
+    "retrieval_images_r_at_1": ("recall", "image retrieval R@1 (a caption's image among N)"),
+    "retrieval_captions_r_at_1": ("recall", "caption retrieval R@1 (an image's caption among N)"),
 }
 
 

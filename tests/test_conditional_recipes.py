@@ -80,8 +80,8 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
                      "--fidelity", "--fidelity-samples", "5", "--retrieval", "6")  # fmt: skip
     assert found["dataset"] == "mnist-captions" and found["split"] == "test_seen"
     fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
-    assert fidelity | {"retrieval_r_at_1", "retrieval_median_rank"} <= set(found)
-    assert found["retrieval_candidates"] == 6 and 1 <= found["retrieval_median_rank"] <= 6
+    assert fidelity | {"retrieval_captions_r_at_1", "retrieval_images_median_rank"} <= set(found)
+    assert found["retrieval_captions_candidates"] == 6 and 1 <= found["retrieval_images_median_rank"] <= 6
 
 
 def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path):

@@ -309,21 +309,28 @@ def test_shared_noise_gives_every_row_the_same_draw(tokenizer_dir):
     assert not torch.allclose(own, own[:1].expand(3))
 
 
-def test_caption_ranks_count_captions_at_least_as_likely_as_the_true_one():
-    from cdraw.evaluate import caption_ranks, retrieval_summary
+@pytest.mark.parametrize("image_cost", [0.0, 10.0])
+def test_retrieval_ranks_both_ways_and_images_by_their_bound_relative_to_their_mean(image_cost):
+    from cdraw.evaluate import bound_matrix, retrieval_ranks, retrieval_summary
 
     class Stub(torch.nn.Module):  # bound = distance between the image's mean and the "caption" value
-        def __init__(self):
+        def __init__(self):  # plus a cost per image that no caption changes (some images are harder)
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, x, cond, generator=None, shared_noise=False):
-            return type("Out", (), {"loss": (x.mean((1, 2, 3)) - cond.float()).abs()})
+            mean = x.mean((1, 2, 3))
+            return type("Out", (), {"loss": (mean - cond.float()).abs() + image_cost * mean})
 
     images = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1, 1)
-    ranks = caption_ranks(Stub(), images, torch.tensor([0, 1, 3, 2]))  # images 2 and 3 have swapped captions
-    assert ranks.tolist() == [1, 1, 3, 2]  # image 2: captions 1 and 3 tie with or beat its own
-    summary = retrieval_summary(ranks)
+    bounds = bound_matrix(Stub(), images, torch.tensor([0, 1, 3, 2]))  # images 2 and 3 have swapped captions
+    assert bounds[2].tolist() == [2 + 2 * image_cost, 1 + 2 * image_cost, 1 + 2 * image_cost, 2 * image_cost]
+    ranks = retrieval_ranks(bounds)
+    # image 2: captions 1 and 3 tie with or beat its own; image 3: caption 2 beats its own
+    assert ranks["captions"].tolist() == [1, 1, 3, 2]
+    # caption 2 (value 3): relative to their means, image 3 (0 - 1.5) beats image 2 (1 - 1)
+    assert ranks["images"].tolist() == [1, 1, 2, 2]  # the image cost cancels: the same with or without
+    summary = retrieval_summary(ranks["captions"])
     assert summary["r_at_1"] == 0.5 and summary["r_at_5"] == 1.0 and summary["median_rank"] == 1.0
 
 
