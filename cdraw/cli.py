@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--retrieval",
         type=positive_int,
         metavar="N",
-        help="score N images under N distinct captions by the bound; rank each caption's image among the N images and each image's caption among the N captions: R@1, R@5, median rank (N^2 passes)",
+        help="score N images under N distinct captions by the bound, then rank each caption's image among "
+        "the N images and each image's caption among the N captions: R@1, R@5, median rank (N^2 passes)",
     )
     ev.add_argument("--json", help="also write the figures to this JSON file")
     ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
