@@ -8,15 +8,23 @@ Output folder::
 
     log.csv, tensorboard/          one row per log interval and per validation
     samples/epoch-001.png          a grid of samples after each epoch
-    checkpoints/step-00001000/     model/ (save_pretrained), optimizer.pt, trainer_state.json,
-                                   rng_rank{r}.pt; written under a temporary name, then renamed
+    checkpoints/step-00001000/     accelerate's save_state: model/ (our save_pretrained, through
+                                   its save hook), optimizer.bin, random_states_{r}.pkl,
+                                   custom_checkpoint_0.pkl (the TrainerState); written under a
+                                   temporary name, then renamed
     checkpoints/latest             the name of the newest complete checkpoint
     best/                          the model with the best validation bound so far
     model/                         the model at the end of training (both with training.json)
     train_config.yaml              the settings of the run
 
 Every process writes its RNG state into the checkpoint folder, so with several machines
-``output_dir`` must be on a file system they share.
+``output_dir`` must be on a file system they share. Checkpoints go through
+``Accelerator.save_state`` / ``load_state`` into a temporary folder that is renamed when complete;
+the number kept is ours (``keep_checkpoints``), applied after the rename, because accelerate's
+``total_limit`` deletes the oldest checkpoint before the new one is written. Before ``load_state``
+the files it would read leniently are checked (it skips an unreadable RNG state without a word
+and unpickles registered objects with ``weights_only=False``), so a damaged checkpoint is one
+clear error and a resume is exact or says why not.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from cdraw.conditioning import SentencePieceTokenizer, make_tokenizer
@@ -68,6 +77,14 @@ class TrainerState:
     best_valid: float = math.inf
     elapsed_s: float = 0.0
     world_size: int = 1
+
+    # registered with accelerate (Accelerator.register_for_checkpointing): saved by save_state
+    def state_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, int | float]) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, state[field.name])
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -155,7 +172,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
             log_with=trackers(cfg.log_with) or None,
-            project_dir=str(self.out),
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out)),
         )
         if cfg.tf32 and acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -190,6 +207,9 @@ class Trainer:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.state = TrainerState(world_size=self.world)
+        acc.register_for_checkpointing(self.state)
+        acc.register_save_state_pre_hook(self._save_model_hook)
+        acc.register_load_state_pre_hook(self._load_model_hook)
         if resume:
             self._load_checkpoint()
         else:
@@ -462,14 +482,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state(acc.device)
-        torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
-        if self.main:
-            self._unwrapped.save_pretrained(tmp / "model", card=False)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(st), indent=2))
+        acc.save_state(str(tmp))  # model/, optimizer, every process's RNG state, the TrainerState
         acc.wait_for_everyone()
         if self.main:
             os.replace(tmp, final)
@@ -478,6 +491,21 @@ class Trainer:
             for old in kept[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
+        """accelerate's save_state writes the model as a model folder (config, weights, tokenizer):
+        a checkpoint's ``model/`` loads with ``DRAW.from_pretrained`` like any other."""
+        if self.main:
+            self._unwrapped.save_pretrained(Path(output_dir) / "model", card=False)
+        weights.clear()  # written above, not again as accelerate's own model.safetensors
+
+    def _load_model_hook(self, models: list, input_dir: str) -> None:
+        folder = Path(input_dir) / "model"
+        if self._unwrapped._saved_apart() is None:
+            self._unwrapped.load_checkpoint_state(load_weights(folder, self._unwrapped))
+        else:  # a (possibly fine-tuned) text encoder lives in its own folder: load it from there too
+            self._unwrapped.load_state_dict(DRAW.from_pretrained(folder).state_dict())
+        models.clear()  # loaded above
 
     def _point_latest_at(self, name: str) -> None:
         atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
@@ -498,21 +526,13 @@ class Trainer:
             raise CDrawError(
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
-        if self._unwrapped._saved_apart() is None:
-            self._unwrapped.load_checkpoint_state(load_weights(path / "model", self._unwrapped))
-        else:  # a (possibly fine-tuned) text encoder lives in its own folder: load it from there too
-            self._unwrapped.load_state_dict(DRAW.from_pretrained(path / "model").state_dict())
         try:
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-            self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-            rng_file = path / f"rng_rank{self.rank}.pt"
-            rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
-            if rng is not None and (not isinstance(rng, dict) or "cpu" not in rng):
-                raise ValueError(f"{rng_file.name} holds no RNG state")
+            has_rng = check_checkpoint(path, self.rank)
+            self.acc.load_state(str(path))
         except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, pickle.UnpicklingError) as e:
             why = f"{_first_line(e)}); {_older(self.ckpt_dir)}"
             raise CDrawError(f"--resume: checkpoint {path} is damaged ({why}") from None
-        if self.state.world_size != self.world or rng is None:
+        if self.state.world_size != self.world or not has_rng:
             if self.main:
                 tqdm.write(
                     f"warning: {path} was written by {self.state.world_size} processes, resuming on "
@@ -520,17 +540,30 @@ class Trainer:
                 )
             torch.manual_seed(self.cfg.seed * 1_000 + self.rank + 1 + self.state.step)
             self.state.world_size = self.world
-        else:
-            try:
-                torch.set_rng_state(rng["cpu"])
-                if "cuda" in rng and torch.cuda.is_available():
-                    torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
-            except (RuntimeError, TypeError, ValueError) as e:
-                why = f"{_first_line(e)}); {_older(self.ckpt_dir)}"
-                raise CDrawError(f"--resume: checkpoint {path} is damaged (its RNG state: {why}") from None
         if self.main:
             trim_log(self.out / "log.csv", self.state.step)  # rows logged after the checkpoint come again
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
+
+
+def check_checkpoint(path: Path, rank: int) -> bool:
+    """Check what ``Accelerator.load_state`` reads leniently; True when ``rank``'s RNG state is there.
+
+    load_state unpickles registered objects with ``weights_only=False`` and silently skips an RNG
+    state it cannot read: here both are read with ``weights_only=True`` first (numpy's RNG state
+    allowed), so a damaged or foreign file is an error, not a quietly different run."""
+    from accelerate.utils.other import load as accelerate_load  # weights_only=True, numpy RNG allowed
+
+    state = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
+    missing = [f.name for f in dataclasses.fields(TrainerState) if f.name not in state]
+    if missing:
+        raise ValueError(f"custom_checkpoint_0.pkl lacks {', '.join(missing)}")
+    rng_file = path / f"random_states_{rank}.pkl"
+    if not rng_file.is_file():
+        return False
+    rng = accelerate_load(rng_file, map_location="cpu")
+    if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
+        raise ValueError(f"{rng_file.name} holds no RNG state")
+    return True
 
 
 def lock_run_dir(out: Path):

@@ -58,17 +58,21 @@ def finished_run(tmp_path: Path, sets, steps: int = 20, **overrides) -> TrainCon
 # -- 2. damaged checkpoint files on --resume ----------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["pickle in optimizer.pt", "truncated rng", "rng of another kind"])
-def test_damaged_optimizer_or_rng_files_are_refused_in_one_line(tmp_path, sets, damage):
+@pytest.mark.parametrize(
+    "damage", ["pickle in optimizer", "pickle in trainer state", "truncated rng", "rng of another kind"]
+)
+def test_damaged_optimizer_state_or_rng_files_are_refused_in_one_line(tmp_path, sets, damage):
     cfg = finished_run(tmp_path, sets)
     ckpt = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
-    if damage == "pickle in optimizer.pt":
-        torch.save({"state": {}, "param_groups": [object()]}, ckpt / "optimizer.pt")  # a pickled object
-    elif damage == "truncated rng":
-        data = (ckpt / "rng_rank0.pt").read_bytes()
-        (ckpt / "rng_rank0.pt").write_bytes(data[: len(data) // 2])
+    if damage == "pickle in optimizer":
+        torch.save({"state": {}, "param_groups": [object()]}, ckpt / "optimizer.bin")  # a pickled object
+    elif damage == "pickle in trainer state":  # accelerate would unpickle it (weights_only=False)
+        torch.save({"step": 10, "hook": object()}, ckpt / "custom_checkpoint_0.pkl")
+    elif damage == "truncated rng":  # accelerate's load_state would skip it without a word
+        data = (ckpt / "random_states_0.pkl").read_bytes()
+        (ckpt / "random_states_0.pkl").write_bytes(data[: len(data) // 2])
     else:
-        torch.save([1, 2, 3], ckpt / "rng_rank0.pt")
+        torch.save([1, 2, 3], ckpt / "random_states_0.pkl")
     more = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 30})
     with pytest.raises(CDrawError, match="is damaged") as e:
         train(more, *sets, resume=True)
