@@ -5,7 +5,7 @@ no crop, and pairs each image with each of its (about five) captions. :func:`pre
 the standard COCO layout (``annotations/captions_train2014.json`` plus ``train2014/*.jpg``) into one
 parquet file per split, built with HF ``datasets`` so the decode-and-resize pass runs in parallel
 with a progress bar and the output loads anywhere (``datasets.load_dataset("parquet", ...)``,
-pandas, pyarrow). :func:`load_coco` reads a split back into a uint8 tensor that fits in memory
+pandas, pyarrow). :func:`cdraw.datasets.coco.load_coco` reads a split back into a uint8 tensor that fits in memory
 (83k train images x 3 KB = 250 MB), the same in-memory design as :mod:`cdraw.data`.
 
 Layout written by :func:`prepare_coco` (default folder ``default_data_dir() / "coco32"``)::
@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cdraw.data import default_data_dir
@@ -285,59 +283,3 @@ def _read_metadata(out_dir: Path) -> dict:
     if metadata and metadata.get("format") != FORMAT:
         raise CDrawError(f"{path} was not written by cdraw's prepare_coco: choose another output folder")
     return metadata
-
-
-def load_coco(
-    split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
-) -> CocoCaptions:
-    """One prepared split (``folder/{split}.parquet``) as a :class:`CocoCaptions`.
-
-    Args:
-        split: the ``split_name`` given to :func:`prepare_coco`, e.g. ``train`` or ``val``.
-        folder: where it was written; default ``data_dir / "coco32"``.
-        data_dir: the data folder; default :func:`~cdraw.data.default_data_dir`.
-    """
-    if folder is None:
-        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
-    folder = Path(folder).expanduser()
-    path = folder / f"{split}.parquet"
-    if not path.is_file():
-        raise CDrawError(
-            f"COCO split {split!r} not found ({path} is missing): make it with `python {SCRIPT} --captions "
-            f"COCO/annotations/captions_train2014.json --images COCO/train2014 --out {folder} --split {split}`"
-        )
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CDrawError("reading COCO splits needs pyarrow: pip install datasets") from None
-
-    try:
-        table = pq.read_table(path, columns=["image", "captions", "image_id"])
-    except (pa.ArrowException, OSError) as e:
-        raise CDrawError(f"could not read {path} ({e}); prepare the split again with {SCRIPT}") from None
-    chunks = [_image_array(chunk, path) for chunk in table.column("image").chunks]  # each (n, S, S, 3)
-    sides = {c.shape[1] for c in chunks if len(c)}
-    if len(sides) > 1:
-        raise CDrawError(f"{path} mixes image sizes {sorted(sides)}: prepare the split again with {SCRIPT}")
-    hwc = np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, CHANNELS), np.uint8)  # (N, S, S, 3)
-    images = torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))  # (N, 3, S, S)
-    return CocoCaptions(images, table.column("captions").to_pylist(), table.column("image_id").to_pylist())
-
-
-def _image_array(column, path: Path) -> np.ndarray:
-    """One Arrow chunk of equal-length HWC image bytes -> a (n, S, S, 3) uint8 view, without a copy per image."""
-    import pyarrow as pa
-
-    n = len(column)
-    if n == 0:
-        return np.zeros((0, 0, 0, CHANNELS), np.uint8)
-    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
-    _, offsets_buf, data_buf = column.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[column.offset : column.offset + n + 1]  # (n + 1,)
-    nbytes = int(offsets[1] - offsets[0])
-    side = math.isqrt(nbytes // CHANNELS)
-    if column.null_count or side * side * CHANNELS != nbytes or np.any(np.diff(offsets) != nbytes):
-        raise CDrawError(f"{path} does not hold equal-size square RGB images: prepare the split again with {SCRIPT}")
-    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]  # (n * S * S * 3,)
-    return data.reshape(n, side, side, CHANNELS)

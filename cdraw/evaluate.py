@@ -240,7 +240,7 @@ def caption_fidelity_splits(
     model: DRAW, classifier, n: int, data_dir: str | None = None, generator: torch.Generator | None = None
 ) -> dict[str, tuple[float, int]]:
     """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS: split -> (share, captions)."""
-    from cdraw.mnist_captions import load_mnist_captions
+    from cdraw.datasets.mnist_captions import load_mnist_captions
 
     found = {}
     for split in FIDELITY_SPLITS:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 
 from cdraw.cli import non_negative_int, run_main
-from cdraw.mnist_captions import DEFAULT_SIZES, EVAL_SPLITS, SOURCES, SPLITS, default_folder, make_mnist_captions
+from cdraw.datasets.mnist_captions import default_folder
+from cdraw.mnist_captions import DEFAULT_SIZES, EVAL_SPLITS, SOURCES, SPLITS, make_mnist_captions
 
 
 def main() -> None:

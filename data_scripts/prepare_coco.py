@@ -1,7 +1,7 @@
 """Resize MS COCO images you already have to 32x32 (alignDRAW's setting) and store them with their captions.
 
 Writes OUT/SPLIT.parquet (columns image, captions, image_id, file_name) and OUT/metadata.json;
-load it with cdraw.coco.load_coco(SPLIT, OUT). Nothing is downloaded.
+load it with cdraw.datasets.coco.load_coco(SPLIT, OUT). Nothing is downloaded.
 
 Examples:
   python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_train2014.json \\

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from cdraw import CDrawError
-from cdraw.coco import caption_pairs, load_coco, prepare_coco
+from cdraw.coco import caption_pairs, prepare_coco
+from cdraw.datasets.coco import load_coco
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

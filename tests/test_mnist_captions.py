@@ -15,6 +15,7 @@ import torch
 
 from cdraw import CDrawError
 from cdraw.data import FreshEachEpoch, load_labelled
+from cdraw.datasets.mnist_captions import load_mnist_captions, load_train_pool
 from cdraw.mnist_captions import (
     PARAPHRASES,
     SLOTS,
@@ -25,8 +26,6 @@ from cdraw.mnist_captions import (
     fresh_train_data,
     generate_mnist_captions,
     is_heldout,
-    load_mnist_captions,
-    load_train_pool,
     make_mnist_captions,
     mirror,
     parse_caption,

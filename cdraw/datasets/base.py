@@ -24,6 +24,12 @@ def conditioned_on(config: Any) -> str | None:
     return "label" if config.condition.kind == "label" else "caption"
 
 
+def no_folder_of_its_own(name: str, folder: str | None) -> None:
+    """The idx and amat data sets are found by ``data_dir`` alone."""
+    if folder is not None:
+        raise CDrawError(f"{name} is read from its files in the data folder (--data-dir), not from a folder of its own")
+
+
 @dataclass(frozen=True)
 class DataSet:
     """One data set behind the shape every caller uses: :meth:`load` a split."""
@@ -33,15 +39,23 @@ class DataSet:
     splits: tuple[str, ...] | None  # None: whatever splits were prepared (COCO)
     conditions: str | None  # None (unconditional), "label" or "caption"
     image_shape: tuple[int, int, int] | None  # (C, H, W) of its images; None: any (COCO at the size prepared)
-    loader: Callable[[str, str | None], Raw]
+    loader: Callable[[str, str | None, str | None], Raw]  # (split, data_dir, folder)
     retrieval_keys: Callable[[str, str | None], list] | None = None  # one key per example: same key, same target
 
-    def load(self, split: str, data_dir: str | None = None, encode: Callable | None = None) -> ImageData:
-        """A split as :class:`ImageData`; ``encode`` (a model's ``encode_condition``) turns its labels
-        or captions into the tensor the model reads (without it they are left out)."""
+    def raw(self, split: str, data_dir: str | None = None, folder: str | None = None) -> Raw:
+        """A split as the loader gives it: (images, levels, labels or caption texts, image index).
+        ``folder``: the data set's own folder where it is not in its place inside ``data_dir``."""
         if self.splits is not None and split not in self.splits:
             raise CDrawError(f"{self.name} splits are {', '.join(self.splits)}, got {split!r}")
-        images, levels, conditions, image_index = self.loader(split, data_dir)
+        return self.loader(split, data_dir, folder)
+
+    def load(
+        self, split: str, data_dir: str | None = None, encode: Callable | None = None, folder: str | None = None
+    ) -> ImageData:
+        """A split as :class:`ImageData`; ``encode`` (a model's ``encode_condition``, a tokenizer's
+        ``encode``) turns its labels or captions into the tensor the model reads (without it they
+        are left out)."""
+        images, levels, conditions, image_index = self.raw(split, data_dir, folder)
         ids = encode(conditions) if encode is not None and conditions is not None else None
         return ImageData(images, levels, ids, image_index)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
+from cdraw import datasets
 from cdraw.cli import run_main
-from cdraw.coco import caption_pairs, load_coco
 from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
 from cdraw.training import conditioned_data, train
 
@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
-    splits = []
+    coco, splits = datasets.get("coco"), []
     for name in (args.train_split, args.valid_split):  # the training split first: it fits the tokenizer
-        coco = load_coco(name, args.coco_dir, data_dir=cfg.data_dir)
-        image_index, captions = caption_pairs(coco.captions)  # (M,), M captions
-        splits.append(conditioned_data(cfg, coco.images, 256, captions, image_index, resume=resume))
+        images, levels, captions, image_index = coco.raw(name, cfg.data_dir, folder=args.coco_dir)  # M captions
+        splits.append(conditioned_data(cfg, images, levels, captions, image_index, resume=resume))
     train(cfg, *splits, resume=resume, dataset="coco")
 
 

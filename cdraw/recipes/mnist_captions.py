@@ -20,19 +20,12 @@ import sys
 
 from accelerate import PartialState
 
+from cdraw import datasets
 from cdraw.cli import positive_int, run_main
 from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
-from cdraw.data import ImageData
+from cdraw.datasets.mnist_captions import captions_folder, load_train_pool
 from cdraw.errors import CDrawError
-from cdraw.mnist_captions import (
-    METADATA_NAME,
-    captions_folder,
-    fresh_train_data,
-    load_mnist_captions,
-    load_train_pool,
-    make_mnist_captions,
-    split_combos,
-)
+from cdraw.mnist_captions import METADATA_NAME, fresh_train_data, make_mnist_captions, split_combos
 from cdraw.training import condition_tokenizer, train
 
 CONFIGS = SHIPPED_CONFIGS
@@ -62,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
     tokenizer = condition_tokenizer(cfg, [c.text() for c in split_combos(bans)[0]], resume=resume)
     train_data = fresh_train_data(pool, bans, args.epoch_size or meta["sizes"]["train"], cfg.seed, tokenizer.encode)
-    valid = load_mnist_captions("valid", args.captions_dir, data_dir=cfg.data_dir)
-    valid_data = ImageData(valid.images, 2, tokenizer.encode(valid.captions))
+    valid_data = datasets.get("mnist-captions").load("valid", cfg.data_dir, tokenizer.encode, folder=args.captions_dir)
     record = {"data_seed": meta["seed"], "bans": meta["bans"], "source": meta["source"]["train"]}
     train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions", record=record)
 
