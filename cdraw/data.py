@@ -21,6 +21,7 @@ are binary already, so they parse in a fraction of a second and are not cached.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import os
@@ -355,9 +356,12 @@ class FreshEachEpoch(ImageData):
         epoch: int = 0,
     ):
         self.make, self.device, self.levels = make, device, levels
+        self.epoch: int | None = None
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return  # this epoch's examples are already here
         images, conditions = self.make(epoch)
         move = lambda t: t.to(self.device) if t is not None and self.device is not None else t  # noqa: E731
         size = len(self) if hasattr(self, "images") else None
@@ -367,4 +371,10 @@ class FreshEachEpoch(ImageData):
         self.epoch = epoch
 
     def to(self, device: torch.device | str) -> FreshEachEpoch:
-        return FreshEachEpoch(self.make, self.levels, device, self.epoch)
+        """The same epoch's examples on ``device`` (moved, not made again); later epochs are made there."""
+        moved = copy.copy(self)
+        moved.device = device
+        ImageData.__init__(
+            moved, self.images.to(device), self.levels, None if self.conditions is None else self.conditions.to(device)
+        )
+        return moved

@@ -287,7 +287,7 @@ def test_fresh_examples_every_epoch_are_asked_for_by_epoch_also_after_a_resume(s
 
     cfg = tiny_train_config(tmp_path / "run", epochs=2, checkpoint_every=1000)
     train(cfg, FreshEachEpoch(make), valid_set)
-    assert asked == [0, 0, 0, 1]  # made, moved to the device, then epochs 0 and 1
+    assert asked == [0, 1]  # each epoch made once: not again when moved to the device or when it starts
     asked.clear()
     cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": 3})
     train(cfg, FreshEachEpoch(make), valid_set, resume=True)
