@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cdraw import DRAW, CDrawError, CDrawWarning, ConditionConfig, DRAWConfig
-from cdraw.conditioning import PAD, SentencePieceTokenizer
+from cdraw.conditioning import DEFAULT_TEXT_ENCODER, PAD, SentencePieceTokenizer
 from cdraw.gaussian import Gaussian, kl_gaussians
 
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
@@ -222,11 +222,19 @@ def test_pretrained_encoder_offline_round_trip(tmp_path):
     assert not model.condition.model.training  # frozen: dropout stays off
     round_trip(model, tmp_path, ["the digit 7 is at the top left of the image", "a stop sign flying"])
     saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert saved["condition"]["text_encoder"] == "text_encoder"
-    # the text model's weights live in text_encoder/, not a second time in model.safetensors
+    # frozen with the packaged default's weights: named, not copied; never in model.safetensors either
+    assert saved["condition"]["text_encoder"] == DEFAULT_TEXT_ENCODER
+    assert not (tmp_path / "ckpt" / "text_encoder").exists()
     from safetensors.torch import load_file
 
     assert not any(k.startswith("condition.model.") for k in load_file(tmp_path / "ckpt" / "model.safetensors"))
+    other = DRAW(tiny(cond, learned_prior=True))  # other weights (fine-tuned, say): a copy of its own, loaded
+    with torch.no_grad():
+        other.condition.model.embeddings.word_embeddings.weight[5] += 1.0
+    other.save_pretrained(tmp_path / "own")
+    assert json.loads((tmp_path / "own" / "config.json").read_text())["condition"]["text_encoder"] == "text_encoder"
+    reloaded = DRAW.from_pretrained(tmp_path / "own").condition.model.embeddings.word_embeddings.weight
+    torch.testing.assert_close(reloaded, other.condition.model.embeddings.word_embeddings.weight)
 
 
 def test_pretrained_encoder_with_a_bilstm_adapter(tmp_path):

@@ -87,7 +87,8 @@ class PretrainedTextEncoder(nn.Module):
     alignDRAW's language model reading pretrained token states instead of learned embeddings.
     Frozen by default (kept in eval mode, no gradients); ``fine_tune=True`` trains it with the rest.
     Its weights are saved in the checkpoint's ``text_encoder/`` folder in the usual Hugging Face
-    format (with its tokenizer), not again in ``model.safetensors``.
+    format (with its tokenizer), not again in ``model.safetensors``; a frozen copy of the packaged
+    default is named instead of copied.
     """
 
     saved_apart = "model."
@@ -104,6 +105,7 @@ class PretrainedTextEncoder(nn.Module):
             if name.startswith("pooler."):  # only token states are used: a pooler would get no gradient (DDP fails)
                 p.requires_grad_(False)
         self._cache: dict[tuple[int, ...], Tensor] = {}
+        self._packaged_default: bool | None = None  # see _is_packaged_default
         size = self.model.config.hidden_size
         if cfg.adapter == "linear":
             self.project = nn.Linear(size, cfg.word_size)
@@ -156,9 +158,31 @@ class PretrainedTextEncoder(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def save_assets(self, folder: Path, cfg: ConditionConfig) -> ConditionConfig:
+        if self._is_packaged_default():  # frozen, as the offline default ships: named, not copied (88 MB)
+            return dataclasses.replace(cfg, text_encoder=DEFAULT_TEXT_ENCODER)
         self.model.save_pretrained(folder / TEXT_ENCODER_DIR)
         self.tokenizer.tok.save_pretrained(folder / TEXT_ENCODER_DIR)
         return dataclasses.replace(cfg, text_encoder=TEXT_ENCODER_DIR)
+
+    def _is_packaged_default(self) -> bool:
+        """Whether this encoder is frozen with exactly the weights of the packaged default
+        (all-MiniLM-L6-v2 from ``cdraw[text]``), compared once; such a model folder names the
+        default instead of holding a copy of it, and loads it from the package (or the Hub)."""
+        if self.fine_tune:
+            return False
+        if self._packaged_default is None:
+            path = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
+            same = False
+            if path != DEFAULT_TEXT_ENCODER:  # the offline package is installed
+                ours, theirs = (
+                    self.model.state_dict(),
+                    _import_transformers().AutoModel.from_pretrained(path).state_dict(),
+                )
+                same = ours.keys() == theirs.keys() and all(
+                    ours[k].dtype == theirs[k].dtype and torch.equal(ours[k].cpu(), theirs[k]) for k in ours
+                )
+            self._packaged_default = same
+        return self._packaged_default
 
 
 ConditionEncoder = LabelEncoder | BiLSTMEncoder | PretrainedTextEncoder
