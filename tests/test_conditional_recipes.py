@@ -91,8 +91,10 @@ def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path)
     flags += ["--output-dir", str(out), "--text-encoder", "sentence-transformers/all-MiniLM-L6-v2"]
     recipe("train_mnist_captions.py")(flags)
     model = check_run(out)
-    assert model.config.condition.kind == "pretrained" and (out / "model" / "text_encoder").is_dir()
+    assert model.config.condition.kind == "pretrained"
     saved = json.loads((out / "model" / "config.json").read_text())["condition"]
+    assert saved["text_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"  # frozen: named, not copied
+    assert not (out / "model" / "text_encoder").exists()
     assert "vocab_size" not in saved and "embed_size" not in saved  # one config per kind: no dead fields
     with pytest.raises(CDrawError, match="--embed-size: not a setting of a pretrained condition encoder"):
         recipe("train_mnist_captions.py")([*flags, "--embed-size", "8"])
