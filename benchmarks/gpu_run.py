@@ -6,7 +6,8 @@ In this order, writing what it has under --out after every stage (so a timeout s
   b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step)
   c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
      batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead");
-     then TF32 and bf16 autocast on a fixed batch, each checked against float32 (within 0.1 nats)
+     then the readable step (DRAW.step as written) compiled and eager at the chosen batch, beside the
+     fused one; then TF32 and bf16 autocast on a fixed batch, each checked against float32 (within 0.1 nats)
   d. with the time left: the paper config trained at the fastest setting found (the CPU recipe's
      learning rate scaled for the batch), then its test bound and an IWAE estimate (k = 100), the
      model folder (config, weights, training and eval records) saved under --out/model
@@ -144,8 +145,11 @@ def cuda_tests(out: Path, data_dir: Path, timeout_s: float) -> dict:
 # -- c. speed and precision -------------------------------------------------------------------
 
 
-def speed_cell(cfg, batch: int, mode: str, device, steps: int, tf32: bool = False, bf16: bool = False) -> dict:
-    """Training images/s of one (batch, mode): forward, backward, clip, Adam, as the training loop does."""
+def speed_cell(
+    cfg, batch: int, mode: str, device, steps: int, tf32: bool = False, bf16: bool = False, readable: bool = False
+) -> dict:
+    """Training images/s of one (batch, mode): forward, backward, clip, Adam, as the training loop does;
+    ``readable``: with DRAW.step as written instead of the fused step (cdraw/fused.py)."""
     import torch
 
     from cdraw import DRAW
@@ -156,6 +160,7 @@ def speed_cell(cfg, batch: int, mode: str, device, steps: int, tf32: bool = Fals
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = DRAW(cfg).to(device)
+    model.use_fused_step(not readable)
     if mode != "eager":
         model.compile_step(**({"mode": "reduce-overhead"} if mode == "cudagraphs" else {}))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -331,6 +336,13 @@ def markdown(data: dict) -> str:
             cells = [_cell(sp["cells"].get(f"{batch}/{mode}")) for mode in MODES]
             lines.append(f"| {batch} | " + " | ".join(cells) + " |")
         lines.append("")
+        if "readable" in sp:
+            rd, b = sp["readable"], sp["readable"]["batch"]
+            lines.append(
+                f"- readable step (DRAW.step as written) at batch {b}: compiled {_cell(rd.get('compiled'))}, "
+                f"eager {_cell(rd.get('eager'))} img/s (fused: compiled {_cell(sp['cells'].get(f'{b}/compiled'))}, "
+                f"eager {_cell(sp['cells'].get(f'{b}/eager'))})"
+            )
         for name, r in sp.get("precision", {}).items():
             lines.append(f"- {name}: {_cell(r.get('speed'))} img/s; bound - float32 = {_delta(r)}")
         if "best" in sp:
@@ -447,6 +459,18 @@ def main() -> None:
     best_key = pick_setting(measured) if measured else f"{batches[0]}/eager"
     best = {"batch": int(best_key.split("/")[0]), "mode": best_key.split("/")[1]}
     best["images_per_s"] = measured.get(best_key, {}).get("images_per_s", 0)
+    # the readable step (DRAW.step as written) beside the fused one, at the chosen batch: on the CPU
+    # they train equally fast (docs/performance.md); if a GPU agrees, the fused module can go
+    speed["readable"] = readable = {"batch": best["batch"]}
+    for mode in ("compiled", "eager"):
+        left = speed_deadline - time.perf_counter()
+        if args.smoke and mode != "eager":
+            readable[mode] = {"skipped": "smoke: eager only"}
+        elif left < (COMPILE_RESERVE_S if mode != "eager" else 10):
+            readable[mode] = {"skipped": "out of time"}
+        else:
+            readable[mode] = _guarded(partial(speed_cell, cfg, best["batch"], mode, device, speed_steps, readable=True))
+        log(f"speed {best['batch']}/{mode}, readable step: {_cell(readable[mode])}")
     speed["precision"] = {}
     checks = [("tf32", True, False), ("bf16 autocast", False, True)] if device.type == "cuda" else []
     if device.type != "cuda":  # bf16 autocast on a CPU is still worth checking for the maths
