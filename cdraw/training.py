@@ -527,8 +527,11 @@ class Trainer:
                 f"--resume: {path} was trained with a different model config:\n{_config_diff(saved, self.cfg.model)}"
             )
         try:
-            has_rng = check_checkpoint(path, self.rank)
-            self.acc.load_state(str(path))
+            if (path / LEGACY_TRAINER_STATE).is_file():  # written by cdraw before checkpoints were save_state's
+                has_rng = self._load_legacy_checkpoint(path)
+            else:
+                has_rng = check_checkpoint(path, self.rank)
+                self.acc.load_state(str(path))
         except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, pickle.UnpicklingError) as e:
             why = f"{_first_line(e)}); {_older(self.ckpt_dir)}"
             raise CDrawError(f"--resume: checkpoint {path} is damaged ({why}") from None
@@ -543,6 +546,28 @@ class Trainer:
         if self.main:
             trim_log(self.out / "log.csv", self.state.step)  # rows logged after the checkpoint come again
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
+
+    def _load_legacy_checkpoint(self, path: Path) -> bool:
+        """A checkpoint of the earlier layout (model/, optimizer.pt, trainer_state.json,
+        rng_rank{r}.pt), so a run started before the update resumes; every file read with
+        ``weights_only=True``. True when this process's RNG state is there."""
+        self._load_model_hook([], str(path))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.state.load_state_dict(json.loads((path / LEGACY_TRAINER_STATE).read_text()))
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if not rng_file.is_file():
+            return False
+        rng = torch.load(rng_file, weights_only=True)
+        if not isinstance(rng, dict) or "cpu" not in rng:
+            raise ValueError(f"{rng_file.name} holds no RNG state")
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"], self.acc.device)
+        return True
+
+
+#: the trainer's state in a checkpoint of the earlier layout (before accelerate's save_state)
+LEGACY_TRAINER_STATE = "trainer_state.json"
 
 
 def check_checkpoint(path: Path, rank: int) -> bool:

@@ -92,14 +92,33 @@ def test_recipe_on_two_cpu_processes_shards_data_and_keeps_weights_equal(data_di
     assert rows[-1]["split"] == "valid"
 
 
-def test_resume_continues_exactly(small_sets, tmp_path):
-    """20 steps, stop, resume to 40 == 40 straight (crossing an epoch, its validation and a checkpoint)."""
+def to_legacy_layout(ckpt: Path) -> None:
+    """Rewrite a checkpoint in the layout cdraw wrote before accelerate's save_state."""
+    from accelerate.utils.other import load as accelerate_load
+
+    optimizer = torch.load(ckpt / "optimizer.bin", weights_only=True)
+    torch.save(optimizer, ckpt / "optimizer.pt")
+    state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    torch.save({"cpu": accelerate_load(ckpt / "random_states_0.pkl")["torch_manual_seed"]}, ckpt / "rng_rank0.pt")
+    for name in ("optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        (ckpt / name).unlink()
+
+
+@pytest.mark.parametrize("layout", ["save_state", "legacy"])
+def test_resume_continues_exactly(small_sets, tmp_path, layout):
+    """20 steps, stop, resume to 40 == 40 straight (crossing an epoch, its validation and a checkpoint);
+    also from a checkpoint of the earlier layout (a run started before the update)."""
     train_set, valid_set = small_sets
     try:
         straight = tiny_train_config(tmp_path / "straight", max_steps=40, deterministic=True, checkpoint_every=15)
         train(straight, train_set, valid_set)
         split = tiny_train_config(tmp_path / "split", max_steps=20, deterministic=True, checkpoint_every=15)
         train(split, train_set, valid_set)
+        if layout == "legacy":
+            to_legacy_layout(
+                tmp_path / "split" / "checkpoints" / (tmp_path / "split" / "checkpoints" / "latest").read_text()
+            )
         train(TrainConfig.from_dict({**split.to_dict(), "max_steps": 40}), train_set, valid_set, resume=True)
     finally:
         torch.use_deterministic_algorithms(False)
