@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cdraw",
         description="DRAW and alignDRAW image generation. `cdraw COMMAND --help` for each command.",
         epilog="examples:\n"
-        '  cdraw generate --caption "the digit 7 is at the top left of the image"\n'
+        '  cdraw generate --caption "the digit 7 is at the top left of the image ."\n'
         "  cdraw generate --num 64 --out samples/\n"
         "  cdraw info --checkpoint runs/mnist\n"
         "  cdraw eval --checkpoint runs/mnist --split test",
@@ -304,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unconditional MNIST model otherwise. Each call writes into a new folder under cdraw-output/ "
         "(index.html shows everything together) unless --out is given.",
         epilog="examples:\n"
-        '  cdraw generate --caption "the digit 7 is at the top left of the image"\n'
-        '  cdraw generate --caption "the digit 1 is on the left of the digit 2" "the digit 3 is at the top of '
-        'the digit 8"\n'
+        '  cdraw generate --caption "the digit 7 is at the top left of the image ."\n'
+        '  cdraw generate --caption "the digit 1 is on the left of the digit 2 ." "the digit 3 is at the top of '
+        'the digit 8 ."\n'
         "  cdraw generate --captions-file captions.txt --num 4 --out pictures/\n"
         "  cdraw generate --label 3 --num 16                # the shipped label model\n"
         "  cdraw generate --checkpoint runs/mnist_labels --label 3   # a label model you trained\n"

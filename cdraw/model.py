@@ -359,7 +359,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     """The DRAW network: ``out = model(x)`` for training, ``model.sample(n)`` to generate.
 
     A conditional model takes its conditions as the second argument: labels or captions as a user
-    writes them (``model.sample(4, ["the digit 3 is at the top left of the image"])``), the tensor
+    writes them (``model.sample(4, ["the digit 3 is at the top left of the image ."])``), the tensor
     its tokenizer made (``model.encode_condition(captions)``, what training uses), or a
     :class:`~cdraw.conditioning.Context`.
 
