@@ -191,6 +191,10 @@ def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_
     make_mnist_captions(tmp_path / "mnist_captions", mnist_idx_dir, sizes=sizes, source="t10k-split", download=False)
     captions = datasets.get("mnist-captions").load("test_heldout", tmp_path, encode=lambda texts: texts)
     assert len(captions) == 10 and captions.batch(slice(0, 1)).shape == (1, 1, 60, 60)
+    elsewhere = datasets.get("mnist-captions").load("test_heldout", folder=str(tmp_path / "mnist_captions"))
+    assert torch.equal(elsewhere.images, captions.images)  # a data set made into a folder of its own: any folder
+    with pytest.raises(CDrawError, match="binarized-mnist is read from its files in the data folder"):
+        datasets.get("binarized-mnist").load("test", data_dir, folder=str(tmp_path))
     for kind, name in (("none", "binarized-mnist"), ("label", "mnist"), ("caption", "mnist-captions")):
         model = DRAW.from_pretrained(DEFAULT_MODELS[kind])
         assert datasets.for_model(model.config).name == name  # from the config alone

@@ -24,12 +24,6 @@ def conditioned_on(config: Any) -> str | None:
     return "label" if config.condition.kind == "label" else "caption"
 
 
-def no_folder_of_its_own(name: str, folder: str | None) -> None:
-    """The idx and amat data sets are found by ``data_dir`` alone."""
-    if folder is not None:
-        raise CDrawError(f"{name} is read from its files in the data folder (--data-dir), not from a folder of its own")
-
-
 @dataclass(frozen=True)
 class DataSet:
     """One data set behind the shape every caller uses: :meth:`load` a split."""
@@ -41,12 +35,19 @@ class DataSet:
     image_shape: tuple[int, int, int] | None  # (C, H, W) of its images; None: any (COCO at the size prepared)
     loader: Callable[[str, str | None, str | None], Raw]  # (split, data_dir, folder)
     retrieval_keys: Callable[[str, str | None], list] | None = None  # one key per example: same key, same target
+    own_folder: bool = (
+        False  # made into a folder of its own (which ``folder`` may name), not read from data_dir's files
+    )
 
     def raw(self, split: str, data_dir: str | None = None, folder: str | None = None) -> Raw:
         """A split as the loader gives it: (images, levels, labels or caption texts, image index).
         ``folder``: the data set's own folder where it is not in its place inside ``data_dir``."""
         if self.splits is not None and split not in self.splits:
             raise CDrawError(f"{self.name} splits are {', '.join(self.splits)}, got {split!r}")
+        if folder is not None and not self.own_folder:
+            raise CDrawError(
+                f"{self.name} is read from its files in the data folder (--data-dir), not a folder of its own"
+            )
         return self.loader(split, data_dir, folder)
 
     def load(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from cdraw.data import SPLITS, load_binarized_mnist
-from cdraw.datasets.base import DataSet, Raw, no_folder_of_its_own
+from cdraw.datasets.base import DataSet, Raw
 
 
-def _load(split: str, data_dir: str | None, folder: str | None = None) -> Raw:
-    no_folder_of_its_own("binarized-mnist", folder)
+def _load(split: str, data_dir: str | None, folder: None = None) -> Raw:
     return load_binarized_mnist(split, data_dir), 2, None, None
 
 

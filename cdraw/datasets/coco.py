@@ -87,4 +87,4 @@ def _retrieval_keys(split: str, data_dir: str | None) -> list:
     return caption_pairs(load_coco(split, data_dir=data_dir).captions)[0].tolist()
 
 
-DATASET = DataSet("coco", "val", None, "caption", None, _load, _retrieval_keys)
+DATASET = DataSet("coco", "val", None, "caption", None, _load, _retrieval_keys, own_folder=True)

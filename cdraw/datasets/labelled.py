@@ -5,14 +5,13 @@ from __future__ import annotations
 from functools import partial
 
 from cdraw.data import binarize, load_labelled
-from cdraw.datasets.base import DataSet, Raw, no_folder_of_its_own
+from cdraw.datasets.base import DataSet, Raw
 
 #: our split names -> the idx files' part
 PARTS = {"train": "train", "test": "t10k"}
 
 
-def _load(name: str, split: str, data_dir: str | None, folder: str | None = None) -> Raw:
-    no_folder_of_its_own(name, folder)
+def _load(name: str, split: str, data_dir: str | None, folder: None = None) -> Raw:
     images, labels = load_labelled(name, PARTS[split], data_dir)
     return binarize(images), 2, labels, None
 

@@ -130,5 +130,12 @@ def _retrieval_keys(split: str, data_dir: str | None) -> list:
 
 
 DATASET = DataSet(
-    "mnist-captions", "test_seen", SPLITS, "caption", (1, CANVAS_SIZE, CANVAS_SIZE), _load, _retrieval_keys
+    "mnist-captions",
+    "test_seen",
+    SPLITS,
+    "caption",
+    (1, CANVAS_SIZE, CANVAS_SIZE),
+    _load,
+    _retrieval_keys,
+    own_folder=True,
 )
