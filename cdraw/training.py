@@ -500,12 +500,15 @@ class Trainer:
         weights.clear()  # written above, not again as accelerate's own model.safetensors
 
     def _load_model_hook(self, models: list, input_dir: str) -> None:
-        folder = Path(input_dir) / "model"
+        self._load_model(Path(input_dir) / "model")
+        models.clear()  # loaded above, not from accelerate's own model.safetensors
+
+    def _load_model(self, folder: Path) -> None:
+        """The weights of a checkpoint's model folder, into the model being trained."""
         if self._unwrapped._saved_apart() is None:
             self._unwrapped.load_checkpoint_state(load_weights(folder, self._unwrapped))
         else:  # a (possibly fine-tuned) text encoder lives in its own folder: load it from there too
             self._unwrapped.load_state_dict(DRAW.from_pretrained(folder).state_dict())
-        models.clear()  # loaded above
 
     def _point_latest_at(self, name: str) -> None:
         atomic_write(self.ckpt_dir / "latest", lambda tmp: Path(tmp).write_text(name))
@@ -551,7 +554,7 @@ class Trainer:
         """A checkpoint of the earlier layout (model/, optimizer.pt, trainer_state.json,
         rng_rank{r}.pt), so a run started before the update resumes; every file read with
         ``weights_only=True``. True when this process's RNG state is there."""
-        self._load_model_hook([], str(path))
+        self._load_model(path / "model")
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         self.state.load_state_dict(json.loads((path / LEGACY_TRAINER_STATE).read_text()))
         rng_file = path / f"rng_rank{self.rank}.pt"
