@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -129,6 +129,7 @@ DEFAULT_SIZES = {"train": 40_000, "valid": 2_000, "test_seen": 2_000, "test_held
 ONE_DIGIT_SHARE = 0.5  # share of examples with one digit (their code: 4 of 8 templates, drawn uniformly)
 BAN_STREAM = 1_000  # the random stream of the bans; split i uses stream i, training epoch e [TRAIN_STREAM, e]
 TRAIN_STREAM = 2_000
+WORD_DROPOUT_STREAM = 3_000  # training epoch e drops words with the stream [WORD_DROPOUT_STREAM, e]
 SOURCES = ("auto", "mnist-train", "t10k-split")
 T10K_SPLIT_SEED = 0  # fixed, not the dataset seed: the shipped classifier is trained on the same part
 T10K_TRAIN_DIGITS = 8_000  # of the 10,000 t10k digits, the first 8,000 of the permutation feed train/valid
@@ -419,17 +420,43 @@ def train_composites(pool: DigitPool, bans: Bans, n: int, seed: int, epoch: int)
     return compose(pool, split_combos(bans)[0], n, np.random.default_rng([seed, TRAIN_STREAM, epoch]))
 
 
+def drop_words(captions: Sequence[str], p: float, rng: np.random.Generator) -> list[str]:
+    """Each caption with each word other than its digits left out with probability ``p``.
+
+    A training-time augmentation: a model that only ever reads the eight templates learns to lean on
+    words that merely mark a template ("of the image" is in every one-digit caption and in no other),
+    and then misreads a caption worded otherwise; captions with words missing teach it to read each
+    word for what it says. The digits always stay (a caption without them says something else)."""
+    out = []
+    for caption in captions:
+        words = caption.split()
+        keep = rng.random(len(words)) >= p
+        out.append(" ".join(w for w, k in zip(words, keep, strict=True) if k or w.isdigit()))
+    return out
+
+
 def fresh_train_data(
-    pool: DigitPool, bans: Bans, n: int, seed: int, encode: Callable[[list[str]], Tensor]
+    pool: DigitPool,
+    bans: Bans,
+    n: int,
+    seed: int,
+    encode: Callable[[list[str]], Tensor],
+    word_dropout: float = 0.0,
 ) -> FreshEachEpoch:
     """Training data of ``n`` composites made anew every epoch (:func:`train_composites`), their
-    captions encoded by ``encode`` (a tokenizer's: captions -> (N, L) ids; each seen combo once)."""
-    texts = [c.text() for c in split_combos(bans)[0]]
-    table, row = encode(texts), {text: i for i, text in enumerate(texts)}  # (360, L)
+    captions encoded by ``encode`` (a tokenizer's: captions -> (N, L) ids), each with words dropped
+    (:func:`drop_words`, afresh every epoch, the same for the same seed and epoch) when ``word_dropout``."""
+    if not 0.0 <= word_dropout < 1.0:
+        raise CDrawError(f"word dropout must be in [0, 1), got {word_dropout}")
 
     def make(epoch: int) -> tuple[Tensor, Tensor]:
         data = train_composites(pool, bans, n, seed, epoch)
-        return data.images, table[torch.tensor([row[c] for c in data.captions])]
+        captions = data.captions
+        if word_dropout:
+            captions = drop_words(captions, word_dropout, np.random.default_rng([seed, WORD_DROPOUT_STREAM, epoch]))
+        texts = sorted(set(captions))  # each distinct caption encoded once
+        row = {text: i for i, text in enumerate(texts)}
+        return data.images, encode(texts)[torch.tensor([row[c] for c in captions])]  # (n, L)
 
     return FreshEachEpoch(make)
 

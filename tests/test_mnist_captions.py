@@ -23,6 +23,7 @@ from cdraw.mnist_captions import (
     Caption,
     all_combos,
     choose_bans,
+    drop_words,
     fresh_train_data,
     generate_mnist_captions,
     is_heldout,
@@ -125,14 +126,47 @@ def test_training_composites_are_new_every_epoch_and_the_same_for_the_same_epoch
     assert torch.equal(first.images, again.images) and first.captions == again.captions
     assert not torch.equal(first.images, second.images)
     assert torch.equal(small_captions[0]["train"].images[:0], first.images[:0])  # same shapes and dtype
-    encode = lambda texts: torch.arange(len(texts))[:, None].repeat(1, 3)  # noqa: E731  (captions -> ids)
-    data = fresh_train_data(pool, bans, 50, 7, encode)
     seen = [c.text() for c in split_combos(bans)[0]]
+    encode = lambda texts: torch.tensor([[seen.index(t)] * 3 for t in texts])  # noqa: E731  (captions -> ids)
+    data = fresh_train_data(pool, bans, 50, 7, encode)
     assert isinstance(data, FreshEachEpoch) and len(data) == 50 and torch.equal(data.images, first.images)
     assert [seen[i] for i in data.conditions[:, 0].tolist()] == first.captions  # each caption's own ids
     data.set_epoch(1)
     assert torch.equal(data.images, second.images) and data.epoch == 1
     assert torch.equal(data.to("cpu").images, second.images)  # moving keeps the epoch
+
+
+def test_word_dropout_keeps_the_digits_and_the_order_and_is_the_same_for_the_same_epoch(mnist_idx_dir):
+    from cdraw.mnist_captions import source_pools
+
+    captions = [c.text() for c in all_combos()]
+    short = drop_words(captions, 0.5, np.random.default_rng(0))
+    for caption, kept in zip(captions, short, strict=True):
+        words = iter(caption.split())
+        assert all(w in words for w in kept.split())  # a subsequence: words only left out, in order
+        assert [w for w in kept.split() if w.isdigit()] == [w for w in caption.split() if w.isdigit()]
+    dropped = sum(len(c.split()) - len(k.split()) for c, k in zip(captions, short, strict=True))
+    others = sum(len([w for w in c.split() if not w.isdigit()]) for c in captions)
+    assert 0.45 < dropped / others < 0.55  # about p of the other words
+    assert drop_words(captions, 0.0, np.random.default_rng(0)) == captions
+
+    pool = source_pools(mnist_idx_dir, source="t10k-split", download=False)["train"]
+    bans, texts = choose_bans(0), {}
+
+    def encode(batch):  # captions -> ids, remembering which text each id row stands for
+        ids = [texts.setdefault(t, len(texts)) for t in batch]
+        return torch.tensor(ids)[:, None]
+
+    read = lambda data: [list(texts)[i] for i in data.conditions[:, 0].tolist()]  # noqa: E731
+    plain = train_composites(pool, bans, 200, 7, 0).captions
+    first = read(fresh_train_data(pool, bans, 200, 7, encode, word_dropout=0.4))
+    again = read(fresh_train_data(pool, bans, 200, 7, encode, word_dropout=0.4))
+    data = fresh_train_data(pool, bans, 200, 7, encode, word_dropout=0.4)
+    data.set_epoch(1)
+    assert first == again != read(data)  # the same for the same seed and epoch, afresh every epoch
+    assert first != plain and all(len(f.split()) <= len(p.split()) for f, p in zip(first, plain, strict=True))
+    with pytest.raises(CDrawError, match="word dropout"):
+        fresh_train_data(pool, bans, 200, 7, encode, word_dropout=1.0)
 
 
 def test_same_seed_same_data_other_seed_other_data(mnist_idx_dir):

@@ -42,7 +42,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--epoch-size", type=positive_int, help="composites per epoch (default: the dataset's train size)"
     )
+    parser.add_argument(
+        "--word-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="leave out each word of a training caption but its digits with probability P, afresh every "
+        "epoch, so the model reads each word rather than the template it marks (0.4 for the pretrained "
+        "encoder: paraphrased captions, docs/conditioning.md; default 0: none)",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.word_dropout < 1.0:
+        parser.error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
     cfg, resume = parse_train_args(argv, parser=parser)
     folder = captions_folder(args.captions_dir, cfg.data_dir)
     with PartialState().local_main_process_first():  # one process per machine makes it, the others then read it
@@ -54,9 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     args.captions_dir = str(folder)
     pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
     tokenizer = condition_tokenizer(cfg, [c.text() for c in split_combos(bans)[0]], resume=resume)
-    train_data = fresh_train_data(pool, bans, args.epoch_size or meta["sizes"]["train"], cfg.seed, tokenizer.encode)
+    size = args.epoch_size or meta["sizes"]["train"]
+    train_data = fresh_train_data(pool, bans, size, cfg.seed, tokenizer.encode, word_dropout=args.word_dropout)
     valid_data = datasets.get("mnist-captions").load("valid", cfg.data_dir, tokenizer.encode, folder=args.captions_dir)
-    record = {"data_seed": meta["seed"], "bans": meta["bans"], "source": meta["source"]["train"]}
+    record = {
+        "data_seed": meta["seed"],
+        "bans": meta["bans"],
+        "source": meta["source"]["train"],
+        "word_dropout": args.word_dropout,
+    }
     train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions", record=record)
 
 
