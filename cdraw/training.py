@@ -267,6 +267,8 @@ class Trainer:
             )
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.main, desc="training", unit="step")
         self._run_start = time.perf_counter() - st.elapsed_s
+        if cfg.max_minutes is not None and st.step and st.elapsed_s:  # resumed: place the cosine's end at once,
+            self._end_schedule_in_time(st.step, st.elapsed_s, st.elapsed_s / st.step)  # by the speed so far
         valid, validated_at, stop = {}, -1, False
         while st.step < self.total_steps and not stop:
             if hasattr(self.train_data, "set_epoch"):  # examples made anew each epoch (FreshEachEpoch)
@@ -325,10 +327,13 @@ class Trainer:
         if self._clock_start is None:
             self._clock_start = (step, spent)
         elif step > self._clock_start[0]:
-            per_step = (spent - self._clock_start[1]) / (step - self._clock_start[0])
-            in_time = step + int(max(budget - spent, 0.0) / max(per_step, 1e-9))
-            self.schedule_steps = min(self.total_steps, in_time)
+            self._end_schedule_in_time(step, spent, (spent - self._clock_start[1]) / (step - self._clock_start[0]))
         return spent >= budget
+
+    def _end_schedule_in_time(self, step: int, spent: float, per_step: float) -> None:
+        """Where the cosine ends: the step the time budget runs out at, ``per_step`` seconds a step."""
+        in_time = step + int(max(60 * self.cfg.max_minutes - spent, 0.0) / max(per_step, 1e-9))
+        self.schedule_steps = min(self.total_steps, in_time)
 
     def _train_step(self, idx: torch.Tensor) -> None:
         cfg, st = self.cfg, self.state

@@ -293,6 +293,16 @@ def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, t
     assert lrs[50] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 100)), rel=1e-2)  # half-way
     assert lrs[100] < 1e-6  # decayed to 0 at the budget
 
+    # a longer budget on resume: the cosine goes on from where the new budget puts it, from the first
+    # step (its end placed by the speed so far), not from the full rate until the speed is measured
+    clock[0] = 0.0
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "max_minutes": 200 / 60})
+    train(cfg, *small_sets, resume=True)
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "log.csv")) if r["split"] == "train"]
+    lrs = {int(r["step"]): float(r["lr"]) for r in rows}
+    assert max(lrs) == 200
+    assert lrs[105] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 104 / 200)), rel=1e-2)
+
 
 def test_fresh_examples_every_epoch_are_asked_for_by_epoch_also_after_a_resume(small_sets, tmp_path):
     from cdraw.data import FreshEachEpoch
