@@ -187,6 +187,10 @@ def test_caption_recipe_makes_the_data_set_on_first_use(mnist_idx_dir, tmp_path,
     (data / "mnist").symlink_to(mnist_idx_dir / "mnist")
     out = tmp_path / "run"
     flags = [*TINY, *TEXT_TINY, "--data-dir", str(data), "--output-dir", str(out), "--epoch-size", "100"]
-    recipe("train_mnist_captions.py")([*flags, "--valid-images", "40"])
+    recipe("train_mnist_captions.py")([*flags, "--valid-images", "40", "--word-dropout", "0.4"])
     assert "making MNIST with captions" in capsys.readouterr().out
     assert (data / "mnist_captions" / "metadata.json").is_file() and (out / "model" / "config.json").is_file()
+    assert json.loads((out / "model" / "training.json").read_text())["word_dropout"] == 0.4
+    with pytest.raises(SystemExit) as exit_:
+        recipe("train_mnist_captions.py")([*flags, "--word-dropout", "1"])
+    assert exit_.value.code == 2 and "--word-dropout must be in [0, 1)" in capsys.readouterr().err

@@ -10,7 +10,7 @@ Examples:
   python data_scripts/make_mnist_captions.py                                # once
   cdraw train mnist_captions
   cdraw train mnist_captions --config mnist_captions_paper
-  cdraw train mnist_captions --text-encoder sentence-transformers/all-MiniLM-L6-v2
+  cdraw train mnist_captions --text-encoder sentence-transformers/all-MiniLM-L6-v2 --adapter bilstm --word-dropout 0.4
   cdraw train mnist_captions --captions-dir DIR --max-steps 200
 """
 
