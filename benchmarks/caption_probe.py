@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from cdraw.conditioning import DEFAULT_TEXT_ENCODER, PretrainedConfig
 from cdraw.conditioning.encoders import PretrainedTextEncoder
-from cdraw.conditioning.tokenizers import PAD
 from cdraw.mnist_captions import PARAPHRASES, TEMPLATES, Caption, choose_bans, drop_words, mirror, split_combos
 
 LAYOUTS = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 6: 5}  # template -> layout (templates 5 and 7 are mirrors of 4 and 6)
@@ -78,8 +77,7 @@ class Reader(nn.Module):
 
     def forward(self, ids: Tensor) -> list[Tensor]:
         if self.reading == "mean":
-            mask = ids != PAD
-            states = self.encoder._frozen_states(ids, mask)  # (B, L, H)
+            states, mask = self.encoder.token_states(ids)  # (B, L, H), (B, L)
             mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, H)
             return [head(self.pool(mean)) for head in self.heads]
         ctx = self.encoder(ids)  # words (B, L, K), mask (B, L)

@@ -119,13 +119,16 @@ class PretrainedTextEncoder(nn.Module):
         return self
 
     def forward(self, ids: Tensor) -> Context:
-        mask = ids != PAD  # (B, L)
-        if self.fine_tune:
-            states = self._states(ids, mask)
-        else:
-            states = self._frozen_states(ids, mask)  # (B, L, H)
+        states, mask = self.token_states(ids)  # (B, L, H), (B, L)
         words = self.project(states) if hasattr(self, "project") else run_bilstm(self.lstm, states, mask)
         return Context(words=words, mask=mask)  # (B, L, K)
+
+    def token_states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The pretrained model's last token states before the adapter, (B, L, H), and the mask (B, L)
+        (zeros at padding when frozen)."""
+        mask = ids != PAD  # (B, L)
+        states = self._states(ids, mask) if self.fine_tune else self._frozen_states(ids, mask)
+        return states, mask
 
     def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
         out = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
