@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from cdraw.conditioning import DEFAULT_TEXT_ENCODER, PretrainedConfig
+from cdraw.conditioning.base import TOKEN_STATES
 from cdraw.conditioning.encoders import PretrainedTextEncoder
 from cdraw.mnist_captions import PARAPHRASES, TEMPLATES, Caption, choose_bans, drop_words, mirror, split_combos
 
@@ -86,10 +87,13 @@ class Reader(nn.Module):
         return [head(read[:, i]) for i, head in enumerate(self.heads)]
 
 
-def probe(reading: str, dropout: float, seed: int, steps: int, variants: int = 16) -> dict[str, float]:
+def probe(
+    reading: str, dropout: float, seed: int, steps: int, states: str = "last", variants: int = 16
+) -> dict[str, float]:
     torch.manual_seed(seed)
     adapter = "linear" if reading == "mean" else reading
-    encoder = PretrainedTextEncoder(PretrainedConfig(text_encoder=DEFAULT_TEXT_ENCODER, adapter=adapter))
+    cfg = PretrainedConfig(text_encoder=DEFAULT_TEXT_ENCODER, adapter=adapter, token_states=states)
+    encoder = PretrainedTextEncoder(cfg)
     reader = Reader(reading, encoder)
     seen, heldout = split_combos(choose_bans(0))
     texts, targets, _ = captions(seen, False)
@@ -128,6 +132,7 @@ def main() -> None:
     parser.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.4])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--states", choices=TOKEN_STATES, default="last", help="MiniLM's token states read")
     parser.add_argument("--out", help="write the figures here (JSON)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,9 +140,9 @@ def main() -> None:
     for reading in args.readings:
         for dropout in args.dropouts:
             start = time.perf_counter()
-            runs = [probe(reading, dropout, seed, args.steps) for seed in range(args.seeds)]
+            runs = [probe(reading, dropout, seed, args.steps, args.states) for seed in range(args.seeds)]
             mean = {k: round(float(np.mean([r[k] for r in runs])), 3) for k in runs[0]}
-            rows.append({"reading": reading, "word_dropout": dropout, **mean, "runs": runs})
+            rows.append({"reading": reading, "states": args.states, "word_dropout": dropout, **mean, "runs": runs})
             took = time.perf_counter() - start
             print(
                 f"{reading:7s} word dropout {dropout:.2f}: "

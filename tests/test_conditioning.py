@@ -262,6 +262,31 @@ def test_pretrained_encoder_with_a_bilstm_adapter(tmp_path):
         ConditionConfig(kind="pretrained", adapter="mlp")
 
 
+def test_pretrained_encoder_reads_its_input_embeddings_when_asked():
+    """token_states="input": the adapter reads rows of the embedding table, the same for a word-piece
+    whatever its sentence (no transformer run); fine-tuned, only that table trains; bad values refused."""
+    folder = pretrained_folder()
+    torch.manual_seed(0)
+    cond = ConditionConfig(kind="pretrained", text_encoder=folder, token_states="input", word_size=6, max_length=16)
+    model = DRAW(tiny(cond))
+    enc = model.condition.eval()
+    table = enc.model.get_input_embeddings().weight  # (V, H)
+    ids = model.encode_condition(["the digit 7 is at the top left of the image", "a 7"])  # (2, L)
+    states, mask = enc.token_states(ids)  # (2, L, H)
+    torch.testing.assert_close(states[mask], table[ids[mask]])
+    assert (states[~mask] == 0).all()
+    last = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)))
+    contextual, _ = last.condition.eval().token_states(ids)
+    assert not torch.allclose(contextual[mask], table[ids[mask]])  # the default reads the last layer
+    tuned = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, token_states="input", fine_tune=True)))
+    trained = [n for n, p in tuned.condition.model.named_parameters() if p.requires_grad]
+    assert trained == ["embeddings.word_embeddings.weight"]
+    tuned(torch.rand(2, 1, 12, 12), ["a 7", "a 3 and a 5"]).loss.sum().backward()
+    assert tuned.condition.model.get_input_embeddings().weight.grad is not None
+    with pytest.raises(CDrawError, match="token_states must be one of"):
+        ConditionConfig(kind="pretrained", token_states="middle")
+
+
 def test_pretrained_default_resolves_to_the_offline_package():
     folder = pretrained_folder()
     from cdraw.conditioning import DEFAULT_TEXT_ENCODER, resolve_text_encoder

