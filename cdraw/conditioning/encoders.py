@@ -130,8 +130,8 @@ class PretrainedTextEncoder(nn.Module):
         return Context(words=words, mask=mask)  # (B, L, K)
 
     def token_states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """The pretrained model's last token states before the adapter, (B, L, H), and the mask (B, L)
-        (zeros at padding when frozen)."""
+        """What the adapter reads: the pretrained model's token states of the configured kind
+        (last layer or input embeddings), (B, L, H), zeros at padding when frozen; and the mask (B, L)."""
         mask = ids != PAD  # (B, L)
         states = self._states(ids, mask) if self.fine_tune else self._frozen_states(ids, mask)
         return states, mask
