@@ -274,7 +274,7 @@ def test_pretrained_encoder_reads_its_input_embeddings_when_asked():
     ids = model.encode_condition(["the digit 7 is at the top left of the image", "a 7"])  # (2, L)
     states, mask = enc.token_states(ids)  # (2, L, H)
     torch.testing.assert_close(states[mask], table[ids[mask]])
-    assert (states[~mask] == 0).all()
+    assert (states[~mask] == 0).all() and not enc._cache  # a lookup: nothing kept per caption
     last = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)))
     contextual, _ = last.condition.eval().token_states(ids)
     assert not torch.allclose(contextual[mask], table[ids[mask]])  # the default reads the last layer

@@ -131,15 +131,17 @@ class PretrainedTextEncoder(nn.Module):
 
     def token_states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """What the adapter reads: the pretrained model's token states of the configured kind
-        (last layer or input embeddings), (B, L, H), zeros at padding when frozen; and the mask (B, L)."""
+        (last layer or input embeddings), (B, L, H), zeros at padding when frozen or read from the
+        table; and the mask (B, L). Frozen last-layer states come from the per-caption cache."""
         mask = ids != PAD  # (B, L)
-        states = self._states(ids, mask) if self.fine_tune else self._frozen_states(ids, mask)
-        return states, mask
+        if self.fine_tune or self.states_from == "input":  # a table lookup: cheaper than the cache's keying
+            return self._states(ids, mask), mask
+        return self._frozen_states(ids, mask), mask
 
     def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
         ids = ids.masked_fill(~mask, self.pad_id)
         if self.states_from == "input":
-            return self.model.get_input_embeddings()(ids)  # (B, L, H): the embedding table's rows
+            return self.model.get_input_embeddings()(ids) * mask[..., None]  # (B, L, H): table rows, 0 at padding
         return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, H)
 
     @torch.no_grad()
