@@ -49,6 +49,13 @@ class TrainConfig:
         metadata={"help": "start the canvas at the training mean image and the write window at unit gain"},
     )
     warmup_steps: int = field(default=0, metadata={"help": "raise the learning rate linearly over this many steps"})
+    init_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "start from a trained model (a model folder or Hub id): each weight whose name and shape "
+            "match is copied, the text encoder's only when both use the same kind; the rest start fresh"
+        },
+    )
     max_minutes: float | None = field(
         default=None,
         metadata={

@@ -140,6 +140,26 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, int | float | str | bool]:
     return flat
 
 
+def warm_start(model: DRAW, source: DRAW) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` each of ``source``'s weights with the same name and shape (the text
+    encoder's only when both condition on the same kind of encoder: an LSTM over other inputs
+    shares names, not meaning). Returns the names copied and the names left as they were."""
+    kind = lambda m: m.config.condition and m.config.condition.kind  # noqa: E731
+    same_kind = kind(model) == kind(source)
+    theirs, mine = source.state_dict(), model.state_dict()
+    copied = [
+        name
+        for name, w in mine.items()
+        if name in theirs and theirs[name].shape == w.shape and (same_kind or not name.startswith("condition."))
+    ]
+    if not copied:
+        raise CDrawError("--init-weights: the model shares no weight (name and shape) with this one")
+    with torch.no_grad():
+        for name in copied:
+            mine[name].copy_(theirs[name])
+    return copied, [name for name in mine if name not in set(copied)]
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes, to compare models across processes."""
     h = hashlib.sha256()
@@ -203,6 +223,13 @@ class Trainer:
         model = DRAW(cfg.model)
         if cfg.init_from_data and not resume:
             model.init_from_data(train_data.mean_image())
+        if cfg.init_weights and not resume:
+            copied, fresh = warm_start(model, DRAW.from_pretrained(cfg.init_weights))
+            if self.main:
+                parts = ", ".join(sorted({name.split(".")[0] for name in fresh})) or "none"
+                tqdm.write(
+                    f"--init-weights: {len(copied)} tensors copied from {cfg.init_weights} (not copied: {parts})"
+                )
         model.compile_step(cfg.compile, **({} if cfg.compile_mode == "default" else {"mode": cfg.compile_mode}))
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.model, self.optimizer = acc.prepare(model, optimizer)

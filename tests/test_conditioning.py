@@ -315,6 +315,26 @@ def test_frozen_text_encoder_caches_states_exactly():
     torch.testing.assert_close(again, first)
 
 
+def test_full_frozen_cache_computes_only_the_captions_it_lacks(monkeypatch):
+    """Past the cache's size, cached captions are still served from it and only the others run
+    through the encoder; every row equals a fresh forward pass."""
+    from cdraw.conditioning import encoders
+
+    monkeypatch.setattr(encoders, "FROZEN_CACHE_CAPTIONS", 1)
+    model = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=pretrained_folder(), word_size=6, max_length=16)))
+    enc = model.condition.eval()
+    enc(model.encode_condition(["a stop sign"]))  # fills the one place
+    ids = model.encode_condition(["a stop sign", "a red bus", "a stop sign", "two dogs"])
+    mask = ids != PAD
+    computed = []
+    states = enc._states
+    monkeypatch.setattr(enc, "_states", lambda i, m: computed.append(len(i)) or states(i, m))
+    got = enc.token_states(ids)[0]
+    assert computed == [2] and len(enc._cache) == 1  # the two new captions, once each; none kept
+    torch.testing.assert_close(got[mask], states(ids, mask)[mask], atol=1e-5, rtol=1e-5)
+    assert (got[~mask] == 0).all()
+
+
 def test_frozen_text_encoder_cache_is_cleared_by_new_weights_and_dtype():
     folder = pretrained_folder()
     model = DRAW(tiny(ConditionConfig(kind="pretrained", text_encoder=folder, word_size=6, max_length=16)))
@@ -400,3 +420,30 @@ def test_one_config_class_per_kind_and_the_earlier_single_class_form_still_reads
     assert read == BiLSTMConfig(embed_size=128, hidden_size=128, vocab_size=1000, max_length=32, tokenizer=".")
     with pytest.raises(CDrawError, match="unknown BiLSTMConfig fields"):
         ConditionConfig.from_dict({**earlier, "hiden_size": 3})  # a typo is still an error
+
+
+def test_warm_start_copies_matching_weights_and_a_text_encoder_only_of_the_same_kind(tokenizer_dir):
+    """--init-weights: the image model's weights (same names and shapes) come from the source; an
+    adapter LSTM that shares names with the source's BiLSTM, over other inputs, is not copied."""
+    from cdraw.training import warm_start
+
+    torch.manual_seed(0)
+    source = DRAW(tiny(bilstm(tokenizer_dir)))
+    pretrained = ConditionConfig(kind="pretrained", text_encoder=pretrained_folder(), adapter="bilstm", hidden_size=6)
+    model = DRAW(tiny(pretrained))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied, fresh = warm_start(model, source)
+    theirs, mine = source.state_dict(), model.state_dict()
+    assert {"decoder.weight_hh", "alignment.U.weight", "writer.patch.weight", "canvas0"} <= set(copied)
+    assert not any(name.startswith("condition.") for name in copied)
+    assert all(torch.equal(mine[n], theirs[n]) for n in copied)
+    assert all(torch.equal(mine[n], before[n]) for n in fresh)
+    assert "condition.lstm.weight_hh_l0" in fresh  # same name and shape in both, not the same meaning
+
+    same = DRAW(tiny(bilstm(tokenizer_dir)))
+    copied, fresh = warm_start(same, source)
+    assert not fresh and torch.equal(same.condition.lstm.weight_ih_l0, source.condition.lstm.weight_ih_l0)
+    with pytest.raises(CDrawError, match="shares no weight"):
+        warm_start(
+            DRAW(DRAWConfig(image_size=(5, 5), glimpses=2, enc_size=3, dec_size=3, z_size=2, attention=False)), source
+        )

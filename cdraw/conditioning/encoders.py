@@ -152,14 +152,16 @@ class PretrainedTextEncoder(nn.Module):
         for i, k in enumerate(keys):
             if k not in self._cache:
                 first_row.setdefault(k, i)
-        if len(self._cache) + len(first_row) > FROZEN_CACHE_CAPTIONS:
-            return self._states(ids, mask)  # the cache is full: compute the batch as it is
+        new = {}
         if first_row:
             rows = list(first_row.values())
-            new = self._states(ids[rows], mask[rows])  # (U, L, H)
-            for k, states, n in zip(first_row, new, mask[rows].sum(1).tolist(), strict=True):
-                self._cache[k] = states[:n].clone()  # (n, H): padding positions are never read
-        out = pad_sequence([self._cache[k] for k in keys], batch_first=True)  # (B, L', H), zeros at padding
+            states = self._states(ids[rows], mask[rows])  # (U, L, H): only the captions not cached
+            for k, row, n in zip(first_row, states, mask[rows].sum(1).tolist(), strict=True):
+                new[k] = row[:n]  # (n, H): padding positions are never read
+            for k in list(new)[: max(FROZEN_CACHE_CAPTIONS - len(self._cache), 0)]:  # kept while there is room
+                self._cache[k] = new[k].clone()
+        seqs = [self._cache[k] if k in self._cache else new[k] for k in keys]
+        out = pad_sequence(seqs, batch_first=True)  # (B, L', H), zeros at padding
         return nn.functional.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))  # (B, L, H)
 
     def _apply(self, fn, *args, **kwargs):
