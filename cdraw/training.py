@@ -142,22 +142,27 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, int | float | str | bool]:
 
 def warm_start(model: DRAW, source: DRAW) -> tuple[list[str], list[str]]:
     """Copy into ``model`` each of ``source``'s weights with the same name and shape (the text
-    encoder's only when both condition on the same kind of encoder: an LSTM over other inputs
-    shares names, not meaning). Returns the names copied and the names left as they were."""
-    kind = lambda m: m.config.condition and m.config.condition.kind  # noqa: E731
-    same_kind = kind(model) == kind(source)
+    encoder's only when both use the same encoder: an adapter LSTM over MiniLM shares its names
+    with a BiLSTM over words, not their meaning). Returns the names copied and the names left as
+    they were."""
+
+    def encoder(m: DRAW) -> tuple[str | None, str | None]:
+        cond = m.config.condition
+        return (cond.kind, getattr(cond, "text_encoder", None)) if cond is not None else (None, None)
+
+    same_encoder = encoder(model) == encoder(source)
     theirs, mine = source.state_dict(), model.state_dict()
-    copied = [
+    copied = {
         name
         for name, w in mine.items()
-        if name in theirs and theirs[name].shape == w.shape and (same_kind or not name.startswith("condition."))
-    ]
+        if name in theirs and theirs[name].shape == w.shape and (same_encoder or not name.startswith("condition."))
+    }
     if not copied:
         raise CDrawError("--init-weights: the model shares no weight (name and shape) with this one")
     with torch.no_grad():
         for name in copied:
             mine[name].copy_(theirs[name])
-    return copied, [name for name in mine if name not in set(copied)]
+    return [n for n in mine if n in copied], [n for n in mine if n not in copied]
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -217,14 +222,15 @@ class Trainer:
 
     def _setup(self, train_data: ImageData, valid_data: ImageData, resume: bool) -> None:
         cfg, acc = self.cfg, self.acc
+        source = DRAW.from_pretrained(cfg.init_weights) if cfg.init_weights and not resume else None  # read first
         check_output_dir(self.out, resume)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         model = DRAW(cfg.model)
         if cfg.init_from_data and not resume:
             model.init_from_data(train_data.mean_image())
-        if cfg.init_weights and not resume:
-            copied, fresh = warm_start(model, DRAW.from_pretrained(cfg.init_weights))
+        if source is not None:
+            copied, fresh = warm_start(model, source)
             if self.main:
                 parts = ", ".join(sorted({name.split(".")[0] for name in fresh})) or "none"
                 tqdm.write(

@@ -142,6 +142,20 @@ def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(small_s
         train(other, train_set, valid_set, resume=True)
 
 
+def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path):
+    """--init-weights: a missing model is refused before the run folder is touched; a trained one's
+    weights are where the new run starts (at a negligible lr they are still there at its end)."""
+    train_set, valid_set = small_sets
+    train(tiny_train_config(tmp_path / "a", max_steps=2), train_set, valid_set)
+    with pytest.raises(CDrawError, match="nowhere"):
+        train(tiny_train_config(tmp_path / "b", init_weights=str(tmp_path / "nowhere")), train_set, valid_set)
+    assert not (tmp_path / "b" / "train_config.yaml").exists()
+    cfg = tiny_train_config(tmp_path / "b", max_steps=2, lr=1e-12, init_weights=str(tmp_path / "a" / "model"))
+    train(cfg, train_set, valid_set)
+    source, warm = (DRAW.from_pretrained(tmp_path / run / "model").state_dict() for run in ("a", "b"))
+    assert all(torch.allclose(warm[name], w, atol=1e-6) for name, w in source.items())
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
     train_set, valid_set = small_sets
     cfg = tiny_train_config(tmp_path / "run", max_steps=10, checkpoint_every=10)
