@@ -159,9 +159,7 @@ def warm_start(model: DRAW, source: DRAW) -> tuple[list[str], list[str]]:
     }
     if not copied:
         raise CDrawError("--init-weights: the model shares no weight (name and shape) with this one")
-    with torch.no_grad():
-        for name in copied:
-            mine[name].copy_(theirs[name])
+    model.load_state_dict({name: theirs[name] for name in copied}, strict=False)  # through the modules' hooks
     return [n for n in mine if n in copied], [n for n in mine if n not in copied]
 
 

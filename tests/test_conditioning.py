@@ -422,7 +422,7 @@ def test_one_config_class_per_kind_and_the_earlier_single_class_form_still_reads
         ConditionConfig.from_dict({**earlier, "hiden_size": 3})  # a typo is still an error
 
 
-def test_warm_start_copies_matching_weights_and_a_text_encoder_only_of_the_same_kind(tokenizer_dir):
+def test_warm_start_copies_matching_weights_and_a_text_encoder_only_when_it_is_the_same(tokenizer_dir):
     """--init-weights: the image model's weights (same names and shapes) come from the source; an
     adapter LSTM that shares names with the source's BiLSTM, over other inputs, is not copied."""
     from cdraw.training import warm_start
