@@ -53,7 +53,7 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "start from a trained model (a model folder or Hub id): each weight whose name and shape "
-            "match is copied, the text encoder's only when both use the same encoder; the rest start fresh"
+            "match is copied, the text encoder's only when both use the same encoder and tokenizer"
         },
     )
     max_minutes: float | None = field(

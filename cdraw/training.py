@@ -142,13 +142,13 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, int | float | str | bool]:
 
 def warm_start(model: DRAW, source: DRAW) -> tuple[list[str], list[str]]:
     """Copy into ``model`` each of ``source``'s weights with the same name and shape (the text
-    encoder's only when both use the same encoder: an adapter LSTM over MiniLM shares its names
-    with a BiLSTM over words, not their meaning). Returns the names copied and the names left as
+    encoder's only when both use the same encoder and tokenizer: an adapter LSTM over MiniLM shares
+    its names with a BiLSTM over words, not their meaning). Returns the names copied and the names left as
     they were."""
 
-    def encoder(m: DRAW) -> tuple[str | None, str | None]:
-        cond = m.config.condition
-        return (cond.kind, getattr(cond, "text_encoder", None)) if cond is not None else (None, None)
+    def encoder(m: DRAW) -> tuple:  # kind, pretrained model, tokenizer pieces (an embedding row means a piece)
+        cond, tokenizer = m.config.condition, getattr(m.condition, "tokenizer", None)
+        return (cond and cond.kind, getattr(cond, "text_encoder", None), getattr(tokenizer, "proto", None))
 
     same_encoder = encoder(model) == encoder(source)
     theirs, mine = source.state_dict(), model.state_dict()

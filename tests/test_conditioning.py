@@ -443,6 +443,8 @@ def test_warm_start_copies_matching_weights_and_a_text_encoder_only_when_it_is_t
     same = DRAW(tiny(bilstm(tokenizer_dir)))
     copied, fresh = warm_start(same, source)
     assert not fresh and torch.equal(same.condition.lstm.weight_ih_l0, source.condition.lstm.weight_ih_l0)
+    same.condition.tokenizer.proto = b"pieces of another tokenizer"  # same sizes, other meanings of the ids
+    assert not any(name.startswith("condition.") for name in warm_start(same, source)[0])
     with pytest.raises(CDrawError, match="shares no weight"):
         warm_start(
             DRAW(DRAWConfig(image_size=(5, 5), glimpses=2, enc_size=3, dec_size=3, z_size=2, attention=False)), source
