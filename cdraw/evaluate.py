@@ -215,21 +215,21 @@ def label_fidelity_of(
     return result
 
 
-def caption_fidelity_of(
+def caption_matches_of(
     model: DRAW,
     classifier,
     captions: list[str],
     layouts: list | None = None,
     batch_size: int = 500,
     generator: torch.Generator | None = None,
-) -> float:
-    """Generate one 60x60 image per caption; the share whose digits and positions fit it. ``layouts``:
-    what each caption asks for as :class:`cdraw.mnist_captions.Caption` (needed for paraphrases);
-    default: the captions parsed as template captions."""
-    from cdraw.fidelity import caption_fidelity
+) -> Tensor:
+    """Generate one 60x60 image per caption -> (N,) bool: whether its digits and positions fit it.
+    ``layouts``: what each caption asks for as :class:`cdraw.mnist_captions.Caption` (needed for
+    paraphrases); default: the captions parsed as template captions."""
+    from cdraw.fidelity import caption_matches
 
     images = sample_batched(model, model.encode_condition(captions), batch_size, generator)
-    return caption_fidelity(classifier, images, layouts if layouts is not None else captions)
+    return caption_matches(classifier, images, layouts if layouts is not None else captions)
 
 
 #: the MNIST-with-captions splits that caption fidelity is measured on
@@ -238,9 +238,12 @@ FIDELITY_SPLITS = ("test_seen", "test_heldout", "test_paraphrase")
 
 def caption_fidelity_splits(
     model: DRAW, classifier, n: int, data_dir: str | None = None, generator: torch.Generator | None = None
-) -> dict[str, tuple[float, int]]:
-    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS: split -> (share, captions)."""
+) -> dict[str, dict[str, float | int]]:
+    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS: split -> {"all": share,
+    "captions": how many, and per layout (:data:`~cdraw.mnist_captions.TEMPLATE_NAMES`) present: its
+    share}. A paraphrase counts under the layout it says again."""
     from cdraw.datasets.mnist_captions import load_mnist_captions
+    from cdraw.mnist_captions import TEMPLATE_NAMES
 
     found = {}
     for split in FIDELITY_SPLITS:
@@ -249,8 +252,13 @@ def caption_fidelity_splits(
         with warnings.catch_warnings():
             if split == "test_paraphrase":  # unknown words are the point of this split: no warning
                 warnings.simplefilter("ignore", CDrawWarning)
-            share = caption_fidelity_of(model, classifier, captions, layouts, generator=generator)
-        found[split] = share, len(captions)
+            matches = caption_matches_of(model, classifier, captions, layouts, generator=generator)  # (n,)
+        templates = torch.tensor([c.template for c in layouts])  # (n,)
+        shares: dict[str, float | int] = {"all": matches.float().mean().item(), "captions": len(captions)}
+        for t, name in enumerate(TEMPLATE_NAMES):
+            if (templates == t).any():
+                shares[name] = matches[templates == t].float().mean().item()
+        found[split] = shares
     return found
 
 
@@ -340,9 +348,14 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
     classifier, found = shipped_classifier("mnist", device), {}
-    for split, (share, count) in caption_fidelity_splits(model, classifier, n, data_dir, gen).items():
-        found[f"fidelity_{split}"] = share
-        say(f"caption fidelity, {split}: {share:.1%} of {count} generated images")
+    for split, shares in caption_fidelity_splits(model, classifier, n, data_dir, gen).items():
+        found[f"fidelity_{split}"] = shares["all"]
+        layouts = {name: share for name, share in shares.items() if name not in ("all", "captions")}
+        found.update({f"fidelity_{split}_{name.replace(' ', '_')}": share for name, share in layouts.items()})
+        say(
+            f"caption fidelity, {split}: {shares['all']:.1%} of {shares['captions']} generated images"
+            f" (by layout: {', '.join(f'{name} {share:.0%}' for name, share in layouts.items())})"
+        )
     return found
 
 

@@ -110,6 +110,9 @@ TEMPLATE_SLOTS = (
     ("bottom", "top"),
 )
 ONE_DIGIT_TEMPLATES = range(4)
+#: a short name for each template's layout: its one digit's slot, or where its first digit is
+#: relative to the second ("left of": the first on the left)
+TEMPLATE_NAMES = tuple(slots[0] if len(slots) == 1 else f"{slots[0]} of" for slots in TEMPLATE_SLOTS)
 SIDE_BY_SIDE = (4, 5)  # both digits in one row; the other pair templates share one column
 #: other words for each template, for the paraphrase split: words the training captions never use
 #: (number, upper, lower, corner, beside, above, below, ...) around the same digits

@@ -12,6 +12,7 @@ import torch
 
 from cdraw import DRAW, CDrawError
 from cdraw.cli import main as cdraw_main
+from cdraw.mnist_captions import TEMPLATE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4", "--write-size", "3"]
@@ -81,7 +82,43 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     assert found["dataset"] == "mnist-captions" and found["split"] == "test_seen"
     fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
     assert fidelity | {"retrieval_captions_r_at_1", "retrieval_images_median_rank"} <= set(found)
+    layouts = {f"{split}_{name.replace(' ', '_')}" for split in fidelity for name in TEMPLATE_NAMES}
+    by_layout = {k for k in found if k.startswith("fidelity_test_") and k not in fidelity}
+    assert by_layout and by_layout <= layouts  # each a layout present in the first 5 captions of its split
     assert found["retrieval_captions_candidates"] == 6 and 1 <= found["retrieval_images_median_rank"] <= 6
+
+
+def test_caption_fidelity_is_broken_down_by_layout(captions_dir):
+    """A stand-in model that draws each caption's own test composite when its layout is "top left" or
+    "left of" (template 0 or 4, a paraphrase by the layout it says again) and a blank canvas otherwise:
+    those layouts score high, the others 0, and the whole split the mean weighted by captions."""
+    from cdraw.datasets.mnist_captions import load_mnist_captions
+    from cdraw.evaluate import FIDELITY_SPLITS, caption_fidelity_splits
+    from cdraw.fidelity import shipped_classifier
+
+    splits = {split: load_mnist_captions(split, data_dir=str(captions_dir.parent)) for split in FIDELITY_SPLITS}
+    drawn = {}  # caption -> (1, 60, 60) image
+    for data in splits.values():
+        for caption, layout, image in zip(data.captions, data.layouts(), data.images, strict=True):
+            drawn[caption] = image.float() if layout.template in (0, 4) else torch.zeros_like(image, dtype=torch.float)
+    texts = list(drawn)
+
+    class StandIn:
+        def encode_condition(self, captions):
+            return torch.tensor([texts.index(c) for c in captions])  # (N,)
+
+        def sample(self, n, condition, generator=None):
+            return torch.stack([drawn[texts[i]] for i in condition.tolist()])  # (n, 1, 60, 60)
+
+    found = caption_fidelity_splits(StandIn(), shipped_classifier("mnist"), 30, str(captions_dir.parent))
+    assert set(found) == set(FIDELITY_SPLITS)
+    for split, shares in found.items():
+        templates = [c.template for c in splits[split].layouts()[:30]]
+        assert shares["captions"] == 30 and {"all", "captions"} | {TEMPLATE_NAMES[t] for t in templates} == set(shares)
+        for t in set(templates):  # real composites: the shipped classifier reads >= 95% of them
+            assert shares[TEMPLATE_NAMES[t]] > 0.5 if t in (0, 4) else shares[TEMPLATE_NAMES[t]] == 0, (split, t)
+        whole = sum(templates.count(t) * shares[TEMPLATE_NAMES[t]] for t in set(templates)) / 30
+        assert shares["all"] == pytest.approx(whole) and shares["all"] > 0
 
 
 def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path):
