@@ -236,12 +236,21 @@ def caption_matches_of(
 FIDELITY_SPLITS = ("test_seen", "test_heldout", "test_paraphrase")
 
 
+@dataclass(frozen=True)
+class CaptionFidelity:
+    """Caption fidelity on one split: the share of generated images that fit their caption, over
+    how many captions, and the share per layout (:data:`~cdraw.mnist_captions.TEMPLATE_NAMES`, those
+    present; a paraphrase counts under the layout it says again)."""
+
+    share: float
+    captions: int
+    by_layout: dict[str, float]
+
+
 def caption_fidelity_splits(
     model: DRAW, classifier, n: int, data_dir: str | None = None, generator: torch.Generator | None = None
-) -> dict[str, dict[str, float | int]]:
-    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS: split -> {"all": share,
-    "captions": how many, and per layout (:data:`~cdraw.mnist_captions.TEMPLATE_NAMES`) present: its
-    share}. A paraphrase counts under the layout it says again."""
+) -> dict[str, CaptionFidelity]:
+    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS."""
     from cdraw.datasets.mnist_captions import load_mnist_captions
     from cdraw.mnist_captions import TEMPLATE_NAMES
 
@@ -254,11 +263,12 @@ def caption_fidelity_splits(
                 warnings.simplefilter("ignore", CDrawWarning)
             matches = caption_matches_of(model, classifier, captions, layouts, generator=generator)  # (n,)
         templates = torch.tensor([c.template for c in layouts])  # (n,)
-        shares: dict[str, float | int] = {"all": matches.float().mean().item(), "captions": len(captions)}
-        for t, name in enumerate(TEMPLATE_NAMES):
-            if (templates == t).any():
-                shares[name] = matches[templates == t].float().mean().item()
-        found[split] = shares
+        by_layout = {
+            name: matches[templates == t].float().mean().item()
+            for t, name in enumerate(TEMPLATE_NAMES)
+            if (templates == t).any()
+        }
+        found[split] = CaptionFidelity(matches.float().mean().item(), len(captions), by_layout)
     return found
 
 
@@ -348,13 +358,12 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
     classifier, found = shipped_classifier("mnist", device), {}
-    for split, shares in caption_fidelity_splits(model, classifier, n, data_dir, gen).items():
-        found[f"fidelity_{split}"] = shares["all"]
-        layouts = {name: share for name, share in shares.items() if name not in ("all", "captions")}
-        found.update({f"fidelity_{split}_{name.replace(' ', '_')}": share for name, share in layouts.items()})
+    for split, got in caption_fidelity_splits(model, classifier, n, data_dir, gen).items():
+        found[f"fidelity_{split}"] = got.share
+        found.update({f"fidelity_{split}_{name.replace(' ', '_')}": share for name, share in got.by_layout.items()})
         say(
-            f"caption fidelity, {split}: {shares['all']:.1%} of {shares['captions']} generated images"
-            f" (by layout: {', '.join(f'{name} {share:.0%}' for name, share in layouts.items())})"
+            f"caption fidelity, {split}: {got.share:.1%} of {got.captions} generated images"
+            f" (by layout: {', '.join(f'{name} {share:.0%}' for name, share in got.by_layout.items())})"
         )
     return found
 

@@ -112,13 +112,14 @@ def test_caption_fidelity_is_broken_down_by_layout(captions_dir):
 
     found = caption_fidelity_splits(StandIn(), shipped_classifier("mnist"), 30, str(captions_dir.parent))
     assert set(found) == set(FIDELITY_SPLITS)
-    for split, shares in found.items():
+    for split, got in found.items():
         templates = [c.template for c in splits[split].layouts()[:30]]
-        assert shares["captions"] == 30 and {"all", "captions"} | {TEMPLATE_NAMES[t] for t in templates} == set(shares)
+        assert got.captions == 30 and set(got.by_layout) == {TEMPLATE_NAMES[t] for t in templates}
         for t in set(templates):  # real composites: the shipped classifier reads >= 95% of them
-            assert shares[TEMPLATE_NAMES[t]] > 0.5 if t in (0, 4) else shares[TEMPLATE_NAMES[t]] == 0, (split, t)
-        whole = sum(templates.count(t) * shares[TEMPLATE_NAMES[t]] for t in set(templates)) / 30
-        assert shares["all"] == pytest.approx(whole) and shares["all"] > 0
+            share = got.by_layout[TEMPLATE_NAMES[t]]
+            assert share > 0.5 if t in (0, 4) else share == 0, (split, t)
+        whole = sum(templates.count(t) * got.by_layout[TEMPLATE_NAMES[t]] for t in set(templates)) / 30
+        assert got.share == pytest.approx(whole) and got.share > 0
 
 
 def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path):
