@@ -9,8 +9,10 @@ Shapes: B batch, L caption tokens, K per-word state size, D vector size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -189,10 +191,10 @@ class PretrainedTextEncoder(nn.Module):
             path = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
             same = False
             if path != DEFAULT_TEXT_ENCODER:  # the offline package is installed
-                ours, theirs = (
-                    self.model.state_dict(),
-                    _import_transformers().AutoModel.from_pretrained(path).state_dict(),
-                )
+                transformers = _import_transformers()
+                with _without_progress_bars(transformers):
+                    theirs = transformers.AutoModel.from_pretrained(path).state_dict()
+                ours = self.model.state_dict()
                 same = ours.keys() == theirs.keys() and all(
                     ours[k].dtype == theirs[k].dtype and torch.equal(ours[k].cpu(), theirs[k]) for k in ours
                 )
@@ -224,7 +226,8 @@ def _load_hf(cfg: ConditionConfig, root: Path | None, what: str):
     source = resolve_text_encoder(cfg.text_encoder, root)
     transformers = _import_transformers()
     try:
-        return getattr(transformers, what).from_pretrained(source)
+        with _without_progress_bars(transformers):
+            return getattr(transformers, what).from_pretrained(source)
     except (OSError, ValueError, KeyError) as e:
         raise CDrawError(
             f"could not load the text encoder {cfg.text_encoder!r} ({str(e).splitlines()[0]}); give a local "
@@ -293,6 +296,20 @@ def text_encoder_installed() -> bool:
     except Exception:  # missing, or broken (a torchvision of another build breaks transformers' import)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _without_progress_bars(transformers) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") off while it loads a model: a command's
+    output is cdraw's lines, and an error stays one line."""
+    logging = transformers.utils.logging
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
 
 
 def _import_transformers():
