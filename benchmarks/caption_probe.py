@@ -25,6 +25,7 @@ control run of as long without it; docs/conditioning.md, docs/results.md).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -88,11 +89,19 @@ class Reader(nn.Module):
 
 
 def probe(
-    reading: str, dropout: float, seed: int, steps: int, states: str = "last", variants: int = 16
+    reading: str,
+    dropout: float,
+    seed: int,
+    steps: int,
+    states: str = "last",
+    state_noise: float = 0.0,
+    variants: int = 16,
 ) -> dict[str, float]:
     torch.manual_seed(seed)
     adapter = "linear" if reading == "mean" else reading
-    cfg = PretrainedConfig(text_encoder=DEFAULT_TEXT_ENCODER, adapter=adapter, token_states=states)
+    cfg = PretrainedConfig(
+        text_encoder=DEFAULT_TEXT_ENCODER, adapter=adapter, token_states=states, state_noise=state_noise
+    )
     encoder = PretrainedTextEncoder(cfg)
     reader = Reader(reading, encoder)
     seen, heldout = split_combos(choose_bans(0))
@@ -133,19 +142,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--states", choices=TOKEN_STATES, default="last", help="MiniLM's token states read")
+    parser.add_argument(
+        "--state-noises", nargs="+", type=float, default=[0.0], help="the adapter readings' --state-noise values"
+    )
     parser.add_argument("--out", help="write the figures here (JSON)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
     for reading in args.readings:
-        for dropout in args.dropouts:
+        for dropout, noise in itertools.product(args.dropouts, [0.0] if reading == "mean" else args.state_noises):
             start = time.perf_counter()
-            runs = [probe(reading, dropout, seed, args.steps, args.states) for seed in range(args.seeds)]
+            runs = [probe(reading, dropout, seed, args.steps, args.states, noise) for seed in range(args.seeds)]
             mean = {k: round(float(np.mean([r[k] for r in runs])), 3) for k in runs[0]}
-            rows.append({"reading": reading, "states": args.states, "word_dropout": dropout, **mean, "runs": runs})
+            rows.append(
+                {"reading": reading, "states": args.states, "word_dropout": dropout, "state_noise": noise}
+                | mean
+                | {"runs": runs}
+            )
             took = time.perf_counter() - start
             print(
-                f"{reading:7s} word dropout {dropout:.2f}: "
+                f"{reading:7s} word dropout {dropout:.2f}, state noise {noise:.2f}: "
                 + ", ".join(f"{k} {v:.1%}" for k, v in mean.items())
                 + f"  ({took:.0f} s)",
                 flush=True,

@@ -287,6 +287,45 @@ def test_pretrained_encoder_reads_its_input_embeddings_when_asked():
         ConditionConfig(kind="pretrained", token_states="middle")
 
 
+def test_state_noise_is_the_formula_at_real_tokens_only():
+    """add_state_noise: states + s * sigma * eps at real tokens, sigma the std of the real tokens'
+    states (all coordinates), padding untouched; s = 0 changes nothing."""
+    from cdraw.conditioning.encoders import add_state_noise
+
+    torch.manual_seed(0)
+    states = 3.0 + 2.0 * torch.randn(4, 7, 5)  # (B, L, H)
+    mask = torch.arange(7)[None] < torch.tensor([[7], [5], [3], [1]])  # (B, L)
+    states = states * mask[..., None]
+    sigma = states[mask].std(unbiased=False)
+    torch.manual_seed(1)
+    noisy = add_state_noise(states, mask, 0.5)
+    torch.manual_seed(1)
+    eps = torch.randn_like(states)
+    torch.testing.assert_close(noisy[mask], states[mask] + 0.5 * sigma * eps[mask])
+    assert (noisy[~mask] == 0).all()
+    torch.testing.assert_close(add_state_noise(states, mask, 0.0), states)
+    with pytest.raises(CDrawError, match="state_noise must be >= 0"):
+        ConditionConfig(kind="pretrained", state_noise=-0.1)
+
+
+def test_state_noise_acts_in_training_only():
+    """A pretrained encoder with state_noise reads noisy states in train mode (a new draw each
+    call) and the exact states in eval mode, where it equals the same model without noise."""
+    folder = pretrained_folder()
+    torch.manual_seed(0)
+    cond = ConditionConfig(kind="pretrained", text_encoder=folder, adapter="bilstm", hidden_size=5, max_length=16)
+    model = DRAW(tiny(dataclasses.replace(cond, state_noise=1.0)))
+    plain = DRAW(tiny(cond))
+    plain.load_state_dict(model.state_dict())
+    ids = model.encode_condition(["the number 7 is in the upper left corner", "a 3 to the left of a 5"])
+    mask = ids != PAD
+    model.train(), plain.train()
+    a, b, exact = model.condition(ids).words, model.condition(ids).words, plain.condition(ids).words
+    assert not torch.allclose(a[mask], b[mask]) and not torch.allclose(a[mask], exact[mask])
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model.condition(ids).words, plain.condition(ids).words)
+
+
 def test_pretrained_default_resolves_to_the_offline_package():
     folder = pretrained_folder()
     from cdraw.conditioning import DEFAULT_TEXT_ENCODER, resolve_text_encoder

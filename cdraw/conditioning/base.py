@@ -174,6 +174,14 @@ class PretrainedConfig(ConditionConfig):
             "sentence's context) or input (its input word embeddings, each word-piece alone)"
         },
     )
+    state_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "pretrained: in training, add Gaussian noise of this many standard deviations of the token "
+            "states to each state the adapter reads (0: none), so nearby states (other words for the same "
+            "thing) read alike"
+        },
+    )
     word_size: int = field(default=256, metadata={"help": "pretrained: size its token states are projected to"})
     hidden_size: int = field(
         default=128, metadata={"help": "bilstm (and a pretrained encoder's bilstm adapter): LSTM size per direction"}
@@ -182,6 +190,8 @@ class PretrainedConfig(ConditionConfig):
 
     def __post_init__(self) -> None:
         self._check()
+        if not self.state_noise >= 0:
+            raise CDrawError(f"condition state_noise must be >= 0, got {self.state_noise}")
         if self.adapter not in ADAPTERS:
             raise CDrawError(f"condition adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if self.token_states not in TOKEN_STATES:

@@ -81,6 +81,23 @@ class BiLSTMEncoder(nn.Module):
         return dataclasses.replace(cfg, tokenizer=".", vocab_size=self.tokenizer.vocab_size)
 
 
+def add_state_noise(states: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """states + scale * sigma * eps, eps ~ N(0, I), at real tokens only (padding stays as it is).
+
+    sigma is the standard deviation of the batch's token states over all real tokens and
+    coordinates (no gradient flows through it). A regulariser of the adapter: trained on states
+    blurred this much, it reads a word's state and the states near it (other words for the same
+    thing: "upper" near "top") alike.
+    states: (B, L, H); mask: (B, L) True at real tokens.
+    """
+    m = mask[..., None].to(states.dtype)  # (B, L, 1)
+    with torch.no_grad():
+        n = m.sum() * states.shape[-1]
+        mean = (states * m).sum() / n
+        sigma = ((((states - mean) * m) ** 2).sum() / n).sqrt()
+    return states + scale * sigma * torch.randn_like(states) * m
+
+
 class PretrainedTextEncoder(nn.Module):
     """A ``transformers`` model's token states through a trained adapter: (B, L) ids -> Context(words, mask).
 
@@ -90,6 +107,8 @@ class PretrainedTextEncoder(nn.Module):
     The states are its last layer's (``token_states="last"``, each word in its sentence's context) or
     its input word embeddings (``token_states="input"``, each word-piece alone, no transformer run).
     Frozen by default (kept in eval mode, no gradients); ``fine_tune=True`` trains it with the rest.
+    With ``state_noise`` s > 0, training adds Gaussian noise of s standard deviations of the states
+    to what the adapter reads (:func:`add_state_noise`; never in eval mode).
     Its weights are saved in the checkpoint's ``text_encoder/`` folder in the usual Hugging Face
     format (with its tokenizer), not again in ``model.safetensors``; a frozen copy of the packaged
     default is named instead of copied.
@@ -105,6 +124,7 @@ class PretrainedTextEncoder(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.fine_tune = cfg.fine_tune
         self.states_from = cfg.token_states
+        self.state_noise = cfg.state_noise
         self.model.requires_grad_(cfg.fine_tune)
         embeddings = self.model.get_input_embeddings().weight
         for name, p in self.model.named_parameters():
@@ -128,6 +148,8 @@ class PretrainedTextEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Context:
         states, mask = self.token_states(ids)  # (B, L, H), (B, L)
+        if self.training and self.state_noise:
+            states = add_state_noise(states, mask, self.state_noise)
         words = self.project(states) if hasattr(self, "project") else run_bilstm(self.lstm, states, mask)
         return Context(words=words, mask=mask)  # (B, L, K)
 
