@@ -1,4 +1,4 @@
-"""Copy a trained model into the package as a default model, with a model card made from its records.
+"""Copy a trained model into the package as a shipped model, with a model card made from its records.
 
 The card is written from the files beside the model, never by hand: ``training.json`` (data set,
 steps, time, validation bound, written by training), ``eval.json`` (written by
@@ -41,7 +41,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     cfg, n = model.config, sum(p.numel() for p in model.parameters())
     training, figures = read_record(folder), read_record(folder, EVAL_RECORD)
     lines = [
-        f"# cdraw default model: {name}",
+        f"# cdraw shipped model: {name}",
         "",
         hub.describe(cfg, n),
         "",
