@@ -14,10 +14,12 @@ Readings of the encoder's token states (all-MiniLM-L6-v2, frozen, through
 :class:`cdraw.conditioning.encoders.PretrainedTextEncoder`): ``mean`` (the pooled sentence vector
 through a layer), ``linear`` and ``bilstm`` (the model's two adapters; three learned queries attend
 over the adapted states, as alignDRAW's decoder does), each trained with and without word dropout
-(:func:`cdraw.mnist_captions.drop_words`). The alignDRAW model loses some of the probe's accuracy
-(it must also draw): with the BiLSTM adapter, 120 more minutes of training with word dropout took
-its paraphrase fidelity from 20.5% to 39.2% where the probe went from 25.7% to 51.1% (without a
-control run of as long without it; docs/conditioning.md, docs/results.md).
+(:func:`cdraw.mnist_captions.drop_words`); the adapters also with noise on the token states they
+read (``--state-noises``, :func:`cdraw.conditioning.encoders.add_state_noise`).
+The alignDRAW model loses some of the probe's accuracy (it must also draw): with the BiLSTM
+adapter, 120 more minutes of training with word dropout took its paraphrase fidelity from 20.5% to
+39.2% where the probe went from 25.7% to 51.1% (without a control run of as long without it;
+docs/conditioning.md, docs/results.md).
 
     python benchmarks/caption_probe.py --out docs/figures/caption-probe.json     # ~25 min on one thread
 """
