@@ -28,9 +28,10 @@ from cdraw.model import DRAW
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
 
 
-def with_metadata(folder: Path, name: str, body: str) -> str:
-    """The card: the Hub's YAML metadata (from the folder's training.json and eval.json), then ``body``."""
-    model = DRAW.from_pretrained(folder)
+def with_metadata(folder: Path, name: str, body: str, model: DRAW | None = None) -> str:
+    """The card: the Hub's YAML metadata (from the folder's training.json and eval.json), then ``body``.
+    ``model`` is the folder's model when the caller has it loaded already."""
+    model = model or DRAW.from_pretrained(folder)
     kind = model.config.condition.kind if model.config.condition else None
     data = hub.card_data(read_record(folder), read_record(folder, EVAL_RECORD), kind, name=f"cdraw {name}")
     return hub.card_text(data, body)
@@ -67,7 +68,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
     if training.get("source") == "t10k" and figures.get("split") == "test":
         lines += ["", "The bound above is on the test file this model was trained on (most of it): not a test figure."]
-    return with_metadata(folder, name, "\n".join(lines) + "\n")
+    return with_metadata(folder, name, "\n".join(lines) + "\n", model)
 
 
 def main() -> None:
