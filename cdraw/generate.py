@@ -105,9 +105,14 @@ OUTPUT_FILES = (
 )  # fmt: skip
 
 
+_PICTURE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".html")  # what a folder given as --out is not
+
+
 @contextlib.contextmanager
 def output_dir(out: str | os.PathLike | None) -> Iterator[Path]:
     """``out``, or a new :func:`fresh_output_dir` that is removed again if the block fails."""
+    if out is not None and Path(out).suffix.lower() in _PICTURE_SUFFIXES:
+        raise CDrawError(f"--out {out} looks like a file: --out is a folder (images.png, drawing.gif ... go inside it)")
     if out is not None:
         yield Path(out)
         return

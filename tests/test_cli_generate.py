@@ -137,6 +137,7 @@ def test_info_describes_the_model(models):
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/empty.txt"], ["no captions"]),
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/none.txt"], ["cannot read"]),
         (["generate", "--checkpoint", "{models}/plain", "--out", "/proc/cdraw-out"], ["cannot write"]),
+        (["generate", "--checkpoint", "{models}/plain", "--out", "{models}/x.png"], ["is a folder"]),
         (["generate", "--checkpoint", "{models}/corrupt"], ["corrupt"]),
         (["info", "--checkpoint", "{models}"], ["not a cdraw checkpoint"]),
     ],
