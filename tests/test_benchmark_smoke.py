@@ -71,3 +71,30 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     assert test["bound"] > 0 and test["iwae"] > 0 and test["iw_samples"] == 2
     assert json.loads((out / "model" / "eval.json").read_text())["bound"] == test["bound"]
     assert "| 8 |" in (out / "report.md").read_text()
+
+
+def test_paraphrase_wordings_names_the_wording_of_every_paraphrase(small_captions):
+    """benchmarks/paraphrase_wordings.py: each test_paraphrase caption is one wording of its layout,
+    and the rows split the matches by it."""
+    import torch
+
+    from cdraw.mnist_captions import TEMPLATE_NAMES
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from paraphrase_wordings import by_wording
+    finally:
+        sys.path.pop(0)
+    split = small_captions[0]["test_paraphrase"]
+    captions, layouts = list(split.captions), split.layouts()
+    matches = torch.arange(len(captions)) % 2 == 0  # (N,) every other image fits
+    rows = by_wording(matches, captions, layouts)
+    assert sum(r["captions"] for r in rows) == len(captions) and len(rows) == 24  # 8 layouts x 3 wordings
+    for r in rows:
+        t = TEMPLATE_NAMES.index(r["layout"])
+        hits = [
+            bool(m)
+            for m, c, lay in zip(matches, captions, layouts, strict=True)
+            if lay.template == t and c == r["wording"].format(*lay.digits)
+        ]
+        assert r["captions"] == len(hits) and r["share"] == pytest.approx(sum(hits) / len(hits))
