@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from cdraw.cli import resolve_checkpoint, run_main
+from cdraw.cli import positive_int, resolve_checkpoint, run_main
 from cdraw.datasets.mnist_captions import load_mnist_captions
 from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.evaluate import caption_matches_of
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="caption model folder or training run folder")
     parser.add_argument("--data-dir", help="folder holding mnist_captions/ (default: $CDRAW_DATA_DIR)")
-    parser.add_argument("--samples", type=int, default=1000, help="first N captions of the split (default: 1000)")
+    parser.add_argument("--samples", type=positive_int, default=1000, help="first N captions (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn images (default: 0)")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
