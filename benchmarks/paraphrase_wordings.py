@@ -65,7 +65,7 @@ def main() -> None:
 
     folder = resolve_checkpoint(args.checkpoint)
     model = DRAW.from_pretrained(folder).eval()
-    if model.config.condition is None or model.config.condition.kind == "label":
+    if model.config.condition is None or model.config.condition.kind not in ("bilstm", "pretrained"):
         raise CDrawError(f"{folder} is not a caption model")
     data = load_mnist_captions("test_paraphrase", data_dir=args.data_dir)
     captions, layouts = list(data.captions[: args.samples]), data.layouts()[: args.samples]
@@ -78,13 +78,12 @@ def main() -> None:
             layouts,
             generator=torch.Generator().manual_seed(args.seed),
         )
-    rows = by_wording(matches, captions, layouts)
-    print(f"{folder}: {matches.float().mean().item():.1%} of {len(captions)} paraphrases")
+    rows, share = by_wording(matches, captions, layouts), matches.float().mean().item()
+    print(f"{folder}: {share:.1%} of {len(captions)} paraphrases")
     for row in rows:
         print(f"  {row['layout']:<13} {row['share']:6.1%} of {row['captions']:3d}  {row['wording']}")
     if args.out:
-        record = {"checkpoint": str(folder), "captions": len(captions), "seed": args.seed}
-        record.update(share=matches.float().mean().item(), rows=rows)
+        record = {"checkpoint": str(folder), "captions": len(captions), "seed": args.seed, "share": share, "rows": rows}
         with open(args.out, "w") as f:
             json.dump(record, f, indent=1)
 

@@ -31,7 +31,7 @@ KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "token
 def with_metadata(folder: Path, name: str, body: str, model: DRAW | None = None) -> str:
     """The card: the Hub's YAML metadata (from the folder's training.json and eval.json), then ``body``.
     ``model`` is the folder's model when the caller has it loaded already."""
-    model = model or DRAW.from_pretrained(folder)
+    model = model if model is not None else DRAW.from_pretrained(folder)
     kind = model.config.condition.kind if model.config.condition else None
     data = hub.card_data(read_record(folder), read_record(folder, EVAL_RECORD), kind, name=f"cdraw {name}")
     return hub.card_text(data, body)
