@@ -161,9 +161,12 @@ def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
     return tp, {}
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str = "") -> None:
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, dest_prefix: str = "", shown: dict[str, Any] | None = None
+) -> None:
     """One flag per field of ``cls`` (:class:`ConditionConfig`: of every kind, once); only the flags a
-    user passes land in the namespace."""
+    user passes land in the namespace. ``shown``: the values --help gives as defaults where they are not
+    the field's own (a recipe's config file)."""
     if cls is ConditionConfig:
         fields = [(f, typing.get_type_hints(c)) for c in CONFIG_CLASSES.values() for f in dataclasses.fields(c)]
         fields = list({f.name: (f, hints) for f, hints in fields}.values())
@@ -175,6 +178,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
         if dataclasses.is_dataclass(tp):  # nested configs get their own group
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (shown or {}).get(f.name, default)
         help_text = f.metadata.get("help", f.name.replace("_", " "))
         if tp is not None:
             kwargs["type"] = tp
@@ -183,7 +187,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
             *f.metadata.get("aliases", []),  # earlier names keep working
             dest=dest_prefix + f.name,
             default=argparse.SUPPRESS,
-            help=f"{help_text} (default: {default})",
+            help=help_text if "(default:" in help_text else f"{help_text} (default: {default})",
             **kwargs,
         )
 
@@ -198,16 +202,27 @@ def train_arg_parser(
         "--config",
         default=default_config,
         help=f"YAML file of settings, or the name of a shipped one such as mnist_captions_paper (default: "
-        f"{Path(default_config).stem if default_config else None})",
+        f"{Path(default_config).stem if default_config else None}; the defaults below are its settings)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    shown = _settings(default_config)
     train_group = parser.add_argument_group("training")
-    add_dataclass_flags(train_group, TrainConfig)
+    add_dataclass_flags(train_group, TrainConfig, shown=shown)
     model_group = parser.add_argument_group("model (DRAWConfig)")
-    add_dataclass_flags(model_group, DRAWConfig, dest_prefix="model.")
+    add_dataclass_flags(model_group, DRAWConfig, dest_prefix="model.", shown=shown["model"])
     if conditional:
-        add_dataclass_flags(parser.add_argument_group("conditioning (ConditionConfig)"), ConditionConfig, COND)
+        group = parser.add_argument_group("conditioning (ConditionConfig)")
+        add_dataclass_flags(group, ConditionConfig, COND, shown=shown["model"]["condition"])
     return parser
+
+
+def _settings(config_file: str | Path | None) -> dict[str, Any]:
+    """What a run with no flags uses: ``config_file``'s settings over the dataclass defaults (those
+    alone when there is no such file; parsing then says why)."""
+    try:
+        return (TrainConfig.from_yaml(config_file) if config_file else TrainConfig()).to_dict()
+    except CDrawError:
+        return TrainConfig().to_dict()
 
 
 COND = "model.condition."

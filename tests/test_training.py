@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from cdraw import DRAW, CDrawError
-from cdraw.config import TrainConfig, parse_train_args
+from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
 from cdraw.training import TrainingDiverged, train
 
@@ -207,6 +207,23 @@ def test_recipe_default_config_is_the_papers_mnist_setting():
     base, _ = parse_train_args(["--config", "mnist_no_attention"], default_config="mnist")  # shipped, by name
     assert not base.model.attention and base.output_dir != cfg.output_dir
     assert (base.lr, base.adam_beta1, base.warmup_steps, base.lr_schedule, base.init_from_data) == recipe
+
+
+def test_help_gives_the_recipes_own_defaults():
+    """--help of `cdraw train mnist` names what a run with no flags uses (its config file's lr 4e-3,
+    not the dataclass's 1e-3), for every training and model flag; with no config, the dataclass's."""
+    for config in ("mnist", "mnist_captions", None):
+        cfg, _ = parse_train_args([], default_config=config)
+        values = {**cfg.to_dict(), **{f"model.{k}": v for k, v in cfg.model.to_dict().items()}}
+        parser = train_arg_parser(config, conditional=config == "mnist_captions")
+        shown = {a.dest: a.help for a in parser._actions if a.dest in values and "(default:" in (a.help or "")}
+        assert len(shown) > 30
+        for dest, text in shown.items():
+            if dest != "data_dir":  # its help explains its default in words
+                assert text.endswith(f"(default: {values[dest]})"), (config, dest, text)
+    assert "(default: 0.004)" in train_arg_parser("mnist").format_help()
+    condition = train_arg_parser("mnist_captions", conditional=True).format_help()
+    assert "label, bilstm or pretrained (default: bilstm)" in " ".join(condition.split())
 
 
 def test_nan_gradients_with_a_finite_loss_also_stop_training(small_sets, tmp_path):
