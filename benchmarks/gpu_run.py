@@ -3,7 +3,8 @@
 In this order, writing what it has under --out after every stage (so a timeout still leaves a report):
 
   a. environment: torch, CUDA, GPU, cdraw and how it was installed, what is missing
-  b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step)
+  b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step,
+     training steps free of host syncs)
   c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
      batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead");
      then the readable step (DRAW.step as written) compiled and eager at the chosen batch, beside the

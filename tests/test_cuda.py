@@ -128,3 +128,44 @@ def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
     train(cfg, ImageData(mnist["train"][:500]), ImageData(mnist["valid"][:100]), dataset="binarized-mnist")
     record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
     assert record["device"].startswith("cuda") and record["step"] == 2
+
+
+@pytest.mark.parametrize("conditioned", [False, True], ids=["unconditional", "labels"])
+def test_training_steps_never_wait_for_the_gpu(mnist, tmp_path, monkeypatch, conditioned):
+    """Between log lines a training step makes no host sync (no .item(), no copy to the host, no
+    wait): torch's sync debug mode turns any into an error. The first step (Adam's state, cuBLAS's
+    handles) and the logging are outside the check. Caption encoders are not covered: packed
+    sequences take their lengths on the host (docs/performance.md)."""
+    from cdraw.conditioning import ConditionConfig
+    from cdraw.training import Trainer
+
+    checked = []
+    original = Trainer._train_step
+
+    def step_without_syncs(self, idx):
+        if self.state.step == 0:
+            return original(self, idx)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            original(self, idx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        checked.append(self.state.step)
+
+    monkeypatch.setattr(Trainer, "_train_step", step_without_syncs)
+    condition = ConditionConfig(kind="label", num_classes=10, embed_size=4) if conditioned else None
+    cfg = TrainConfig(
+        model=DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3, condition=condition),
+        output_dir=str(tmp_path / "run"),
+        max_steps=6,
+        batch_size=50,
+        log_every=6,
+        num_samples=4,
+        compile=False,
+    )
+
+    def data(images: torch.Tensor) -> ImageData:  # labels 0..9 in turn for the label model
+        return ImageData(images, conditions=torch.arange(len(images)) % 10 if conditioned else None)
+
+    train(cfg, data(mnist["train"][:500]), data(mnist["valid"][:100]), dataset="x")
+    assert checked == [2, 3, 4, 5, 6]
