@@ -765,6 +765,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         config = load_config(folder)
         model = cls(config, root=folder)
         model.load_checkpoint_state(load_weights(folder, model))
+        model.folder = folder  # where it came from (a Hub id: its cached copy), with its records beside it
         return model.to(device)
 
     @classmethod

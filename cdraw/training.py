@@ -16,6 +16,8 @@ Output folder::
     best/                          the model with the best validation bound so far
     model/                         the model at the end of training (both with training.json)
     train_config.yaml              the settings of the run
+    started_from.json              with --init-weights: the source model and its own training.json,
+                                   copied into every training.json of the run as "started_from"
 
 Every process writes its RNG state into the checkpoint folder, so with several machines
 ``output_dir`` must be on a file system they share. Checkpoints go through
@@ -55,7 +57,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.io import TRAINING_RECORD, atomic_write, load_weights
+from cdraw.io import TRAINING_RECORD, atomic_write, load_weights, read_record
 from cdraw.model import DRAW, DRAWConfig, load_config
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
@@ -227,8 +229,13 @@ class Trainer:
         model = DRAW(cfg.model)
         if cfg.init_from_data and not resume:
             model.init_from_data(train_data.mean_image())
+        self._started_from = None
+        if not resume and self.main:  # a fresh run's own, never one left by an earlier start in this folder
+            (self.out / STARTED_FROM).unlink(missing_ok=True)
         if source is not None:
             copied, fresh = warm_start(model, source)
+            training = read_record(source.folder)
+            self._started_from = {"init_weights": cfg.init_weights, "tensors_copied": len(copied), "training": training}
             if self.main:
                 parts = ", ".join(sorted({name.split(".")[0] for name in fresh})) or "none"
                 tqdm.write(
@@ -289,6 +296,8 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if self._started_from is not None:  # kept in the run folder: a resumed run still says it
+                (self.out / STARTED_FROM).write_text(json.dumps(self._started_from, indent=2))
         if self.main:
             tqdm.write(f"training run folder: {self.out.resolve()}")
         acc.init_trackers("tensorboard", config=hyperparameters(cfg))  # a folder of the run: out/tensorboard
@@ -490,6 +499,9 @@ class Trainer:
             "valid": valid,
             **self.record,
         }
+        started_from = read_record(self.out, STARTED_FROM)
+        if started_from:
+            record["started_from"] = started_from
         atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
     def _save_checkpoint(self) -> None:
@@ -731,6 +743,8 @@ def check_output_dir(out: Path, resume: bool) -> None:
 
 #: What a training run writes into its folder: any of them means the folder holds a run.
 RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboard")
+#: With --init-weights: the source model (its name, its training.json), in the run folder.
+STARTED_FROM = "started_from.json"
 
 
 #: what a saved condition config says of its files rather than its shape: where its tokenizer or

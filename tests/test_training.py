@@ -154,6 +154,29 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     train(cfg, train_set, valid_set)
     source, warm = (DRAW.from_pretrained(tmp_path / run / "model").state_dict() for run in ("a", "b"))
     assert all(torch.allclose(warm[name], w, atol=1e-6) for name, w in source.items())
+    # its record says where it started, with the source's own record (so a chain of runs adds up),
+    # also after a resume; a later fresh run in a folder without --init-weights says nothing of it
+    first = json.loads((tmp_path / "a" / "model" / "training.json").read_text())
+    started = json.loads((tmp_path / "b" / "model" / "training.json").read_text())["started_from"]
+    assert started["init_weights"] == str(tmp_path / "a" / "model") and started["training"] == first
+    assert started["tensors_copied"] == len(source) and "started_from" not in first
+    train(TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 3}), train_set, valid_set, resume=True)
+    assert json.loads((tmp_path / "b" / "model" / "training.json").read_text())["started_from"] == started
+    # a third run from the second: its model card names both earlier runs and adds up all three
+    cfg_c = TrainConfig.from_dict(
+        {**cfg.to_dict(), "output_dir": str(tmp_path / "c"), "init_weights": str(tmp_path / "b" / "model")}
+    )
+    train(cfg_c, train_set, valid_set)
+    records = [json.loads((tmp_path / run / "model" / "training.json").read_text()) for run in "cba"]
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from ship_model import started_from
+    finally:
+        sys.path.pop(0)
+    lines = started_from(records[0])
+    assert [line.split("`")[1] for line in lines[:2]] == [str(tmp_path / "b" / "model"), str(tmp_path / "a" / "model")]
+    assert lines[2] == f"- training time of all the runs: {sum(r['training_s'] for r in records) / 60:.1f} min"
+    assert started_from(first) == []
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):

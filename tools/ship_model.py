@@ -37,6 +37,26 @@ def with_metadata(folder: Path, name: str, body: str, model: DRAW | None = None)
     return hub.card_text(data, body)
 
 
+def length(training: dict) -> str:
+    """A run's length from its training.json: steps, epochs, minutes, processes."""
+    return (
+        f"{training.get('step', '?')} steps ({training.get('epoch', '?')} epochs), "
+        f"{training.get('training_s', float('nan')) / 60:.1f} min on {training.get('processes', '?')} x "
+        f"{training.get('device', '?')}"
+    )
+
+
+def started_from(training: dict) -> list[str]:
+    """The card's lines for the runs a model continued (``--init-weights``), latest first, and the
+    training time of all of them; none for a model trained from scratch."""
+    lines, minutes = [], training.get("training_s", 0.0) / 60
+    while "started_from" in training:
+        start, training = training["started_from"], training["started_from"].get("training", {})
+        minutes += training.get("training_s", 0.0) / 60
+        lines.append(f"- started from `{start.get('init_weights')}`, itself trained for {length(training)}")
+    return [*lines, f"- training time of all the runs: {minutes:.1f} min"] if lines else []
+
+
 def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
     model = DRAW.from_pretrained(folder)
     cfg, n = model.config, sum(p.numel() for p in model.parameters())
@@ -50,10 +70,9 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "",
         f"- data: {training.get('dataset', 'not recorded')}"
         + (f" (from its {training['source']} file)" if "source" in training else ""),
-        f"- length: {training.get('step', '?')} steps ({training.get('epoch', '?')} epochs), "
-        f"{training.get('training_s', float('nan')) / 60:.1f} min on {training.get('processes', '?')} x "
-        f"{training.get('device', '?')}",
+        f"- length: {length(training)}",
         f"- validation bound at the end: {training.get('valid', {}).get('bound', float('nan')):.2f} nats",
+        *started_from(training),
         "- command:",
         "",
         f"```bash\n{train_command}\n```",
