@@ -101,6 +101,35 @@ def test_bilstm_states_ignore_padding(tokenizer_dir):
     assert (batched.words[0, n:] == 0).all() and not batched.mask[0, n:].any()
 
 
+def test_bilstm_without_packing_equals_the_packed_one():
+    """On a GPU the BiLSTM runs unpacked (packing reads the lengths on the host, a sync per step):
+    the same states and the same gradients as the packed run, for captions of every length. Each
+    direction reads real tokens only, so the states of the backward one at a caption's last token
+    are those of an LSTM that read just that token."""
+    from cdraw.conditioning.encoders import run_bilstm, run_bilstm_unpacked
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True).double()
+    lengths = torch.tensor([7, 1, 3, 6, 7, 2])
+    mask = torch.arange(7)[None] < lengths[:, None]  # (B, L): a prefix of each row is real
+    inputs = torch.randn(6, 7, 5, dtype=torch.float64) * mask[..., None] + 9.0 * ~mask[..., None]
+    outs, grads = [], []
+    for run in (run_bilstm, run_bilstm_unpacked):
+        x = inputs.clone().requires_grad_()
+        lstm.zero_grad()
+        out = run(lstm, x, mask)  # (B, L, 2H)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outs.append(out)
+        grads.append([x.grad, *(p.grad.clone() for p in lstm.parameters())])
+    torch.testing.assert_close(outs[1], outs[0])
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b)
+    assert (outs[1][~mask] == 0).all() and (grads[1][0][~mask] == 0).all()  # padding: no state, no gradient
+    last = lengths - 1
+    alone = lstm(inputs[torch.arange(6), last][:, None])[0][:, 0, 4:]  # (B, H): the last token read alone
+    torch.testing.assert_close(outs[1][torch.arange(6), last, 4:], alone)
+
+
 def test_alignment_sums_to_one_over_real_tokens_and_is_zero_on_padding(tokenizer_dir):
     torch.manual_seed(0)
     model = DRAW(tiny(bilstm(tokenizer_dir)))
@@ -352,6 +381,8 @@ def test_frozen_text_encoder_caches_states_exactly():
     fresh = enc.project(enc._states(ids, mask))
     torch.testing.assert_close(first[mask], fresh[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, first)
+    # what a GPU computes instead (no cache: its keys are read on the host), zeros at padding included
+    torch.testing.assert_close(enc.token_states(ids)[0], enc._states(ids, mask) * mask[..., None])
 
 
 def test_full_frozen_cache_computes_only_the_captions_it_lacks(monkeypatch):

@@ -48,12 +48,35 @@ class LabelEncoder(nn.Module):
 
 
 def run_bilstm(lstm: nn.LSTM, inputs: Tensor, mask: Tensor) -> Tensor:
-    """A bidirectional LSTM over (B, L, E) inputs whose real tokens are ``mask`` (B, L) -> (B, L, 2H)
-    states, zero at padding; each direction reads only the real tokens (packed sequences), so the
-    backward LSTM starts at the caption's last token, not at padding."""
+    """A bidirectional LSTM (batch first) over (B, L, E) inputs whose real tokens are ``mask`` (B, L),
+    a prefix of each row -> (B, L, 2H) states, zero at padding; each direction reads only the real
+    tokens, so the backward LSTM starts at the caption's last token, not at padding.
+
+    On the CPU through packed sequences; on a GPU packing would read the lengths on the host (a sync
+    every step), so there :func:`run_bilstm_unpacked` computes the same without one."""
+    if inputs.device.type != "cpu":
+        return run_bilstm_unpacked(lstm, inputs, mask)
     packed = pack_padded_sequence(inputs, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
     out, _ = lstm(packed)
     return pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])[0]  # (B, L, 2H)
+
+
+def run_bilstm_unpacked(lstm: nn.LSTM, inputs: Tensor, mask: Tensor) -> Tensor:
+    """:func:`run_bilstm` without packing, nothing read on the host: the LSTM runs twice. The forward
+    direction is kept from the rows as they are (padding comes after every real token, so it never
+    reaches their states); the backward one from the rows rolled right by their padding, so that
+    each ends at its last real token and the backward LSTM starts there."""
+    B, L, _ = inputs.shape
+    size = lstm.hidden_size
+    pad = L - mask.sum(1, keepdim=True)  # (B, 1) padding positions of each row
+    pos = torch.arange(L, device=inputs.device)  # (L,)
+    rolled = (pos - pad) % L  # (B, L): where each position of the rolled row reads from
+    ended = inputs.gather(1, rolled[..., None].expand_as(inputs))  # (B, L, E): real tokens last
+    forward = lstm(inputs)[0][..., :size]  # (B, L, H)
+    backward = lstm(ended)[0][..., size:]  # (B, L, H), in rolled positions
+    unrolled = (pos + pad) % L  # (B, L): token s of a row sits at s + pad once rolled
+    backward = backward.gather(1, unrolled[..., None].expand_as(backward))  # (B, L, H)
+    return torch.cat([forward, backward], -1) * mask[..., None]  # (B, L, 2H), zero at padding
 
 
 class BiLSTMEncoder(nn.Module):
@@ -156,11 +179,14 @@ class PretrainedTextEncoder(nn.Module):
     def token_states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """What the adapter reads: the pretrained model's token states of the configured kind
         (last layer or input embeddings), (B, L, H), zeros at padding when frozen or read from the
-        table; and the mask (B, L). Frozen last-layer states come from the per-caption cache."""
+        table; and the mask (B, L). Frozen last-layer states come from the per-caption cache on the CPU."""
         mask = ids != PAD  # (B, L)
         if self.fine_tune or self.states_from == "input":  # a table lookup: cheaper than the cache's keying
             return self._states(ids, mask), mask
-        return self._frozen_states(ids, mask), mask
+        if ids.device.type == "cpu":
+            return self._frozen_states(ids, mask), mask
+        with torch.no_grad():  # a GPU: the cache is keyed on the host (a sync every step), the model is cheap there
+            return self._states(ids, mask) * mask[..., None], mask
 
     def _states(self, ids: Tensor, mask: Tensor) -> Tensor:
         ids = ids.masked_fill(~mask, self.pad_id)
