@@ -1,9 +1,10 @@
 """Training curves, bound against wall-clock, from training runs' ``log.csv`` files, as one PNG.
 
-Each curve is ``LABEL=PATH`` (a log.csv); ``--split valid`` plots the validation bound (default),
-``--split train`` the training loss (the mean over each log interval). The x axis is the run's
-``elapsed_s`` in minutes (training time, resumes included), or with ``--x steps`` its optimiser
-steps; the y axis runs from ``--ymin`` to
+Each curve is ``LABEL=PATH`` (a log.csv), or ``LABEL=PATH,PATH2,...`` for runs that continued one
+another (``--init-weights``), drawn end to end: each after the last point of the one before;
+``--split valid`` plots the validation bound (default), ``--split train`` the training loss (the
+mean over each log interval). The x axis is the run's ``elapsed_s`` in minutes (training time,
+resumes included), or with ``--x steps`` its optimiser steps; the y axis runs from ``--ymin`` to
 ``--ymax`` nats. Drawn with Pillow alone.
 
 Example:
@@ -94,9 +95,13 @@ def main() -> None:
         label, _, path = item.partition("=")
         if not path:
             parser.error(f"expected LABEL=PATH, got {item!r}")
-        points = read_curve(Path(path), args.split, args.x)
-        if not points:
-            parser.error(f"{path} has no {args.split} rows")
+        points = []
+        for part in path.split(","):
+            more = read_curve(Path(part), args.split, args.x)
+            if not more:
+                parser.error(f"{part} has no {args.split} rows")
+            start = points[-1][0] if points else 0.0  # a continued run starts where the one before ended
+            points += [(x + start, y) for x, y in more]
         curves[label] = points
     plot(curves, Path(args.out), args.title, args.ymin, args.ymax, args.x)
     print(f"wrote {args.out}")
