@@ -161,7 +161,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, read_record
+    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, training_seconds
 
     folder, model = _load_model(args)
     cfg = model.config
@@ -191,6 +191,14 @@ def cmd_info(args: argparse.Namespace) -> None:
             f"({seen}{epochs}), {minutes} on {r.get('processes', '?')} x {r.get('device', '?')}; "
             f"validation bound {r.get('valid', {}).get('bound', float('nan')):.2f} nats"
         )
+        runs = earlier_runs(r)
+        for name, earlier in runs:
+            print(
+                f"continued    {name}: {earlier.get('step', '?')} steps, "
+                f"{earlier.get('training_s', float('nan')) / 60:.1f} min"
+            )
+        if runs:
+            print(f"in all       {training_seconds(r) / 60:.1f} min of training over {len(runs) + 1} runs")
     else:
         print(f"trained on   (no {TRAINING_RECORD} in the folder)")
     e = read_record(folder, EVAL_RECORD)

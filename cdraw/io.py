@@ -98,6 +98,22 @@ def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[
     return record
 
 
+def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The runs a model's training continued (``--init-weights``), latest first, from its
+    ``training.json``: (the model it started from, as given, and that model's own record)."""
+    runs = []
+    while isinstance(training.get("started_from"), dict):
+        start = training["started_from"]
+        training = start.get("training") or {}
+        runs.append((str(start.get("init_weights")), training))
+    return runs
+
+
+def training_seconds(training: dict[str, Any]) -> float:
+    """The training time of a model's run and of every run it continued, from its ``training.json``."""
+    return sum(r.get("training_s", 0.0) for r in [training, *(r for _, r in earlier_runs(training))])
+
+
 def save_folder(path: Path, model_type: str, config: dict[str, Any], state: dict[str, Tensor]) -> None:
     """A model folder: ``config.json`` (with its ``model_type``) and ``model.safetensors``, each
     written to a temporary name and renamed, so a crash leaves the old file whole."""

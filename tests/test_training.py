@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from cdraw import DRAW, CDrawError
+from cdraw.cli import main as cdraw_main
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
 from cdraw.training import TrainingDiverged, train
@@ -142,7 +143,7 @@ def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(small_s
         train(other, train_set, valid_set, resume=True)
 
 
-def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path):
+def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path, capsys):
     """--init-weights: a missing model is refused before the run folder is touched; a trained one's
     weights are where the new run starts (at a negligible lr they are still there at its end)."""
     train_set, valid_set = small_sets
@@ -177,6 +178,11 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     assert [line.split("`")[1] for line in lines[:2]] == [str(tmp_path / "b" / "model"), str(tmp_path / "a" / "model")]
     assert lines[2] == f"- training time of all the runs: {sum(r['training_s'] for r in records) / 60:.1f} min"
     assert started_from(first) == []
+    cdraw_main(["info", "--checkpoint", str(tmp_path / "c")])  # and `cdraw info` says the same
+    info = capsys.readouterr().out
+    assert f"continued    {tmp_path / 'b' / 'model'}: 3 steps" in info
+    assert f"continued    {tmp_path / 'a' / 'model'}: 2 steps" in info
+    assert "min of training over 3 runs" in info
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):

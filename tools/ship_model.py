@@ -22,7 +22,7 @@ from cdraw.cli import resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.io import EVAL_RECORD, TRAINING_RECORD, read_record
+from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, training_seconds
 from cdraw.model import DRAW
 
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
@@ -49,12 +49,8 @@ def length(training: dict) -> str:
 def started_from(training: dict) -> list[str]:
     """The card's lines for the runs a model continued (``--init-weights``), latest first, and the
     training time of all of them; none for a model trained from scratch."""
-    lines, minutes = [], training.get("training_s", 0.0) / 60
-    while "started_from" in training:
-        start, training = training["started_from"], training["started_from"].get("training", {})
-        minutes += training.get("training_s", 0.0) / 60
-        lines.append(f"- started from `{start.get('init_weights')}`, itself trained for {length(training)}")
-    return [*lines, f"- training time of all the runs: {minutes:.1f} min"] if lines else []
+    lines = [f"- started from `{name}`, itself trained for {length(record)}" for name, record in earlier_runs(training)]
+    return [*lines, f"- training time of all the runs: {training_seconds(training) / 60:.1f} min"] if lines else []
 
 
 def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
