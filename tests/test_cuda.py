@@ -112,19 +112,18 @@ def test_save_on_the_gpu_load_anywhere(cfg, tmp_path):
             assert torch.equal(a.cpu(), b.cpu()), name
 
 
+def loop_config(tmp_path, model: DRAWConfig, max_steps: int) -> TrainConfig:
+    """A few eager steps of the training loop, 50 images each, into tmp_path/run."""
+    return TrainConfig(
+        model=model, output_dir=str(tmp_path / "run"), max_steps=max_steps, batch_size=50, num_samples=4, compile=False
+    )
+
+
 def test_training_through_the_loop_runs_on_the_gpu(mnist, tmp_path):
     """Two optimiser steps of the training loop on the GPU (eager: the compiled step has its own
     tests above), TF32 on: a model folder that says cuda."""
-    cfg = TrainConfig(
-        model=DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3),
-        output_dir=str(tmp_path / "run"),
-        max_steps=2,
-        batch_size=50,
-        log_every=1,
-        num_samples=4,
-        compile=False,
-        tf32=True,
-    )
+    cfg = loop_config(tmp_path, DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3), max_steps=2)
+    cfg.log_every, cfg.tf32 = 1, True
     train(cfg, ImageData(mnist["train"][:500]), ImageData(mnist["valid"][:100]), dataset="binarized-mnist")
     record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
     assert record["device"].startswith("cuda") and record["step"] == 2
@@ -169,17 +168,9 @@ def test_training_steps_never_wait_for_the_gpu(mnist, tmp_path, monkeypatch, kin
             kind="bilstm", embed_size=8, hidden_size=6, max_length=16, tokenizer=str(tmp_path / "tokenizer")
         )
         prior = {"learned_prior": True, "bounded_prior": True}  # alignDRAW's, as mnist_captions trains it
-    cfg = TrainConfig(
-        model=DRAWConfig(
-            glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3, condition=condition, align_size=8, **prior
-        ),
-        output_dir=str(tmp_path / "run"),
-        max_steps=6,
-        batch_size=50,
-        log_every=6,
-        num_samples=4,
-        compile=False,
-    )
+    model = DRAWConfig(glimpses=8, enc_size=32, dec_size=32, z_size=5, write_size=3, condition=condition, **prior)
+    cfg = loop_config(tmp_path, model, max_steps=6)
+    cfg.log_every = 6
 
     def data(images: torch.Tensor) -> ImageData:  # labels 0..9, or captions of every length, in turn
         if kind == "unconditional":
