@@ -183,6 +183,11 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     assert f"continued    {tmp_path / 'b' / 'model'}: 3 steps" in info
     assert f"continued    {tmp_path / 'a' / 'model'}: 2 steps" in info
     assert "min of training over 3 runs" in info
+    # a fresh run without --init-weights in a folder an earlier start left a started_from.json in
+    (tmp_path / "d").mkdir()
+    shutil.copy(tmp_path / "b" / "started_from.json", tmp_path / "d")
+    train(tiny_train_config(tmp_path / "d", max_steps=1), train_set, valid_set)
+    assert "started_from" not in json.loads((tmp_path / "d" / "model" / "training.json").read_text())
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
