@@ -194,8 +194,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         runs = earlier_runs(r)
         for name, earlier in runs:
             print(
-                f"continued    {name}: {earlier.get('step', '?')} steps, "
-                f"{earlier.get('training_s', float('nan')) / 60:.1f} min"
+                f"continued    from {name} ({earlier.get('step', '?')} steps, "
+                f"{earlier.get('training_s', float('nan')) / 60:.1f} min)"
             )
         if runs:
             print(f"in all       {training_seconds(r) / 60:.1f} min of training over {len(runs) + 1} runs")

@@ -180,8 +180,8 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     assert started_from(first) == []
     cdraw_main(["info", "--checkpoint", str(tmp_path / "c")])  # and `cdraw info` says the same
     info = capsys.readouterr().out
-    assert f"continued    {tmp_path / 'b' / 'model'}: 3 steps" in info
-    assert f"continued    {tmp_path / 'a' / 'model'}: 2 steps" in info
+    assert f"continued    from {tmp_path / 'b' / 'model'} (3 steps, " in info
+    assert f"continued    from {tmp_path / 'a' / 'model'} (2 steps, " in info
     assert "min of training over 3 runs" in info
     # a fresh run without --init-weights in a folder an earlier start left a started_from.json in
     (tmp_path / "d").mkdir()
