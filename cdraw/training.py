@@ -229,9 +229,9 @@ class Trainer:
         model = DRAW(cfg.model)
         if cfg.init_from_data and not resume:
             model.init_from_data(train_data.mean_image())
-        self._started_from = None
-        if not resume and self.main:  # a fresh run's own, never one left by an earlier start in this folder
-            (self.out / STARTED_FROM).unlink(missing_ok=True)
+        # where the run started (--init-weights), for every training.json it writes: kept in the run
+        # folder so that a resumed run still says it; a fresh run's own, never one an earlier start left
+        self._started_from = (read_record(self.out, STARTED_FROM) or None) if resume else None
         if source is not None:
             copied, fresh = warm_start(model, source)
             training = read_record(source.folder)
@@ -296,8 +296,10 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            if self._started_from is not None:  # kept in the run folder: a resumed run still says it
+            if self._started_from is not None:
                 (self.out / STARTED_FROM).write_text(json.dumps(self._started_from, indent=2))
+            else:
+                (self.out / STARTED_FROM).unlink(missing_ok=True)
         if self.main:
             tqdm.write(f"training run folder: {self.out.resolve()}")
         acc.init_trackers("tensorboard", config=hyperparameters(cfg))  # a folder of the run: out/tensorboard
@@ -499,9 +501,8 @@ class Trainer:
             "valid": valid,
             **self.record,
         }
-        started_from = read_record(self.out, STARTED_FROM)
-        if started_from:
-            record["started_from"] = started_from
+        if self._started_from is not None:
+            record["started_from"] = self._started_from
         atomic_write(folder / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
     def _save_checkpoint(self) -> None:
