@@ -161,7 +161,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, training_seconds
+    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, run_length, training_seconds
 
     folder, model = _load_model(args)
     cfg = model.config
@@ -182,21 +182,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     r = read_record(folder)
     if r:
         source = f" ({r['source']} file)" if "source" in r else ""
-        minutes = f"{r['training_s'] / 60:.1f} min" if "training_s" in r else "? min"
-        epochs = r.get("epoch", "?")
-        epochs = "less than one epoch" if epochs == 0 else f"{epochs} epoch{'s' if epochs != 1 else ''}"
-        seen = f"{r['images_seen']:,} images, " if isinstance(r.get("images_seen"), int) else ""
         print(
-            f"trained on   {r.get('dataset') or 'an unrecorded data set'}{source}: {r.get('step', '?')} steps "
-            f"({seen}{epochs}), {minutes} on {r.get('processes', '?')} x {r.get('device', '?')}; "
+            f"trained on   {r.get('dataset') or 'an unrecorded data set'}{source}: {run_length(r)}; "
             f"validation bound {r.get('valid', {}).get('bound', float('nan')):.2f} nats"
         )
         runs = earlier_runs(r)
         for name, earlier in runs:
-            print(
-                f"continued    from {name} ({earlier.get('step', '?')} steps, "
-                f"{earlier.get('training_s', float('nan')) / 60:.1f} min)"
-            )
+            print(f"continued    from {name}: {run_length(earlier)}")
         if runs:
             print(f"in all       {training_seconds(r) / 60:.1f} min of training over {len(runs) + 1} runs")
     else:

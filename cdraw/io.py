@@ -109,6 +109,19 @@ def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
+def run_length(training: dict[str, Any]) -> str:
+    """One run's length from its ``training.json``, as ``cdraw info`` and model cards say it:
+    steps (images seen, epochs), minutes on processes x device."""
+    epochs = training.get("epoch", "?")
+    epochs = "less than one epoch" if epochs == 0 else f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    seen = f"{training['images_seen']:,} images, " if isinstance(training.get("images_seen"), int) else ""
+    minutes = f"{training['training_s'] / 60:.1f} min" if "training_s" in training else "? min"
+    return (
+        f"{training.get('step', '?')} steps ({seen}{epochs}), {minutes} on "
+        f"{training.get('processes', '?')} x {training.get('device', '?')}"
+    )
+
+
 def training_seconds(training: dict[str, Any]) -> float:
     """The training time of a model's run and of every run it continued, from its ``training.json``."""
     return sum(r.get("training_s", 0.0) for r in [training, *(r for _, r in earlier_runs(training))])

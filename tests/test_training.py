@@ -20,6 +20,7 @@ from cdraw import DRAW, CDrawError
 from cdraw.cli import main as cdraw_main
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
+from cdraw.io import run_length
 from cdraw.training import TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,8 +181,10 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     assert started_from(first) == []
     cdraw_main(["info", "--checkpoint", str(tmp_path / "c")])  # and `cdraw info` says the same
     info = capsys.readouterr().out
-    assert f"continued    from {tmp_path / 'b' / 'model'} (3 steps, " in info
-    assert f"continued    from {tmp_path / 'a' / 'model'} (2 steps, " in info
+    for (run, steps), record, line in zip((("b", 3), ("a", 2)), records[1:], lines[:2], strict=True):
+        assert f"continued    from {tmp_path / run / 'model'}: {steps} steps (" in info
+        assert f"from {tmp_path / run / 'model'}: {run_length(record)}" in info  # the card's words
+        assert line.endswith(f"itself trained for {run_length(record)}")
     assert "min of training over 3 runs" in info
     # a fresh run without --init-weights in a folder an earlier start left a started_from.json in
     (tmp_path / "d").mkdir()

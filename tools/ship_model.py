@@ -22,7 +22,7 @@ from cdraw.cli import resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, training_seconds
+from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, run_length, training_seconds
 from cdraw.model import DRAW
 
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
@@ -37,19 +37,11 @@ def with_metadata(folder: Path, name: str, body: str, model: DRAW | None = None)
     return hub.card_text(data, body)
 
 
-def length(training: dict) -> str:
-    """A run's length from its training.json: steps, epochs, minutes, processes."""
-    return (
-        f"{training.get('step', '?')} steps ({training.get('epoch', '?')} epochs), "
-        f"{training.get('training_s', float('nan')) / 60:.1f} min on {training.get('processes', '?')} x "
-        f"{training.get('device', '?')}"
-    )
-
-
 def started_from(training: dict) -> list[str]:
     """The card's lines for the runs a model continued (``--init-weights``), latest first, and the
     training time of all of them; none for a model trained from scratch."""
-    lines = [f"- started from `{name}`, itself trained for {length(record)}" for name, record in earlier_runs(training)]
+    runs = earlier_runs(training)
+    lines = [f"- started from `{name}`, itself trained for {run_length(record)}" for name, record in runs]
     return [*lines, f"- training time of all the runs: {training_seconds(training) / 60:.1f} min"] if lines else []
 
 
@@ -66,7 +58,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "",
         f"- data: {training.get('dataset', 'not recorded')}"
         + (f" (from its {training['source']} file)" if "source" in training else ""),
-        f"- length: {length(training)}",
+        f"- length: {run_length(training)}",
         f"- validation bound at the end: {training.get('valid', {}).get('bound', float('nan')):.2f} nats",
         *started_from(training),
         "- command:",
