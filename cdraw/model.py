@@ -481,8 +481,8 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     def initial_state(self, batch: int, encoding: bool = True) -> State:
         """t = 0: the learned initial states and canvas, for every example of the batch."""
 
-        def expand(p: Tensor) -> Tensor:  # (...) -> (B, ...)
-            return p.expand(batch, *p.shape)
+        def expand(p: Tensor) -> Tensor:  # (...) -> (B, ...), laid out in memory as a step's own states
+            return p.expand(batch, *p.shape).contiguous()  # (a compiled step then needs one graph, not two)
 
         h_enc, c_enc = (expand(self.h_enc0), expand(self.c_enc0)) if encoding else (None, None)
         return State(h_enc, c_enc, expand(self.h_dec0), expand(self.c_dec0), expand(self.canvas0))

@@ -189,6 +189,25 @@ def test_compiled_step_equals_the_eager_step(tiny_cfg):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "readable"])
+def test_every_group_of_compiled_steps_is_one_graph(tiny_cfg, fused):
+    """T = 4 glimpses compiled two at a time: both groups, the first (from the learned initial
+    state) and the second, and a second pass run one traced graph; a second graph would be a second
+    compilation (minutes for the paper's model). A backend that only counts keeps this fast."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    model = DRAW(tiny_cfg).use_fused_step(fused).compile_step(steps_per_call=2, backend=counting_backend)
+    x = (torch.rand(3, 1, 28, 28) > 0.7).float()
+    for _ in range(2):
+        model(x).loss.mean().backward()
+    assert len(graphs) == 1
+
+
 def test_a_step_that_cannot_be_compiled_warns_once_and_trains_eagerly(tiny_cfg):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler on this machine")
