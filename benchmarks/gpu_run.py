@@ -6,9 +6,11 @@ In this order, writing what it has under --out after every stage (so a timeout s
   b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step,
      training steps free of host syncs)
   c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
-     batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead");
+     batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead"); once
+     a compilation fails, the other compiled cells are skipped (each failure costs its tracing time);
      then the readable step (DRAW.step as written) compiled and eager at the chosen batch, beside the
-     fused one; then TF32 and bf16 autocast on a fixed batch, each checked against float32 (within 0.1 nats)
+     fused one; then TF32 and bf16 autocast on 1,000 test images through the shipped default model
+     (trained, the paper config), each checked against float32 (within 0.1 nats)
   d. with the time left: the paper config trained at the fastest setting found (the CPU recipe's
      learning rate scaled for the batch), then its test bound and an IWAE estimate (k = 100), the
      model folder (config, weights, training and eval records) saved under --out/model
@@ -17,10 +19,15 @@ Files under --out (at most 8 come back from the GPU machine): report.md (the tab
 (every figure), tests.txt (pytest's output), model/{config.json, model.safetensors, training.json,
 eval.json}. Scratch files (checkpoints, logs) go to --scratch.
 
-On the GPU machine (its image has torch, accelerate, safetensors, ...; no network), with
-``build/gpu-data/binarized_mnist/*.amat.gz`` copied there beforehand and carried with the tree:
-  pip install --no-deps --no-build-isolation -e . ; python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
-(the install puts cdraw over the image's own torch; without it the script uses the working tree's cdraw)
+On the GPU machine (its image has torch, accelerate, safetensors, pytest, ...; no network), with
+``build/gpu-data/binarized_mnist/*.amat.gz`` copied there beforehand and carried with the tree
+(``mkdir -p build/gpu-data && cp -r ../shared/data/binarized_mnist build/gpu-data/``), as one call
+with timeout_s=600 (the default budget, 8 minutes, and the final evaluation fit in that; the machine's
+start, a minute or two, also counts against the window's 15 minutes of device time):
+  TQDM_DISABLE=1 python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
+It runs the working tree's cdraw over the image's own torch (no install needed; ``pip install
+--no-deps --no-build-isolation -e .`` would do the same in 10-20 s more). It is offline
+(CDRAW_OFFLINE=1): data that is not in --data-dir is an error, never a download.
 
   python benchmarks/gpu_run.py --smoke --out /tmp/x   # the same on the CPU at tiny sizes (CI)
 
@@ -30,6 +37,7 @@ Not a test: nothing asserts a time. Figures that were not measured are written a
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import importlib.metadata
 import json
@@ -54,6 +62,8 @@ MODES = ("eager", "compiled", "cudagraphs")
 BASE_LR, BASE_BATCH, BETA1, MAX_LR = 2e-3, 100, 0.5, 4e-3
 PRECISION_TOLERANCE = 0.1  # nats per image
 COMPILE_RESERVE_S = 90  # a compiled cell is started only with this much of its stage left
+#: The shipped default model: the paper config, trained (the precision checks run on it).
+SHIPPED = REPO / "cdraw" / "assets" / "models" / "mnist"
 
 
 class Report:
@@ -175,8 +185,9 @@ def speed_cell(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    skips = _cudagraph_skips()
     start = time.perf_counter()
-    for _ in range(3):  # compilation and warm-up
+    for _ in range(3):  # compilation and warm-up (CUDA graphs: a warm-up run, recording, replays)
         step()
     _sync(device)
     first_s = time.perf_counter() - start
@@ -189,7 +200,19 @@ def speed_cell(
     r = {"images_per_s": round(steps * batch / seconds, 1), "first_steps_s": round(first_s, 1), "peak_mib": peak}
     if mode != "eager" and compile_fell_back(model):
         r["error"] = "torch.compile failed: the step ran eagerly (see the warning in the log)"
+    if mode == "cudagraphs" and _cudagraph_skips() > skips:  # inductor ran it without graphs, with a warning
+        r["cudagraphs_skipped"] = _cudagraph_skips() - skips
     return r
+
+
+def _cudagraph_skips() -> int:
+    """How often inductor has declined CUDA graphs so far (a warning each), if this torch counts it."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
+    except Exception:
+        return 0
 
 
 def compile_fell_back(model) -> bool:
@@ -199,13 +222,17 @@ def compile_fell_back(model) -> bool:
 
 
 def precision_check(cfg, device, data, tf32: bool, bf16: bool) -> dict:
-    """The bound on a fixed batch with fixed noise, minus float32's (nats per image)."""
+    """The bound on a fixed batch with fixed noise, minus float32's (nats per image): of the shipped
+    default model when ``cfg`` is its config (a trained model's bound, about 86 nats, is what the
+    tolerance is for; an untrained one's is hundreds), else of a freshly initialised one."""
     import torch
 
     from cdraw import DRAW
 
     torch.manual_seed(0)
-    model = DRAW(cfg).to(device).eval()
+    shipped = DRAW.from_pretrained(SHIPPED) if (SHIPPED / "config.json").is_file() else None
+    model = shipped if shipped is not None and shipped.config == cfg else DRAW(cfg)
+    model = model.to(device).eval()
     x = data.to(device)
 
     def bound(tf32_on: bool, bf16_on: bool) -> float:
@@ -217,7 +244,11 @@ def precision_check(cfg, device, data, tf32: bool, bf16: bool) -> dict:
     reference = bound(False, False)
     other = bound(tf32, bf16)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    return {"bound_fp32": reference, "bound_minus_fp32": other - reference}
+    return {
+        "model": "shipped default" if model is shipped else "untrained",
+        "bound_fp32": reference,
+        "bound_minus_fp32": other - reference,
+    }
 
 
 def _sync(device) -> None:
@@ -389,11 +420,15 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for report.md, report.json, tests.txt, model/")
     parser.add_argument("--scratch", help="folder for checkpoints and logs (default: a folder beside --out)")
     parser.add_argument("--data-dir", help="folder with binarized_mnist/ (default: $CDRAW_DATA_DIR)")
-    parser.add_argument("--budget-min", type=float, default=9.0, help="minutes for everything (default: 9)")
+    parser.add_argument("--budget-min", type=float, default=8.0, help="minutes for everything (default: 8)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on whatever device there is (CI)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    os.environ.setdefault("CDRAW_OFFLINE", "1")  # no network there: missing data is an error, not a wait
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # a stage that hangs shows where, before the window's own limit kills the command
+    faulthandler.dump_traceback_later(60 * args.budget_min + 30, exit=False)
     out = Path(args.out)
     args.scratch = args.scratch or str(out.parent / (out.name + "-scratch"))
     report = Report(out)
@@ -441,8 +476,9 @@ def main() -> None:
     # c. speed table, then precision at the fastest cell
     speed = {"config": "tiny (smoke)" if args.smoke else "paper", "device": str(device), "batches": list(batches)}
     speed["cells"] = cells = {}
-    # speed and precision end at 55% of the budget (5 of 9 minutes), leaving training about 3
+    # speed and precision end at 55% of the budget (4.4 of 8 minutes), leaving training about 2
     speed_deadline = t0 + 0.55 * 60 * args.budget_min
+    compile_failed = None  # the first compiled cell that failed: the others would fail the same way
     for batch, mode in cell_order(batches):
         key = f"{batch}/{mode}"
         left = speed_deadline - time.perf_counter()
@@ -450,13 +486,18 @@ def main() -> None:
             cells[key] = {"skipped": "needs CUDA"}
         elif args.smoke and mode != "eager":
             cells[key] = {"skipped": "smoke: eager only"}
+        elif mode != "eager" and compile_failed:
+            cells[key] = {"skipped": f"compiling failed at {compile_failed}"}
         elif left < (COMPILE_RESERVE_S if mode != "eager" else 10):
             cells[key] = {"skipped": "out of time"}
         else:
             cells[key] = _guarded(partial(speed_cell, cfg, batch, mode, device, speed_steps))
+            if mode != "eager" and "error" in cells[key]:
+                compile_failed = key
         log(f"speed {key}: {_cell(cells[key])}")
         report.stage("speed", speed)
-    measured = {k: v for k, v in cells.items() if "images_per_s" in v}
+    # a cell that failed (or fell back to eager) is no setting to train with
+    measured = {k: v for k, v in cells.items() if "images_per_s" in v and "error" not in v}
     best_key = pick_setting(measured) if measured else f"{batches[0]}/eager"
     best = {"batch": int(best_key.split("/")[0]), "mode": best_key.split("/")[1]}
     best["images_per_s"] = measured.get(best_key, {}).get("images_per_s", 0)
@@ -467,6 +508,8 @@ def main() -> None:
         left = speed_deadline - time.perf_counter()
         if args.smoke and mode != "eager":
             readable[mode] = {"skipped": "smoke: eager only"}
+        elif mode != "eager" and compile_failed:
+            readable[mode] = {"skipped": f"compiling failed at {compile_failed}"}
         elif left < (COMPILE_RESERVE_S if mode != "eager" else 10):
             readable[mode] = {"skipped": "out of time"}
         else:

@@ -73,6 +73,26 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     assert "| 8 |" in (out / "report.md").read_text()
 
 
+def test_gpu_run_checks_precision_on_the_trained_default_model(data_dir):
+    """The TF32/bf16 tolerance (0.1 nats) is meant for a trained model's bound (about 86 nats on
+    these images), so for the paper config the check runs the shipped default model, not a fresh one."""
+    import torch
+
+    from cdraw import DRAWConfig
+    from cdraw.data import ImageData, load_binarized_mnist
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_run import precision_check
+    finally:
+        sys.path.pop(0)
+    images = ImageData(load_binarized_mnist("test", data_dir)).batch(slice(0, 8))
+    r = precision_check(DRAWConfig(), torch.device("cpu"), images, tf32=False, bf16=False)
+    assert r["model"] == "shipped default" and 40 < r["bound_fp32"] < 150 and r["bound_minus_fp32"] == 0
+    small = DRAWConfig(glimpses=2, enc_size=8, dec_size=8, z_size=3)
+    assert precision_check(small, torch.device("cpu"), images, tf32=False, bf16=False)["model"] == "untrained"
+
+
 def test_paraphrase_wordings_names_the_wording_of_every_paraphrase(small_captions):
     """benchmarks/paraphrase_wordings.py: each test_paraphrase caption is one wording of its layout,
     and the rows split the matches by it."""
