@@ -482,15 +482,9 @@ def main() -> None:
     compile_failed = None  # the first cell that could not compile: the others would fail the same way
     for batch, mode in cell_order(batches):
         key = f"{batch}/{mode}"
-        left = speed_deadline - time.perf_counter()
-        if mode == "cudagraphs" and device.type != "cuda":
-            cells[key] = {"skipped": "needs CUDA"}
-        elif args.smoke and mode != "eager":
-            cells[key] = {"skipped": "smoke: eager only"}
-        elif mode != "eager" and compile_failed:
-            cells[key] = {"skipped": f"compiling failed at {compile_failed}"}
-        elif left < (COMPILE_RESERVE_S if mode != "eager" else 10):
-            cells[key] = {"skipped": "out of time"}
+        why_not = skip_reason(mode, device.type, args.smoke, compile_failed, speed_deadline - time.perf_counter())
+        if why_not:
+            cells[key] = {"skipped": why_not}
         else:
             cells[key] = _guarded(partial(speed_cell, cfg, batch, mode, device, speed_steps))
             if cells[key].get("error", "").startswith(COMPILE_FAILED):  # not an out-of-memory, say
@@ -506,13 +500,9 @@ def main() -> None:
     # they train equally fast (docs/performance.md); if a GPU agrees, the fused module can go
     speed["readable"] = readable = {"batch": best["batch"]}
     for mode in ("compiled", "eager"):
-        left = speed_deadline - time.perf_counter()
-        if args.smoke and mode != "eager":
-            readable[mode] = {"skipped": "smoke: eager only"}
-        elif mode != "eager" and compile_failed:
-            readable[mode] = {"skipped": f"compiling failed at {compile_failed}"}
-        elif left < (COMPILE_RESERVE_S if mode != "eager" else 10):
-            readable[mode] = {"skipped": "out of time"}
+        why_not = skip_reason(mode, device.type, args.smoke, compile_failed, speed_deadline - time.perf_counter())
+        if why_not:
+            readable[mode] = {"skipped": why_not}
         else:
             readable[mode] = _guarded(partial(speed_cell, cfg, best["batch"], mode, device, speed_steps, readable=True))
         log(f"speed {best['batch']}/{mode}, readable step: {_cell(readable[mode])}")
@@ -522,7 +512,8 @@ def main() -> None:
         checks = [("bf16 autocast", False, True)]
     for name, tf32, bf16 in checks:
         r = _guarded(partial(precision_check, cfg, device, test_batch, tf32, bf16))
-        in_time = speed_deadline - time.perf_counter() > (COMPILE_RESERVE_S if best["mode"] != "eager" else 10)
+        left = speed_deadline - time.perf_counter()
+        in_time = skip_reason(best["mode"], device.type, args.smoke, compile_failed, left) is None
         if "error" not in r and abs(r["bound_minus_fp32"]) <= PRECISION_TOLERANCE and in_time:
             r["speed"] = _guarded(
                 partial(speed_cell, cfg, best["batch"], best["mode"], device, speed_steps, tf32=tf32, bf16=bf16)
@@ -556,6 +547,19 @@ def main() -> None:
     report.data["total_s"] = round(time.perf_counter() - t0, 1)
     report.write()
     log(f"done in {report.data['total_s']:.0f} s; report in {out / 'report.md'}")
+
+
+def skip_reason(mode: str, device_type: str, smoke: bool, compile_failed: str | None, left_s: float) -> str | None:
+    """Why a speed cell of ``mode`` is not run (None: run it), with ``left_s`` seconds of its stage left."""
+    if mode == "cudagraphs" and device_type != "cuda":
+        return "needs CUDA"
+    if smoke and mode != "eager":
+        return "smoke: eager only"
+    if mode != "eager" and compile_failed:
+        return f"compiling failed at {compile_failed}"
+    if left_s < (COMPILE_RESERVE_S if mode != "eager" else 10):
+        return "out of time"
+    return None
 
 
 def cell_order(batches) -> list[tuple[int, str]]:

@@ -93,6 +93,21 @@ def test_gpu_run_checks_precision_on_the_trained_default_model(data_dir):
     assert precision_check(small, torch.device("cpu"), images, tf32=False, bf16=False)["model"] == "untrained"
 
 
+def test_gpu_run_skips_what_cannot_run_or_would_fail_again():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_run import COMPILE_RESERVE_S, skip_reason
+    finally:
+        sys.path.pop(0)
+    plenty = COMPILE_RESERVE_S + 1
+    assert skip_reason("compiled", "cuda", False, None, plenty) is None
+    assert skip_reason("cudagraphs", "cpu", False, None, plenty) == "needs CUDA"
+    assert skip_reason("compiled", "cpu", True, None, plenty) == "smoke: eager only"
+    assert skip_reason("cudagraphs", "cuda", False, "2000/compiled", plenty) == "compiling failed at 2000/compiled"
+    assert skip_reason("eager", "cuda", False, "2000/compiled", 11) is None  # eager needs no compiler, little time
+    assert skip_reason("compiled", "cuda", False, None, COMPILE_RESERVE_S - 1) == "out of time"
+
+
 def test_paraphrase_wordings_names_the_wording_of_every_paraphrase(small_captions):
     """benchmarks/paraphrase_wordings.py: each test_paraphrase caption is one wording of its layout,
     and the rows split the matches by it."""
