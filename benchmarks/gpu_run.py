@@ -7,7 +7,8 @@ In this order, writing what it has under --out after every stage (so a timeout s
      training steps free of host syncs)
   c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
      batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead"); once
-     a compilation fails, the other compiled cells are skipped (each failure costs its tracing time);
+     a compilation fails, the other compiled cells are skipped (each failure costs its tracing time),
+     and a compiled cell starts only with the time the last one took (90 s before one is timed) left;
      then the readable step (DRAW.step as written) compiled and eager at the chosen batch, beside the
      fused one; then TF32 and bf16 autocast on 1,000 test images through the shipped default model
      (trained, the paper config), each checked against float32 (within 0.1 nats)
@@ -61,7 +62,7 @@ MODES = ("eager", "compiled", "cudagraphs")
 #: The time-to-quality study's recipe at batch 100 (docs/results.md); scaled by sqrt(batch / 100).
 BASE_LR, BASE_BATCH, BETA1, MAX_LR = 2e-3, 100, 0.5, 4e-3
 PRECISION_TOLERANCE = 0.1  # nats per image
-COMPILE_RESERVE_S = 90  # a compiled cell is started only with this much of its stage left
+COMPILE_RESERVE_S = 90  # a compiled cell is started only with this much of its stage left, until one is timed
 COMPILE_FAILED = "torch.compile failed"
 #: The shipped default model: the paper config, trained (the precision checks run on it).
 SHIPPED = REPO / "cdraw" / "assets" / "models" / "mnist"
@@ -479,16 +480,16 @@ def main() -> None:
     speed["cells"] = cells = {}
     # speed and precision end at 55% of the budget (4.4 of 8 minutes), leaving training about 2
     speed_deadline = t0 + 0.55 * 60 * args.budget_min
-    compile_failed = None  # the first cell that could not compile: the others would fail the same way
+    compiles = Compiles()
     for batch, mode in cell_order(batches):
         key = f"{batch}/{mode}"
-        why_not = skip_reason(mode, device.type, args.smoke, compile_failed, speed_deadline - time.perf_counter())
+        why_not = skip_reason(mode, device.type, args.smoke, compiles, speed_deadline - time.perf_counter())
         if why_not:
             cells[key] = {"skipped": why_not}
         else:
             cells[key] = _guarded(partial(speed_cell, cfg, batch, mode, device, speed_steps))
-            if cells[key].get("error", "").startswith(COMPILE_FAILED):  # not an out-of-memory, say
-                compile_failed = key
+            if mode != "eager":
+                compiles.record(key, cells[key], speed_steps * batch)
         log(f"speed {key}: {_cell(cells[key])}")
         report.stage("speed", speed)
     # a cell that failed (or fell back to eager) is no setting to train with
@@ -500,7 +501,7 @@ def main() -> None:
     # they train equally fast (docs/performance.md); if a GPU agrees, the fused module can go
     speed["readable"] = readable = {"batch": best["batch"]}
     for mode in ("compiled", "eager"):
-        why_not = skip_reason(mode, device.type, args.smoke, compile_failed, speed_deadline - time.perf_counter())
+        why_not = skip_reason(mode, device.type, args.smoke, compiles, speed_deadline - time.perf_counter())
         if why_not:
             readable[mode] = {"skipped": why_not}
         else:
@@ -513,12 +514,12 @@ def main() -> None:
     for name, tf32, bf16 in checks:
         r = _guarded(partial(precision_check, cfg, device, test_batch, tf32, bf16))
         left = speed_deadline - time.perf_counter()
-        in_time = skip_reason(best["mode"], device.type, args.smoke, compile_failed, left) is None
+        in_time = skip_reason(best["mode"], device.type, args.smoke, compiles, left) is None
         if "error" not in r and abs(r["bound_minus_fp32"]) <= PRECISION_TOLERANCE and in_time:
             r["speed"] = _guarded(
                 partial(speed_cell, cfg, best["batch"], best["mode"], device, speed_steps, tf32=tf32, bf16=bf16)
             )
-            rate = r["speed"].get("images_per_s", 0)
+            rate = 0 if "error" in r["speed"] else r["speed"].get("images_per_s", 0)
             if rate > best["images_per_s"]:
                 best = {**best, "tf32": tf32, "bf16": bf16, "images_per_s": rate}
         speed["precision"][name] = r
@@ -549,15 +550,31 @@ def main() -> None:
     log(f"done in {report.data['total_s']:.0f} s; report in {out / 'report.md'}")
 
 
-def skip_reason(mode: str, device_type: str, smoke: bool, compile_failed: str | None, left_s: float) -> str | None:
+class Compiles:
+    """What the compiled cells so far tell the next: whether compiling works here (after one failure
+    the others would fail the same way, each costing its tracing time), and how long a compiled cell
+    takes (90 s assumed until one is timed; each new batch size or mode compiles afresh)."""
+
+    def __init__(self):
+        self.failed: str | None = None  # the first cell that could not compile
+        self.reserve_s: float = COMPILE_RESERVE_S
+
+    def record(self, key: str, cell: dict, images_timed: int) -> None:
+        if cell.get("error", "").startswith(COMPILE_FAILED):  # not, say, running out of memory at one batch
+            self.failed = self.failed or key
+        elif "error" not in cell:  # its first steps (compilation) and its timed ones, with a margin
+            self.reserve_s = 1.25 * (cell["first_steps_s"] + images_timed / cell["images_per_s"]) + 5
+
+
+def skip_reason(mode: str, device_type: str, smoke: bool, compiles: Compiles, left_s: float) -> str | None:
     """Why a speed cell of ``mode`` is not run (None: run it), with ``left_s`` seconds of its stage left."""
     if mode == "cudagraphs" and device_type != "cuda":
         return "needs CUDA"
     if smoke and mode != "eager":
         return "smoke: eager only"
-    if mode != "eager" and compile_failed:
-        return f"compiling failed at {compile_failed}"
-    if left_s < (COMPILE_RESERVE_S if mode != "eager" else 10):
+    if mode != "eager" and compiles.failed:
+        return f"compiling failed at {compiles.failed}"
+    if left_s < (compiles.reserve_s if mode != "eager" else 10):
         return "out of time"
     return None
 

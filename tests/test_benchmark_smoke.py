@@ -94,18 +94,27 @@ def test_gpu_run_checks_precision_on_the_trained_default_model(data_dir):
 
 
 def test_gpu_run_skips_what_cannot_run_or_would_fail_again():
+    """The speed table's cells: what is skipped and why, and the time a compiled cell is given
+    (assumed until one is timed, then what that one took with a margin)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from gpu_run import COMPILE_RESERVE_S, skip_reason
+        from gpu_run import COMPILE_FAILED, COMPILE_RESERVE_S, Compiles, skip_reason
     finally:
         sys.path.pop(0)
+    compiles = Compiles()
     plenty = COMPILE_RESERVE_S + 1
-    assert skip_reason("compiled", "cuda", False, None, plenty) is None
-    assert skip_reason("cudagraphs", "cpu", False, None, plenty) == "needs CUDA"
-    assert skip_reason("compiled", "cpu", True, None, plenty) == "smoke: eager only"
-    assert skip_reason("cudagraphs", "cuda", False, "2000/compiled", plenty) == "compiling failed at 2000/compiled"
-    assert skip_reason("eager", "cuda", False, "2000/compiled", 11) is None  # eager needs no compiler, little time
-    assert skip_reason("compiled", "cuda", False, None, COMPILE_RESERVE_S - 1) == "out of time"
+    assert skip_reason("compiled", "cuda", False, compiles, plenty) is None
+    assert skip_reason("compiled", "cuda", False, compiles, COMPILE_RESERVE_S - 1) == "out of time"
+    assert skip_reason("cudagraphs", "cpu", False, compiles, plenty) == "needs CUDA"
+    assert skip_reason("compiled", "cpu", True, compiles, plenty) == "smoke: eager only"
+    compiles.record("2000/compiled", {"images_per_s": 20_000.0, "first_steps_s": 30.0}, images_timed=20_000)
+    assert compiles.reserve_s == 1.25 * (30 + 1) + 5 and compiles.failed is None
+    assert skip_reason("cudagraphs", "cuda", False, compiles, 45) is None  # 90 s no longer assumed
+    compiles.record("2000/cudagraphs", {"images_per_s": 9.0, "error": "CUDA out of memory"}, images_timed=20_000)
+    assert compiles.failed is None and compiles.reserve_s == 1.25 * 31 + 5  # an error of its own, not compiling
+    compiles.record("500/compiled", {"images_per_s": 9.0, "first_steps_s": 1, "error": f"{COMPILE_FAILED}: x"}, 100)
+    assert skip_reason("cudagraphs", "cuda", False, compiles, plenty) == "compiling failed at 500/compiled"
+    assert skip_reason("eager", "cuda", False, compiles, 11) is None  # eager needs no compiler, little time
 
 
 def test_paraphrase_wordings_names_the_wording_of_every_paraphrase(small_captions):
