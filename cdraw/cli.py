@@ -190,7 +190,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         for name, earlier in runs:
             print(f"continued    from {name}: {run_length(earlier)}")
         if runs:
-            print(f"in all       {training_seconds(r) / 60:.1f} min of training over {len(runs) + 1} runs")
+            print(f"in all       {training_seconds(r) / 60:.1f} min of training over {len(runs) + 1} runs on record")
     else:
         print(f"trained on   (no {TRAINING_RECORD} in the folder)")
     e = read_record(folder, EVAL_RECORD)

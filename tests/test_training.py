@@ -177,7 +177,8 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
         sys.path.pop(0)
     lines = started_from(records[0])
     assert [line.split("`")[1] for line in lines[:2]] == [str(tmp_path / "b" / "model"), str(tmp_path / "a" / "model")]
-    assert lines[2] == f"- training time of all the runs: {sum(r['training_s'] for r in records) / 60:.1f} min"
+    total = sum(r["training_s"] for r in records) / 60
+    assert lines[2] == f"- training time of all the runs on record: {total:.1f} min"
     assert started_from(first) == []
     cdraw_main(["info", "--checkpoint", str(tmp_path / "c")])  # and `cdraw info` says the same
     info = capsys.readouterr().out
@@ -185,7 +186,7 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
         assert f"continued    from {tmp_path / run / 'model'}: {steps} steps (" in info
         assert f"from {tmp_path / run / 'model'}: {run_length(record)}" in info  # the card's words
         assert line.endswith(f"itself trained for {run_length(record)}")
-    assert "min of training over 3 runs" in info
+    assert "min of training over 3 runs on record" in info
     # a fresh run without --init-weights in a folder an earlier start left a started_from.json in
     (tmp_path / "d").mkdir()
     shutil.copy(tmp_path / "b" / "started_from.json", tmp_path / "d")

@@ -39,10 +39,12 @@ def with_metadata(folder: Path, name: str, body: str, model: DRAW | None = None)
 
 def started_from(training: dict) -> list[str]:
     """The card's lines for the runs a model continued (``--init-weights``), latest first, and the
-    training time of all of them; none for a model trained from scratch."""
+    training time of all of them; none for a model trained from scratch. "On record": a run whose
+    own start predates ``started_from`` (or lost its record) ends the chain."""
     runs = earlier_runs(training)
     lines = [f"- started from `{name}`, itself trained for {run_length(record)}" for name, record in runs]
-    return [*lines, f"- training time of all the runs: {training_seconds(training) / 60:.1f} min"] if lines else []
+    total = f"- training time of all the runs on record: {training_seconds(training) / 60:.1f} min"
+    return [*lines, total] if lines else []
 
 
 def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
