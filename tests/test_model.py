@@ -349,7 +349,7 @@ def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
 #: per-image sums of 4 samples (seed 0) of each shipped model, as the model gave them before the step was
 #: split into a readable and a fused one (revision b8e59c9): the redesign changed no drawing. The caption
 #: model was replaced afterwards (trained on the official form of MNIST with captions), and the
-#: unconditional one (trained on for two more hours); their sums are pinned as they were shipped.
+#: unconditional one (trained on twice, two hours each); their sums are pinned as they were shipped.
 SHIPPED_FOLDERS = {"none": "mnist", "label": "mnist_labels", "caption": "mnist_captions"}  # the BiLSTM caption model
 SHIPPED_SAMPLES = {
     "none": (None, [111.7946, 128.8481, 171.1541, 114.7532]),
