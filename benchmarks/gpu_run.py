@@ -64,8 +64,6 @@ BASE_LR, BASE_BATCH, BETA1, MAX_LR = 2e-3, 100, 0.5, 4e-3
 PRECISION_TOLERANCE = 0.1  # nats per image
 COMPILE_RESERVE_S = 90  # a compiled cell is started only with this much of its stage left, until one is timed
 COMPILE_FAILED = "torch.compile failed"
-#: The shipped default model: the paper config, trained (the precision checks run on it).
-SHIPPED = REPO / "cdraw" / "assets" / "models" / "mnist"
 
 
 class Report:
@@ -230,9 +228,11 @@ def precision_check(cfg, device, data, tf32: bool, bf16: bool) -> dict:
     import torch
 
     from cdraw import DRAW
+    from cdraw.generate import DEFAULT_MODELS
 
     torch.manual_seed(0)
-    shipped = DRAW.from_pretrained(SHIPPED) if (SHIPPED / "config.json").is_file() else None
+    folder = DEFAULT_MODELS["none"]  # the paper config, trained
+    shipped = DRAW.from_pretrained(folder) if (folder / "config.json").is_file() else None
     model = shipped if shipped is not None and shipped.config == cfg else DRAW(cfg)
     model = model.to(device).eval()
     x = data.to(device)
