@@ -198,8 +198,12 @@ def speed_cell(
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     r = {"images_per_s": round(steps * batch / seconds, 1), "first_steps_s": round(first_s, 1), "peak_mib": peak}
-    if mode != "eager" and compile_fell_back(model):
-        r["error"] = f"{COMPILE_FAILED}: the step ran eagerly (see the warning in the log)"
+    if mode != "eager" and compile_fell_back(model):  # an eager rate, not this cell's: kept apart
+        r = {
+            "error": f"{COMPILE_FAILED}: the step ran eagerly (see the warning in the log)",
+            "eager_images_per_s": r.pop("images_per_s"),
+            **r,
+        }
     if mode == "cudagraphs" and _cudagraph_skips() > skips:  # inductor ran it without graphs, with a warning
         r["cudagraphs_skipped"] = _cudagraph_skips() - skips
     return r
@@ -492,8 +496,7 @@ def main() -> None:
                 compiles.record(key, cells[key], speed_steps * batch)
         log(f"speed {key}: {_cell(cells[key])}")
         report.stage("speed", speed)
-    # a cell that failed (or fell back to eager) is no setting to train with
-    measured = {k: v for k, v in cells.items() if "images_per_s" in v and "error" not in v}
+    measured = {k: v for k, v in cells.items() if "images_per_s" in v}
     best_key = pick_setting(measured) if measured else f"{batches[0]}/eager"
     best = {"batch": int(best_key.split("/")[0]), "mode": best_key.split("/")[1]}
     best["images_per_s"] = measured.get(best_key, {}).get("images_per_s", 0)
@@ -519,7 +522,7 @@ def main() -> None:
             r["speed"] = _guarded(
                 partial(speed_cell, cfg, best["batch"], best["mode"], device, speed_steps, tf32=tf32, bf16=bf16)
             )
-            rate = 0 if "error" in r["speed"] else r["speed"].get("images_per_s", 0)
+            rate = r["speed"].get("images_per_s", 0)
             if rate > best["images_per_s"]:
                 best = {**best, "tf32": tf32, "bf16": bf16, "images_per_s": rate}
         speed["precision"][name] = r
@@ -562,7 +565,7 @@ class Compiles:
     def record(self, key: str, cell: dict, images_timed: int) -> None:
         if cell.get("error", "").startswith(COMPILE_FAILED):  # not, say, running out of memory at one batch
             self.failed = self.failed or key
-        elif "error" not in cell:  # its first steps (compilation) and its timed ones, with a margin
+        elif "images_per_s" in cell:  # its first steps (compilation) and its timed ones, with a margin
             self.reserve_s = 1.25 * (cell["first_steps_s"] + images_timed / cell["images_per_s"]) + 5
 
 

@@ -110,9 +110,9 @@ def test_gpu_run_skips_what_cannot_run_or_would_fail_again():
     compiles.record("2000/compiled", {"images_per_s": 20_000.0, "first_steps_s": 30.0}, images_timed=20_000)
     assert compiles.reserve_s == 1.25 * (30 + 1) + 5 and compiles.failed is None
     assert skip_reason("cudagraphs", "cuda", False, compiles, 45) is None  # 90 s no longer assumed
-    compiles.record("2000/cudagraphs", {"images_per_s": 9.0, "error": "CUDA out of memory"}, images_timed=20_000)
+    compiles.record("2000/cudagraphs", {"error": "CUDA out of memory"}, images_timed=20_000)
     assert compiles.failed is None and compiles.reserve_s == 1.25 * 31 + 5  # an error of its own, not compiling
-    compiles.record("500/compiled", {"images_per_s": 9.0, "first_steps_s": 1, "error": f"{COMPILE_FAILED}: x"}, 100)
+    compiles.record("500/compiled", {"eager_images_per_s": 9.0, "first_steps_s": 1, "error": f"{COMPILE_FAILED}: x"}, 1)
     assert skip_reason("cudagraphs", "cuda", False, compiles, plenty) == "compiling failed at 500/compiled"
     assert skip_reason("eager", "cuda", False, compiles, 11) is None  # eager needs no compiler, little time
 
