@@ -223,7 +223,27 @@ def _describe(kind: str) -> str:
 def cmd_train(args: argparse.Namespace) -> None:
     from cdraw.launch import run_recipe
 
-    sys.exit(run_recipe(args.recipe, args.launch_args, args.overrides))
+    launch_args, overrides = _launch_args_after_recipe(args.overrides)
+    sys.exit(run_recipe(args.recipe, args.launch_args + launch_args, overrides))
+
+
+def _launch_args_after_recipe(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``--launch-args`` given after the recipe's name (where the recipe's own flags go) split out of
+    them: no recipe has such a flag, so it can only be meant for the launcher."""
+    launch, rest = [], []
+    i = 0
+    while i < len(overrides):
+        a = overrides[i]
+        if a == "--launch-args" and i + 1 < len(overrides):
+            launch += overrides[i + 1].split()
+            i += 2
+            continue
+        if a.startswith("--launch-args="):
+            launch += a.removeprefix("--launch-args=").split()
+        else:
+            rest.append(a)
+        i += 1
+    return launch, rest
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -367,13 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="run a training recipe (the package's cdraw.recipes.NAME; several processes through accelerate launch)",
         epilog="examples:\n  cdraw train mnist --max-steps 200\n  cdraw train mnist_captions --epochs 5\n"
-        "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # launch flags before the recipe",
+        "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # 2 processes through accelerate",
         formatter_class=raw,
     )
     tr.add_argument("recipe", help="mnist, mnist_labels, mnist_captions or coco")
     tr.add_argument("overrides", nargs=argparse.REMAINDER, help="flags for the recipe (see its --help)")
     tr.add_argument(
-        "--launch-args", type=str.split, default=[], help="flags for accelerate launch, quoted, before RECIPE"
+        "--launch-args",
+        type=str.split,
+        default=[],
+        help="flags for accelerate launch, quoted (before RECIPE, or after it among its flags)",
     )
     tr.set_defaults(func=cmd_train)
 

@@ -216,6 +216,12 @@ def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
         else:
             i = cmd.index("--num_cpu_threads_per_process")
             assert cmd[i + 1] == str(cpu_threads_per_process(processes)) and "--quiet" not in cmd
+    for after in (["--launch-args", "--multi_gpu --num_processes 2"], ["--launch-args=--multi_gpu --num_processes 2"]):
+        with pytest.raises(SystemExit):  # after the recipe's name, among its flags: meant for the launcher
+            cli.main(["train", "mnist", "--max-steps", "1", *after])
+        cmd, _ = calls.pop()
+        assert cmd[:2] == ["accelerate", "launch"] and cmd[-4:] == [*recipe, "--max-steps", "1"]
+        assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # so does a thread count set in the environment
     with pytest.raises(SystemExit):
         cli.main(["train", "mnist"])
