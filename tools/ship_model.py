@@ -120,6 +120,10 @@ def main() -> None:
     stage.rename(dst)
     size = sum(f.stat().st_size for f in dst.iterdir())
     print(f"shipped {src} as {dst} ({size / 1e6:.1f} MB)")
+    print(
+        "then: python docs/make_figures.py (the docs draw with the shipped models) and re-pin the sample "
+        "sums in tests/test_model.py; tests/test_docs_site.py and tests/test_model.py say if either is stale"
+    )
 
 
 if __name__ == "__main__":
