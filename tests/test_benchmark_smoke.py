@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     }
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert not stages["environment"]["missing"] and stages["tests"]["exit_code"] == 0
+    summary = stages["tests"]["summary"]  # no GPU here: the CUDA tests were collected, and each skipped
+    assert re.search(r"\d+ skipped", summary) and not re.search(r"passed|failed|error", summary), summary
     assert stages["speed"]["cells"]["8/eager"]["images_per_s"] > 0
     assert stages["speed"]["cells"]["8/cudagraphs"] == {"skipped": "needs CUDA"}
     assert abs(stages["speed"]["precision"]["bf16 autocast"]["bound_minus_fp32"]) < 1.0

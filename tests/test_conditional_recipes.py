@@ -59,7 +59,9 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--limit", "50",
                      "--fidelity", "--fidelity-samples", "3")  # fmt: skip
     assert found["dataset"] == "mnist" and found["split"] == "test" and found["images"] == 50
-    assert 0 <= found["label_fidelity"] <= 1 and "fidelity_class_9" in found and found["iwae"] > 0
+    per_class = [found[f"fidelity_class_{k}"] for k in range(10)]  # the same samples per class: their mean
+    assert found["label_fidelity"] == pytest.approx(sum(per_class) / 10) and found["iwae"] > 0
+    assert all(abs(3 * f - round(3 * f)) < 1e-6 for f in per_class)  # a share of the 3 images of each class
     with pytest.raises(SystemExit) as exit_:
         cdraw_main(["eval", "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--retrieval", "3"])
     assert exit_.value.code == 2 and "ranks captions; this is a label model" in capsys.readouterr().err

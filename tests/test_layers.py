@@ -10,13 +10,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "cdraw"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -69,9 +69,16 @@ def without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_the_finder_finds_cycles_and_lazy_imports_count(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    source = "def f():\n    from cdraw import model\n"
-    node = ast.parse(source).body[0].body[0]
-    assert isinstance(node, ast.ImportFrom)  # a function's import is found by ast.walk like any other
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from pkg import b  # lazy\n")
+    (pkg / "b.py").write_text("from .sub import c\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("import pkg.a\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"}
+    assert find_cycle(without_package_inits(graph)) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
 
 
 def test_no_import_cycle_inside_cdraw():

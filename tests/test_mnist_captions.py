@@ -125,7 +125,8 @@ def test_training_composites_are_new_every_epoch_and_the_same_for_the_same_epoch
     first, again, second = (train_composites(pool, bans, 50, 7, e) for e in (0, 0, 1))
     assert torch.equal(first.images, again.images) and first.captions == again.captions
     assert not torch.equal(first.images, second.images)
-    assert torch.equal(small_captions[0]["train"].images[:0], first.images[:0])  # same shapes and dtype
+    made = small_captions[0]["train"].images  # as the data set's own training split
+    assert first.images.dtype == made.dtype and first.images.shape[1:] == made.shape[1:]
     seen = [c.text() for c in split_combos(bans)[0]]
     encode = lambda texts: torch.tensor([[seen.index(t)] * 3 for t in texts])  # noqa: E731  (captions -> ids)
     data = fresh_train_data(pool, bans, 50, 7, encode)

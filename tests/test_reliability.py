@@ -92,7 +92,7 @@ def test_absurd_config_sizes_are_refused_before_anything_is_allocated(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "z_size": "many"}))  # a type error names the file
     one_line(cdraw("info", "--checkpoint", str(tmp_path / "m")), str(tmp_path / "m" / "config.json"), "z_size")
     (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "z_size": 3}))  # sane, but not these weights
-    one_line(cdraw("info", "--checkpoint", str(tmp_path / "m")))
+    one_line(cdraw("info", "--checkpoint", str(tmp_path / "m")), "does not match its config.json", "wrong shapes")
 
 
 # -- 4. a full disk ----------------------------------------------------------------------------
@@ -260,6 +260,7 @@ def test_sweep_a_failure_at_every_write_of_a_checkpoint(tmp_path, sets, monkeypa
 
     cfg = finished_run(tmp_path, sets, steps=10)  # a good checkpoint at step 10
     ckpt = tmp_path / "run" / "checkpoints"
+    saved = {"step-00000010": DRAW.from_pretrained(ckpt / "step-00000010" / "model").state_dict()}  # before
     real = {"save": torch.save, "replace": os.replace, "write_text": Path.write_text}
     writes = []
 
@@ -289,7 +290,12 @@ def test_sweep_a_failure_at_every_write_of_a_checkpoint(tmp_path, sets, monkeypa
             monkeypatch.undo()
         latest = (ckpt / "latest").read_text()
         assert latest in ("step-00000010", "step-00000020")
-        assert DRAW.from_pretrained(ckpt / latest / "model") is not None  # intact
+        weights = DRAW.from_pretrained(ckpt / latest / "model").state_dict()
+        if latest == "step-00000010":  # intact: the very weights saved before the sweep
+            assert all(torch.equal(weights[k], saved[latest][k]) for k in saved[latest]), latest
+        else:  # a complete new save: every tensor there and finite
+            assert weights.keys() == saved["step-00000010"].keys()
+            assert all(torch.isfinite(w).all() for w in weights.values())
         assert not list(ckpt.glob(".*tmp*")), sorted(p.name for p in ckpt.iterdir())
         held.append(fail_at)
         if finished:  # no k-th write any more: every write of the save was tried
