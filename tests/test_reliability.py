@@ -154,7 +154,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(t
     train(config(tmp_path / "run", max_steps=2), *sets)  # a dead holder's lock never blocks
 
 
-def test_the_lock_is_released_with_its_process(tmp_path):
+def test_the_lock_holds_within_a_process_and_is_released_with_its_file(tmp_path):
     pytest.importorskip("fcntl", reason="run-folder locks use fcntl (POSIX)")
     f = lock_run_dir(tmp_path / "a")
     with pytest.raises(CDrawError, match="another training run"):
