@@ -88,18 +88,25 @@ def test_sampling_on_the_gpu(cfg):
     assert trace.canvases.shape == (cfg.glimpses, 3, 1, 28, 28) and trace.read_windows.gx.is_cuda
 
 
-def test_evaluation_on_the_gpu_matches_the_cpu(cfg, mnist):
-    """The bound and IWAE of the same model and images agree across devices (up to the noise)."""
-    torch.manual_seed(0)
-    model = DRAW(cfg)
+def test_evaluation_on_the_gpu_matches_the_cpu(mnist):
+    """The bound and IWAE of the shipped default model agree across devices within their sampling
+    noise. A trained model (its KL is about 28 nats), so that noise drawn wrongly on the GPU would
+    show: an untrained model's bound hardly depends on its noise (0.05 nats over seeds). Over seeds
+    on the CPU the trained one's moved by at most 0.8 nats (bound, 200 images) and 0.6 (IWAE with
+    k = 10, 50 images)."""
+    from cdraw.generate import DEFAULT_MODELS
+
     data = ImageData(mnist["test"][:200])
-    cpu = bound_sums(model, data, 100, torch.Generator().manual_seed(0)).means()
-    gpu_model = DRAW(cfg).to(CUDA)
-    gpu_model.load_state_dict(model.state_dict())
-    gpu = bound_sums(gpu_model, data, 100, torch.Generator(CUDA).manual_seed(0)).means()
-    assert gpu["images"] == 200 and abs(gpu["bound"] - cpu["bound"]) < 0.05 * cpu["bound"]
-    iwae = iwae_sum(gpu_model, data.select(slice(0, 50)), 10, 25, torch.Generator(CUDA).manual_seed(0)) / 50
-    assert iwae == pytest.approx(gpu["bound"], rel=0.1)
+    few = data.select(slice(0, 50))
+    figures = []  # (images, bound, IWAE): on the CPU, then on the GPU
+    for device in (torch.device("cpu"), CUDA):
+        model = DRAW.from_pretrained(DEFAULT_MODELS["none"], device=device)
+        bound = bound_sums(model, data, 100, torch.Generator(device).manual_seed(0)).means()
+        iwae = iwae_sum(model, few, 10, 25, torch.Generator(device).manual_seed(0)) / len(few)
+        figures.append((bound["images"], bound["bound"], iwae))
+    (n_cpu, bound_cpu, iwae_cpu), (n_gpu, bound_gpu, iwae_gpu) = figures
+    assert n_cpu == n_gpu == 200
+    assert abs(bound_gpu - bound_cpu) < 2.0 and abs(iwae_gpu - iwae_cpu) < 2.0, figures
 
 
 def test_save_on_the_gpu_load_anywhere(cfg, tmp_path):
