@@ -199,11 +199,8 @@ def speed_cell(
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     r = {"images_per_s": round(steps * batch / seconds, 1), "first_steps_s": round(first_s, 1), "peak_mib": peak}
     if mode != "eager" and compile_fell_back(model):  # an eager rate, not this cell's: kept apart
-        r = {
-            "error": f"{COMPILE_FAILED}: the step ran eagerly (see the warning in the log)",
-            "eager_images_per_s": r.pop("images_per_s"),
-            **r,
-        }
+        r["eager_images_per_s"] = r.pop("images_per_s")
+        r["error"] = f"{COMPILE_FAILED}: the step ran eagerly (see the warning in the log)"
     if mode == "cudagraphs" and _cudagraph_skips() > skips:  # inductor ran it without graphs, with a warning
         r["cudagraphs_skipped"] = _cudagraph_skips() - skips
     return r

@@ -230,19 +230,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _launch_args_after_recipe(overrides: list[str]) -> tuple[list[str], list[str]]:
     """``--launch-args`` given after the recipe's name (where the recipe's own flags go) split out of
     them: no recipe has such a flag, so it can only be meant for the launcher."""
-    launch, rest = [], []
-    i = 0
-    while i < len(overrides):
-        a = overrides[i]
-        if a == "--launch-args" and i + 1 < len(overrides):
-            launch += overrides[i + 1].split()
-            i += 2
-            continue
-        if a.startswith("--launch-args="):
-            launch += a.removeprefix("--launch-args=").split()
-        else:
+    launch, rest, args = [], [], iter(overrides)
+    for a in args:
+        value = None
+        if a == "--launch-args":
+            value = next(args, None)  # none: left to the recipe's parser, which says what is wrong
+        elif a.startswith("--launch-args="):
+            value = a.removeprefix("--launch-args=")
+        if value is None:
             rest.append(a)
-        i += 1
+        else:
+            launch += value.split()
     return launch, rest
 
 

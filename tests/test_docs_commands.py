@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from test_readme import BLOCK, shell_lines
 
 from cdraw import cli
 from cdraw.errors import CDrawError
@@ -31,7 +32,6 @@ PAGES = [
     *sorted((REPO / "docs").rglob("*.md")),
     *sorted(REPO.glob("cdraw/assets/models/*/README.md")),
 ]
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+(?:\n[^`\n]+)?)`")  # inline code may wrap onto a second line
 CDRAW = r"cdraw (?:generate|reconstruct|info|train|eval)\b"
 START = re.compile(rf"^(?:{CDRAW}|accelerate launch\b|python3? (?:-m cdraw\.recipes\.|recipes/train_))")
@@ -49,12 +49,12 @@ def commands() -> list[tuple[str, str, bool]]:
     for page in PAGES:
         text = page.read_text()
         where = str(page.relative_to(REPO))
-        for block in FENCE.findall(text):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = re.sub(r"^\$ ", "", line.strip())
+        for _, block in BLOCK.findall(text):
+            for line in shell_lines(block):
+                line = line.removeprefix("$ ")
                 if START.match(line):
                     found.append((where, line, True))
-        for code in INLINE.findall(FENCE.sub("", text)):
+        for code in INLINE.findall(BLOCK.sub("", text)):
             code = " ".join(code.split())
             if START.match(code):
                 found.append((where, code, False))

@@ -28,8 +28,13 @@ def blocks(language: str) -> list[str]:
     return [code for lang, code in BLOCK.findall((REPO / "README.md").read_text()) if lang == language]
 
 
+def shell_lines(code: str) -> list[str]:
+    """The lines of a shell block, a line continued with a backslash joined to the next, stripped."""
+    return [ln.strip() for ln in code.replace("\\\n", " ").splitlines()]
+
+
 def commands() -> list[str]:
-    lines = [ln.strip() for code in blocks("bash") for ln in code.replace("\\\n", " ").splitlines()]
+    lines = [ln for code in blocks("bash") for ln in shell_lines(code)]
     return [ln for ln in lines if ln and not ln.startswith("#") and not any(n in ln for n in NOT_RUN)]
 
 
