@@ -149,7 +149,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
     folder, model = _load_model(args)
     dataset = args.data or datasets.for_model(model.config, folder).name
-    data = evaluation_data(model, dataset, args.split or datasets.get(dataset).eval_split, args.data_dir)
+    split = args.split or datasets.get(dataset).eval_split
+    data = evaluation_data(model, dataset, split, args.data_dir, args.data_folder)
     rows = slice(0, args.num)
     from cdraw.generate import output_dir
 
@@ -261,6 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         dataset=args.data,
         split=args.split,
         data_dir=args.data_dir,
+        data_folder=args.data_folder,
         limit=args.limit,
         batch_size=args.batch_size,
         iw_samples=args.iw_samples,
@@ -290,6 +292,18 @@ def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", help=checkpoint_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _add_data_places(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
+    p.add_argument(
+        "--coco-dir",
+        "--captions-dir",
+        dest="data_folder",
+        metavar="FOLDER",
+        help="a data set made in a folder of its own elsewhere, as given to the training recipe: "
+        "prepare_coco.py --out or make_mnist_captions.py --out (default: inside --data-dir)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rec, "model folder or run folder (default: the shipped unconditional model)")
     rec.add_argument("--data", choices=list(DATASETS), help="data set (default: the one the model was trained on)")
     rec.add_argument("--split", help="which split (default: the test split)")
-    rec.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
+    _add_data_places(rec)
     rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
     rec.add_argument(
         "--out",
@@ -449,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the N images and each image's caption among the N captions: R@1, R@5, median rank (N^2 passes)",
     )
     ev.add_argument("--json", help="also write the figures to this JSON file")
-    ev.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
+    _add_data_places(ev)
     ev.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass (default: 1000)")
     ev.add_argument("--limit", type=positive_int, help="only the first N images of the split (a quick look)")
     ev.add_argument(

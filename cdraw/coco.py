@@ -39,6 +39,7 @@ CHANNELS = 3
 RESAMPLE = "BICUBIC"  # PIL filter name; see prepare_coco's docstring for why
 MAP_BATCH = 64  # images per call of the resize function: amortises Arrow overhead, keeps workers balanced
 WARN_NAMES = 3  # how many skipped file names a warning lists
+CHECKED_NAMES = 10  # first images looked for before the pass, to catch a wrong --images folder early
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 SCRIPT = "data_scripts/prepare_coco.py"
 COLUMNS = ("image", "captions", "image_id", "file_name")  # parquet column order
@@ -153,6 +154,7 @@ def prepare_coco(
     split_name: str = "train",
     num_proc: int = 1,
     limit: int | None = None,
+    skip: int = 0,
     overwrite: bool = False,
 ) -> Path:
     """Resize COCO images to ``size`` x ``size`` and write ``out_dir/{split_name}.parquet`` with their captions.
@@ -176,14 +178,18 @@ def prepare_coco(
         size: output side in pixels (32 in alignDRAW).
         split_name: output file stem, e.g. ``train`` or ``val``.
         num_proc: worker processes for decoding and resizing.
-        limit: use only the first ``limit`` images the JSON lists (for quick trials).
+        limit: use only the first ``limit`` images the JSON lists (after ``skip``): a quick trial, or
+            with ``skip``, disjoint splits of one file (``limit=N`` for one, ``skip=N`` for the other).
+        skip: leave out the first ``skip`` images the JSON lists.
         overwrite: replace an existing ``{split_name}.parquet``; otherwise refuse.
 
     Returns:
         The path of the parquet file written.
     """
-    if size < 1 or num_proc < 1 or (limit is not None and limit < 1):
-        raise CDrawError(f"size, num_proc and limit must be at least 1, got {size}, {num_proc}, {limit}")
+    if size < 1 or num_proc < 1 or (limit is not None and limit < 1) or skip < 0:
+        raise CDrawError(
+            f"size, num_proc and limit must be at least 1 and skip at least 0, got {size}, {num_proc}, {limit}, {skip}"
+        )
     if not SPLIT_NAME.fullmatch(split_name):
         raise CDrawError(f"split name {split_name!r} must be letters, digits, '_', '-' or '.' (it names a file)")
     captions_json = Path(captions_json).expanduser()
@@ -192,6 +198,7 @@ def prepare_coco(
     images, captions = read_coco_captions(captions_json)
     if not image_dir.is_dir():
         raise CDrawError(f"image folder {image_dir} not found: pass the folder of COCO images, e.g. coco/train2014")
+    _check_writable(out_dir)  # before the long resize pass, not after it
     target = out_dir / f"{split_name}.parquet"
     if target.exists() and not overwrite:
         raise CDrawError(f"{target} already exists: pass --overwrite (overwrite=True) to replace it")
@@ -203,11 +210,12 @@ def prepare_coco(
             f"write {size}x{size} images to another folder"
         )
 
-    listed = images[:limit]
+    listed = images[skip:][:limit]
     records = [r for r in listed if captions.get(r["id"])]
     no_captions = len(listed) - len(records)
     if not records:
         raise CDrawError(f"none of the {len(listed)} images {captions_json.name} lists has a caption: no usable images")
+    _check_image_folder(image_dir, [str(r["file_name"]) for r in records[:CHECKED_NAMES]])
 
     ds = _resize_all(records, captions, image_dir, size, num_proc)
     problems = ds["problem"][:]  # one column, read once
@@ -225,8 +233,11 @@ def prepare_coco(
         raise CDrawError(f"no usable images: none of the {len(ds)} captioned images could be read from {image_dir}")
     ds = ds.select(ok).select_columns(list(COLUMNS))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda tmp: ds.to_parquet(tmp))  # a hidden name until complete
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: ds.to_parquet(tmp))  # a hidden name until complete
+    except OSError as e:  # a full disk: the resized images are lost, the folder keeps what it had
+        raise CDrawError(f"cannot write {target}: {e.strerror or e}") from None
 
     split = {
         "file": target.name,
@@ -237,6 +248,7 @@ def prepare_coco(
         "skipped_no_captions": no_captions,
         "listed_images": len(images),
         "limit": limit,
+        "skip": skip,
         "source_captions": captions_json.name,
         "source_images": image_dir.name,
     }
@@ -270,6 +282,27 @@ def _resize_all(records: list[dict], captions: dict[int, list[str]], image_dir: 
         ),
         desc=f"resizing to {size}x{size}",
     )
+
+
+def _check_writable(folder: Path) -> None:
+    """A clear error now if ``folder`` (made later, if it does not exist) could not be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CDrawError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CDrawError(f"cannot write into {folder}: {existing} is not writable")
+
+
+def _check_image_folder(image_dir: Path, names: list[str]) -> None:
+    """When none of the first images is in ``image_dir`` but some are in one of its folders (the COCO root
+    given instead of ``train2014/``), say which, before a pass that would find none of them."""
+    if any((image_dir / n).is_file() for n in names):
+        return
+    for sub in sorted(p for p in image_dir.iterdir() if p.is_dir()):
+        if any((sub / n).is_file() for n in names):
+            raise CDrawError(f"the images are not in {image_dir} but in {sub}: pass that folder (--images {sub})")
 
 
 def _few(names: list[str]) -> str:

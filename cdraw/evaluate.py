@@ -145,16 +145,17 @@ def retrieval_ranks(bounds: Tensor) -> dict[str, Tensor]:
     return {"captions": true_ranks(relative), "images": true_ranks(relative.T)}
 
 
-def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = None) -> Tensor:
+def retrieval_picks(dataset: str, split: str, n: int, data_dir: str | None = None, folder: str | None = None) -> Tensor:
     """Indices of ``n`` examples of a split with distinct targets, for retrieval (the data set's
-    ``retrieval_keys``: one caption per COCO image, one per MNIST-with-captions layout)."""
+    ``retrieval_keys``: one caption per COCO image, one per MNIST-with-captions layout); ``folder``:
+    the data set's own folder, as for :func:`evaluation_data`."""
     from cdraw import datasets
 
     found = datasets.get(dataset)
     if found.retrieval_keys is None:
         raise CDrawError(f"retrieval ranks captions: {dataset} has none")
     first: dict = {}
-    for i, key in enumerate(found.retrieval_keys(split, data_dir)):
+    for i, key in enumerate(found.retrieval_keys(split, data_dir, folder)):
         first.setdefault(key, i)
         if len(first) == n:
             break
@@ -175,9 +176,12 @@ def retrieval_summary(ranks: Tensor) -> dict[str, float]:
 # -- conditional models: which data, and does a generated image show what was asked? ------------
 
 
-def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None = None) -> ImageData:
+def evaluation_data(
+    model: DRAW, dataset: str, split: str, data_dir: str | None = None, folder: str | None = None
+) -> ImageData:
     """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
-    captions encoded by the model's tokenizer."""
+    captions encoded by the model's tokenizer. ``folder``: the data set's own folder where it was made
+    elsewhere than in ``data_dir`` (COCO's ``prepare_coco.py --out``, ``make_mnist_captions.py --out``)."""
     from cdraw import datasets
     from cdraw.datasets.base import conditioned_on
 
@@ -187,7 +191,7 @@ def evaluation_data(model: DRAW, dataset: str, split: str, data_dir: str | None 
         has = f"has {found.conditions}s" if found.conditions else "has no labels or captions"
         model_wants = f"{wants}s" if wants else "nothing (it is unconditional: use binarized-mnist)"
         raise CDrawError(f"{dataset} {has}, and this model is conditioned on {model_wants}")
-    return found.load(split, data_dir, model.encode_condition if wants else None)
+    return found.load(split, data_dir, model.encode_condition if wants else None, folder=folder)
 
 
 @torch.no_grad()
@@ -248,15 +252,21 @@ class CaptionFidelity:
 
 
 def caption_fidelity_splits(
-    model: DRAW, classifier, n: int, data_dir: str | None = None, generator: torch.Generator | None = None
+    model: DRAW,
+    classifier,
+    n: int,
+    data_dir: str | None = None,
+    generator: torch.Generator | None = None,
+    folder: str | None = None,
 ) -> dict[str, CaptionFidelity]:
-    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS."""
+    """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS (of the data set in
+    ``folder``, else in ``data_dir``)."""
     from cdraw.datasets.mnist_captions import load_mnist_captions
     from cdraw.mnist_captions import TEMPLATE_NAMES
 
     found = {}
     for split in FIDELITY_SPLITS:
-        data = load_mnist_captions(split, data_dir=data_dir)
+        data = load_mnist_captions(split, folder, data_dir=data_dir)
         captions, layouts = data.captions[:n], data.layouts()[:n]
         with warnings.catch_warnings():
             if split == "test_paraphrase":  # unknown words are the point of this split: no warning
@@ -282,6 +292,7 @@ def evaluate(
     dataset: str | None = None,
     split: str | None = None,
     data_dir: str | None = None,
+    data_folder: str | None = None,
     limit: int | None = None,
     batch_size: int = 1000,
     iw_samples: int = 10,
@@ -294,7 +305,8 @@ def evaluate(
     say: Callable[[str], object] = print,
 ) -> dict:
     """What `cdraw eval` measures of the model in ``folder``: the bound on a split (``limit``: its first
-    N images), an IWAE estimate with ``iw_samples`` (0: none; on the first ``iw_limit`` images),
+    N images; ``data_folder``: the data set's own folder, as for :func:`evaluation_data`), an IWAE
+    estimate with ``iw_samples`` (0: none; on the first ``iw_limit`` images),
     fidelity and retrieval for conditional models. Each figure is reported through ``say`` as it
     comes; the returned dict is what ``--json`` writes."""
     from tqdm.auto import tqdm
@@ -315,7 +327,7 @@ def evaluate(
             CDrawWarning,
             stacklevel=2,
         )
-    full = data = evaluation_data(model, dataset, split, data_dir)
+    full = data = evaluation_data(model, dataset, split, data_dir, data_folder)
     if limit:
         data = data.select(slice(0, limit))
     torch.manual_seed(seed)
@@ -335,14 +347,14 @@ def evaluate(
         result.update(iwae=total / len(iw_data), iw_samples=iw_samples, iwae_images=len(iw_data))
         say(f"IWAE estimate of -log p(x), k={iw_samples}, {len(iw_data)} images: {result['iwae']:.2f} nats")
     if fidelity:
-        result.update(_fidelity(model, dataset, fidelity_samples, data_dir, gen, say))
+        result.update(_fidelity(model, dataset, fidelity_samples, data_dir, data_folder, gen, say))
     if retrieval:
-        result.update(_retrieval(model, full, dataset, split, retrieval, data_dir, gen, progress, say))
+        result.update(_retrieval(model, full, dataset, split, retrieval, data_dir, data_folder, gen, progress, say))
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
-def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
+def _fidelity(model: DRAW, dataset: str, n: int, data_dir, data_folder, gen, say) -> dict:
     """Label fidelity (``n`` images generated per class) or caption fidelity (``n`` seen, held-out
     and paraphrased captions)."""
     from cdraw.fidelity import shipped_classifier
@@ -358,7 +370,7 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
     if dataset != "mnist-captions":
         raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
     classifier, found = shipped_classifier("mnist", device), {}
-    for split, got in caption_fidelity_splits(model, classifier, n, data_dir, gen).items():
+    for split, got in caption_fidelity_splits(model, classifier, n, data_dir, gen, data_folder).items():
         found[f"fidelity_{split}"] = got.share
         found.update({f"fidelity_{split}_{name.replace(' ', '_')}": share for name, share in got.by_layout.items()})
         say(
@@ -368,12 +380,14 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, gen, say) -> dict:
     return found
 
 
-def _retrieval(model: DRAW, data: ImageData, dataset: str, split: str, n: int, data_dir, gen, progress, say) -> dict:
+def _retrieval(
+    model: DRAW, data: ImageData, dataset: str, split: str, n: int, data_dir, data_folder, gen, progress, say
+) -> dict:
     """alignDRAW's retrieval on ``n`` examples with distinct captions, both ways: each image's caption
     among the ``n`` captions, and each caption's image among the ``n`` images, by the bound."""
     from tqdm.auto import tqdm
 
-    chosen = data.select(retrieval_picks(dataset, split, n, data_dir))
+    chosen = data.select(retrieval_picks(dataset, split, n, data_dir, data_folder))
     with tqdm(total=len(chosen), desc="retrieval", unit="img", disable=not progress) as bar:
         bounds = bound_matrix(model, chosen.batch(slice(None)), chosen.condition(slice(None)), gen, progress=bar)
     found = {}

@@ -7,7 +7,11 @@ Examples:
   python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_train2014.json \\
       --images ~/coco/train2014 --out ~/.cache/cdraw/data/coco32 --split train --num-proc 8
   python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_val2014.json \\
-      --images ~/coco/val2014 --split val --limit 1000          # a quick trial into the default folder
+      --images ~/coco/val2014 --split trial --limit 1000 --out /tmp/coco32   # a quick trial, apart
+  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_val2014.json \\
+      --images ~/coco/val2014 --split dev --limit 20252      # val2014's first half; then the second:
+  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_val2014.json \\
+      --images ~/coco/val2014 --split test --skip 20252
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cdraw.cli import positive_int, run_main
+from cdraw.cli import non_negative_int, positive_int, run_main
 from cdraw.coco import IMAGE_SIZE, METADATA, SUBDIR, prepare_coco
 from cdraw.data import default_data_dir
 
@@ -28,7 +32,16 @@ def main() -> None:
     parser.add_argument("--split", default="train", help="name of the split file to write (default: train)")
     parser.add_argument("--size", type=positive_int, default=IMAGE_SIZE, help="output side in pixels (default: 32)")
     parser.add_argument("--num-proc", type=positive_int, default=1, help="worker processes (default: 1)")
-    parser.add_argument("--limit", type=positive_int, help="only the first N images the JSON lists, for a quick trial")
+    parser.add_argument(
+        "--limit", type=positive_int, help="only the first N images the JSON lists (after --skip), for a quick trial"
+    )
+    parser.add_argument(
+        "--skip",
+        type=non_negative_int,
+        default=0,
+        help="leave out the first N images the JSON lists (default: 0); "
+        "--limit N and --skip N make two disjoint splits of one file",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split file")
     args = parser.parse_args()
 
@@ -40,6 +53,7 @@ def main() -> None:
         split_name=args.split,
         num_proc=args.num_proc,
         limit=args.limit,
+        skip=args.skip,
         overwrite=args.overwrite,
     )
     info = json.loads((path.parent / METADATA).read_text())["splits"][args.split]

@@ -229,5 +229,82 @@ def test_missing_image_folder_or_no_readable_images_are_clear_errors(coco, tmp_p
 
 
 def test_load_coco_names_the_script_when_the_split_is_missing(tmp_path):
-    with pytest.raises(CDrawError, match="'val' not found.*data_scripts/prepare_coco.py .*--split val"):
+    # a validation or test split is made from val2014, never from the training images
+    val = "'val' not found.*data_scripts/prepare_coco.py --captions COCO/annotations/captions_val2014.json "
+    with pytest.raises(CDrawError, match=val + "--images COCO/val2014 .*--split val"):
         load_coco("val", tmp_path)
+    with pytest.raises(CDrawError, match="captions_train2014.json --images COCO/train2014 .*--split train"):
+        load_coco("train", tmp_path)
+
+
+def test_limit_and_skip_cut_one_file_into_disjoint_splits_that_cover_it(coco, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixture's skipped images
+        prepare_coco(coco["json"], coco["images"], tmp_path, split_name="dev", limit=3)
+        prepare_coco(coco["json"], coco["images"], tmp_path, split_name="test", skip=3)
+    dev, test = load_coco("dev", tmp_path), load_coco("test", tmp_path)
+    assert dev.image_ids == [1, 2, 3] and test.image_ids == [4, 5]  # 6 missing, 7 uncaptioned, 8 unreadable
+    whole = load_coco("train", coco["path"].parent)
+    assert torch.equal(torch.cat([dev.images, test.images]), whole.images)
+    meta = json.loads((tmp_path / "metadata.json").read_text())["splits"]
+    assert (meta["dev"]["limit"], meta["dev"]["skip"], meta["test"]["limit"], meta["test"]["skip"]) == (3, 0, None, 3)
+    with pytest.raises(CDrawError, match="skip at least 0"):
+        prepare_coco(coco["json"], coco["images"], tmp_path, split_name="x", skip=-1)
+
+
+def test_an_output_path_that_is_a_file_fails_before_the_resize_pass(coco, tmp_path, monkeypatch):
+    import cdraw.coco
+
+    monkeypatch.setattr(cdraw.coco, "_resize_all", lambda *a, **k: pytest.fail("resized before checking --out"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(CDrawError, match="cannot write into .*a_file/coco32: .*a_file is a file, not a folder"):
+        prepare_coco(coco["json"], coco["images"], tmp_path / "a_file" / "coco32")
+
+
+def test_the_coco_root_given_for_the_image_folder_names_the_right_one(coco, tmp_path, monkeypatch):
+    import cdraw.coco
+
+    monkeypatch.setattr(cdraw.coco, "_resize_all", lambda *a, **k: pytest.fail("a pass over the wrong folder"))
+    root = coco["images"].parent  # holds annotations/ and train2014/, as COCO's download does
+    with pytest.raises(CDrawError, match=f"not in {root} but in {coco['images']}: pass that folder"):
+        prepare_coco(coco["json"], root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(coco, tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    def full(self, path, **kwargs):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", full)
+    with warnings.catch_warnings(), pytest.raises(CDrawError, match="cannot write .*train.parquet: No space left"):
+        warnings.simplefilter("ignore")
+        prepare_coco(coco["json"], coco["images"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jpegs_decoded_at_reduced_scale_keep_the_layout_and_cmyk_becomes_rgb(tmp_path):
+    """The draft (DCT-scaled) decode path of a large JPEG: the same geometry as the ramp test above."""
+    images = tmp_path / "train2014"
+    images.mkdir()
+    ramp = np.zeros((480, 640, 3), np.uint8)  # (H, W, C): decoded at 1/4 scale (160x120 >= 2 x 32)
+    ramp[..., 0] = np.linspace(0, 255, 640).round()[None, :]
+    ramp[..., 1] = np.linspace(0, 255, 480).round()[:, None]
+    Image.fromarray(ramp).save(images / name(1, "jpg"), quality=95)
+    Image.new("CMYK", (320, 240), (0, 255, 255, 0)).save(images / name(2, "jpg"), quality=95)  # red in CMYK
+    coco = {
+        "images": [{"id": i, "file_name": name(i, "jpg")} for i in (1, 2)],
+        "annotations": [{"image_id": i, "caption": f"image {i}"} for i in (1, 2)],
+    }
+    captions_json = write_json(tmp_path / "captions.json", coco)
+    got, cmyk = load_coco("train", prepare_coco(captions_json, images, tmp_path / "out").parent).images.int()
+    x = (torch.arange(SIZE) + 0.5) * 640 / SIZE - 0.5  # source column at each output column's centre
+    y = (torch.arange(SIZE) + 0.5) * 480 / SIZE - 0.5
+    inner = slice(2, SIZE - 2)
+    assert (got[0, :, inner] - (x[inner] * 255 / 639)[None, :]).abs().max() <= JPEG_TOLERANCE
+    assert (got[1, inner, :] - (y[inner] * 255 / 479)[:, None]).abs().max() <= JPEG_TOLERANCE
+    assert (cmyk - torch.tensor(RED)[:, None, None]).abs().max() <= JPEG_TOLERANCE

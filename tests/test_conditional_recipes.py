@@ -79,9 +79,13 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     assert "word_size" not in saved and saved["vocab_size"] == model.condition.tokenizer.vocab_size < 1000
     trace = model.sample_trace(2, ["the digit 7 is at the top left of the image ."])
     assert trace.images.shape == (2, 1, 60, 60) and trace.alignments.shape[:2] == (2, 2)
-    found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(captions_dir.parent), "--limit", "20",
-                     "--fidelity", "--fidelity-samples", "5", "--retrieval", "6")  # fmt: skip
+    # the data set's own folder, named as to the recipe: the bound, fidelity and retrieval all read it
+    found = run_eval(tmp_path, "--checkpoint", str(out), "--captions-dir", str(captions_dir), "--data-dir",
+                     str(tmp_path / "empty"), "--limit", "20", "--fidelity", "--fidelity-samples", "5",
+                     "--retrieval", "6")  # fmt: skip
     assert found["dataset"] == "mnist-captions" and found["split"] == "test_seen"
+    in_data_dir = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(captions_dir.parent), "--limit", "20")
+    assert in_data_dir["bound"] == found["bound"]  # the same split found inside --data-dir
     fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
     assert fidelity | {"retrieval_captions_r_at_1", "retrieval_images_median_rank"} <= set(found)
     layouts = {f"{split}_{name.replace(' ', '_')}" for split in fidelity for name in TEMPLATE_NAMES}
@@ -151,10 +155,19 @@ def test_coco_recipe_on_a_fixture(tmp_path):
             prepare_coco(captions_json, image_dir, tmp_path / "coco32", split_name=split)
     out = tmp_path / "run"
     flags = [*TINY, *TEXT_TINY, "--batch-size", "4", "--coco-dir", str(tmp_path / "coco32"), "--output-dir", str(out)]
+    with pytest.raises(CDrawError, match="'test' not found.*captions_val2014.json --images COCO/val2014"):
+        recipe("train_coco.py")([*flags, "--valid-split", "test"])  # before tokenizing the training captions
+    assert not out.exists()
     recipe("train_coco.py")(flags)
     model = check_run(out)
     assert model.config.likelihood == "logistic" and model.sample(1, ["a red square"]).shape == (1, 3, 32, 32)
     assert torch.isfinite(model(torch.rand(2, 3, 32, 32), ["a red square", "a cat"]).loss).all()
+    record = json.loads((out / "model" / "training.json").read_text())
+    assert record["coco_dir"] == str((tmp_path / "coco32").resolve()) and record["valid_split"] == "val"
+    # `cdraw eval --coco-dir` reads the folder the run was given, for the bound and for retrieval
+    found = run_eval(tmp_path, "--checkpoint", str(out), "--coco-dir", str(tmp_path / "coco32"), "--retrieval", "3")
+    assert found["dataset"] == "coco" and found["split"] == "val" and found["images"] == 13  # 5 images' captions
+    assert found["retrieval_captions_candidates"] == 3
 
 
 def test_caption_run_resumes_with_its_tokenizer_and_a_new_run_never_touches_it(captions_dir, tmp_path):

@@ -34,7 +34,8 @@ class DataSet:
     conditions: str | None  # None (unconditional), "label" or "caption"
     image_shape: tuple[int, int, int] | None  # (C, H, W) of its images; None: any (COCO at the size prepared)
     loader: Callable[[str, str | None, str | None], Raw]  # (split, data_dir, folder)
-    retrieval_keys: Callable[[str, str | None], list] | None = None  # one key per example: same key, same target
+    # (split, data_dir, folder) -> one key per example: same key, same target
+    retrieval_keys: Callable[[str, str | None, str | None], list] | None = None
     own_folder: bool = (
         False  # made into a folder of its own (which ``folder`` may name), not read from data_dir's files
     )
@@ -46,7 +47,8 @@ class DataSet:
             raise CDrawError(f"{self.name} splits are {', '.join(self.splits)}, got {split!r}")
         if folder is not None and not self.own_folder:
             raise CDrawError(
-                f"{self.name} is read from its files in the data folder (--data-dir), not a folder of its own"
+                f"{self.name} is read from its files in the data folder (--data-dir), not from a folder of its own "
+                "(--coco-dir, --captions-dir)"
             )
         return self.loader(split, data_dir, folder)
 

@@ -1,6 +1,6 @@
 """MS COCO captions at 32x32 colour, read back: the folder made from local files by
 ``data_scripts/prepare_coco.py`` (:func:`cdraw.coco.prepare_coco`). Every caption is an example; an
-image's five captions share its pixels."""
+image's captions (about five) share its pixels."""
 
 from __future__ import annotations
 
@@ -27,15 +27,7 @@ def load_coco(
         folder: where it was written; default ``data_dir / "coco32"``.
         data_dir: the data folder; default :func:`~cdraw.data.default_data_dir`.
     """
-    if folder is None:
-        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
-    folder = Path(folder).expanduser()
-    path = folder / f"{split}.parquet"
-    if not path.is_file():
-        raise CDrawError(
-            f"COCO split {split!r} not found ({path} is missing): make it with `python {SCRIPT} --captions "
-            f"COCO/annotations/captions_train2014.json --images COCO/train2014 --out {folder} --split {split}`"
-        )
+    path = split_path(split, folder, data_dir=data_dir)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -53,6 +45,23 @@ def load_coco(
     hwc = np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, CHANNELS), np.uint8)  # (N, S, S, 3)
     images = torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))  # (N, 3, S, S)
     return CocoCaptions(images, table.column("captions").to_pylist(), table.column("image_id").to_pylist())
+
+
+def split_path(
+    split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+) -> Path:
+    """Where :func:`load_coco` reads ``split``; a clear error, with the command that makes it, when it is missing."""
+    if folder is None:
+        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
+    folder = Path(folder).expanduser()
+    path = folder / f"{split}.parquet"
+    if not path.is_file():
+        source = "train2014" if split == "train" else "val2014"  # a validation or test split: never training images
+        raise CDrawError(
+            f"COCO split {split!r} not found ({path} is missing): make it with `python {SCRIPT} --captions "
+            f"COCO/annotations/captions_{source}.json --images COCO/{source} --out {folder} --split {split}`"
+        )
+    return path
 
 
 def _image_array(column, path: Path) -> np.ndarray:
@@ -82,9 +91,9 @@ def _load(split: str, data_dir: str | None, folder: str | None = None) -> Raw:
     return coco.images, 256, captions, image_index
 
 
-def _retrieval_keys(split: str, data_dir: str | None) -> list:
+def _retrieval_keys(split: str, data_dir: str | None, folder: str | None = None) -> list:
     """One image per key: its first caption stands for it."""
-    return caption_pairs(load_coco(split, data_dir=data_dir).captions)[0].tolist()
+    return caption_pairs(load_coco(split, folder, data_dir=data_dir).captions)[0].tolist()
 
 
 DATASET = DataSet("coco", "val", None, "caption", None, _load, _retrieval_keys, own_folder=True)

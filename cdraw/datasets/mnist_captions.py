@@ -123,9 +123,9 @@ def _load(split: str, data_dir: str | None, folder: str | None = None) -> Raw:
     return data.images, 2, data.captions, None
 
 
-def _retrieval_keys(split: str, data_dir: str | None) -> list:
+def _retrieval_keys(split: str, data_dir: str | None, folder: str | None = None) -> list:
     """One layout per key: "a on the left of b" and "b on the right of a" show the same picture."""
-    captions = load_mnist_captions(split, data_dir=data_dir).captions
+    captions = load_mnist_captions(split, folder, data_dir=data_dir).captions
     return [min(c, mirror(c)) if (c := parse_caption(text)) else text for text in captions]
 
 

@@ -19,6 +19,7 @@ import sys
 from cdraw import datasets
 from cdraw.cli import run_main
 from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
+from cdraw.datasets.coco import split_path
 from cdraw.training import conditioned_data, train
 
 CONFIGS = SHIPPED_CONFIGS
@@ -32,11 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
+    # both splits there before minutes of tokenizing the first; the folder recorded for `cdraw eval --coco-dir`
+    paths = [split_path(name, args.coco_dir, data_dir=cfg.data_dir) for name in (args.train_split, args.valid_split)]
+    record = {
+        "coco_dir": str(paths[0].parent.resolve()),
+        "train_split": args.train_split,
+        "valid_split": args.valid_split,
+    }
     coco, splits = datasets.get("coco"), []
     for name in (args.train_split, args.valid_split):  # the training split first: it fits the tokenizer
         images, levels, captions, image_index = coco.raw(name, cfg.data_dir, folder=args.coco_dir)  # M captions
         splits.append(conditioned_data(cfg, images, levels, captions, image_index, resume=resume))
-    train(cfg, *splits, resume=resume, dataset="coco")
+    train(cfg, *splits, resume=resume, dataset="coco", record=record)
 
 
 if __name__ == "__main__":
