@@ -90,6 +90,8 @@ def read_coco_captions(captions_json: str | os.PathLike) -> tuple[list[dict], di
             coco = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CDrawError(f"{path} is not valid JSON ({e}); the file may be truncated: fetch it again") from None
+    except OSError as e:
+        raise CDrawError(f"cannot read {path}: {e.strerror or e}") from None
     if not isinstance(coco, dict):
         raise CDrawError(f"{path} is not a COCO captions file: expected a JSON object, got {type(coco).__name__}")
     for key in ("images", "annotations"):
@@ -107,7 +109,7 @@ def read_coco_captions(captions_json: str | os.PathLike) -> tuple[list[dict], di
         if "caption" not in a:
             hint = " (is this instances_*.json? use captions_*.json)" if "segmentation" in a or "bbox" in a else ""
             raise CDrawError(f"{path} is not a COCO captions file: annotations[{i}] has no 'caption' key{hint}")
-        text = str(a["caption"]).strip()
+        text = str(a["caption"] or "").strip()  # a null caption is no caption, not the text "None"
         if text:
             captions.setdefault(a["image_id"], []).append(text)
     return images, captions

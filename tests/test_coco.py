@@ -59,6 +59,7 @@ def write_coco(root: Path) -> tuple[Path, Path, dict[int, list[str]]]:
     ]
     annotations += [
         {"id": 1, "image_id": 1, "caption": "   "},  # blank: dropped
+        {"id": 3, "image_id": 2, "caption": None},  # null: dropped
         {"id": 2, "image_id": 999, "caption": "an image nobody listed"},  # ignored
     ]
     coco = {
@@ -218,6 +219,19 @@ def test_bad_captions_files_are_clear_errors(tmp_path, make, match):
     with pytest.raises(CDrawError, match=match):
         prepare_coco(make(tmp_path), tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_captions_file_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import cdraw.coco
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(cdraw.coco, "open", denied, raising=False)  # chmod does not stop root, who runs CI
+    with pytest.raises(CDrawError, match="cannot read .*captions.json: Permission denied"):
+        prepare_coco(write_json(tmp_path / "captions.json", {}), tmp_path, tmp_path / "out")
 
 
 def test_missing_image_folder_or_no_readable_images_are_clear_errors(coco, tmp_path):
