@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -244,11 +244,14 @@ FIDELITY_SPLITS = ("test_seen", "test_heldout", "test_paraphrase")
 class CaptionFidelity:
     """Caption fidelity on one split: the share of generated images that fit their caption, over
     how many captions, and the share per layout (:data:`~cdraw.mnist_captions.TEMPLATE_NAMES`, those
-    present; a paraphrase counts under the layout it says again)."""
+    present; a paraphrase counts under the layout it says again); for held-out captions also by
+    whether training shows their picture under the mirrored caption (:func:`~cdraw.mnist_captions.picture_seen`):
+    ``by_picture`` maps "picture_seen" and "new_picture" to (share, captions)."""
 
     share: float
     captions: int
     by_layout: dict[str, float]
+    by_picture: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 def caption_fidelity_splits(
@@ -261,9 +264,10 @@ def caption_fidelity_splits(
 ) -> dict[str, CaptionFidelity]:
     """Caption fidelity on the first ``n`` captions of each of FIDELITY_SPLITS (of the data set in
     ``folder``, else in ``data_dir``)."""
-    from cdraw.datasets.mnist_captions import load_mnist_captions
-    from cdraw.mnist_captions import TEMPLATE_NAMES
+    from cdraw.datasets.mnist_captions import load_mnist_captions, read_metadata
+    from cdraw.mnist_captions import TEMPLATE_NAMES, picture_seen
 
+    bans = tuple(tuple(b) for b in read_metadata(folder, data_dir=data_dir)["bans"])
     found = {}
     for split in FIDELITY_SPLITS:
         data = load_mnist_captions(split, folder, data_dir=data_dir)
@@ -278,7 +282,13 @@ def caption_fidelity_splits(
             for t, name in enumerate(TEMPLATE_NAMES)
             if (templates == t).any()
         }
-        found[split] = CaptionFidelity(matches.float().mean().item(), len(captions), by_layout)
+        by_picture = {}
+        if split == "test_heldout":
+            seen = torch.tensor([picture_seen(c, bans) for c in layouts])  # (n,)
+            for name, group in (("picture_seen", seen), ("new_picture", ~seen)):
+                if group.any():
+                    by_picture[name] = (matches[group].float().mean().item(), int(group.sum()))
+        found[split] = CaptionFidelity(matches.float().mean().item(), len(captions), by_layout, by_picture)
     return found
 
 
@@ -377,6 +387,13 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, data_folder, gen, say
             f"caption fidelity, {split}: {got.share:.1%} of {got.captions} generated images"
             f" (by layout: {', '.join(f'{name} {share:.0%}' for name, share in got.by_layout.items())})"
         )
+        for name, (share, count) in got.by_picture.items():
+            found[f"fidelity_{split}_{name}"], found[f"fidelity_{split}_{name}_captions"] = share, count
+        if got.by_picture:
+            parts = [
+                f"{name.replace('_', ' ')} {share:.1%} of {count}" for name, (share, count) in got.by_picture.items()
+            ]
+            say(f"  of which {', '.join(parts)} (picture seen: training shows it under the mirrored caption)")
     return found
 
 

@@ -21,7 +21,8 @@ Held-out protocol (their ``banned`` list): for each two-digit template one digit
 first digit and one as its second, for each one-digit template one digit is banned; the bans are
 drawn from the dataset seed and saved in ``metadata.json``. Training (and ``valid`` and
 ``test_seen``) never shows a banned digit in its banned role; ``test_heldout`` shows only captions
-with one, so a model must draw digits in roles it never saw them in. ``test_paraphrase`` shows
+with one. Bans are per template, so a held-out pair caption may show a picture that training shows
+under the mirrored caption (:func:`picture_seen`); as in their code. ``test_paraphrase`` shows
 seen combos described in other words (:data:`PARAPHRASES`).
 
 Training composites are drawn afresh for every epoch from the source digits
@@ -129,7 +130,7 @@ PARAPHRASES = (
 EVAL_SPLITS = ("valid", "test_seen", "test_heldout", "test_paraphrase")
 SPLITS = ("train", *EVAL_SPLITS)
 DEFAULT_SIZES = {"train": 40_000, "valid": 2_000, "test_seen": 2_000, "test_heldout": 2_000, "test_paraphrase": 2_000}
-ONE_DIGIT_SHARE = 0.5  # share of examples with one digit (their code: 4 of 8 templates, drawn uniformly)
+ONE_DIGIT_SHARE = 0.5  # share of examples with one digit (their code: 4 of 8 templates, a bit over half after bans)
 BAN_STREAM = 1_000  # the random stream of the bans; split i uses stream i, training epoch e [TRAIN_STREAM, e]
 TRAIN_STREAM = 2_000
 WORD_DROPOUT_STREAM = 3_000  # training epoch e drops words with the stream [WORD_DROPOUT_STREAM, e]
@@ -214,6 +215,13 @@ def choose_bans(seed: int) -> Bans:
 def is_heldout(caption: Caption, bans: Bans) -> bool:
     """Whether a caption puts a banned digit in its banned role."""
     return any(d == banned for d, banned in zip(caption.digits, bans[caption.template], strict=True))
+
+
+def picture_seen(caption: Caption, bans: Bans) -> bool:
+    """Whether training shows the picture a caption asks for: the caption itself, or its mirror
+    (:func:`mirror`: a held-out "7 on the left of 5" is the picture of a seen "5 on the right of 7",
+    as bans are per template). False: a layout of digits no training image has."""
+    return not is_heldout(caption, bans) or not is_heldout(mirror(caption), bans)
 
 
 def split_combos(bans: Bans) -> tuple[list[Caption], list[Caption]]:

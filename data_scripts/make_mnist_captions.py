@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from cdraw.cli import non_negative_int, run_main
+from cdraw.cli import non_negative_int, positive_int, run_main
 from cdraw.datasets.mnist_captions import default_folder
 from cdraw.mnist_captions import DEFAULT_SIZES, EVAL_SPLITS, SOURCES, SPLITS, make_mnist_captions
 
@@ -29,11 +29,10 @@ def main() -> None:
     for split in SPLITS:
         flag = "--" + split.replace("_", "-")
         what = "composites per training epoch" if split == "train" else f"{split} examples"
-        parser.add_argument(
-            flag, type=non_negative_int, default=DEFAULT_SIZES[split], help=f"{what} (default: %(default)s)"
-        )
+        at_least = positive_int if split in ("train", "valid") else non_negative_int  # the recipe needs both
+        parser.add_argument(flag, type=at_least, default=DEFAULT_SIZES[split], help=f"{what} (default: %(default)s)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the bans (held-out roles) and every split (default: 0)"
+        "--seed", type=non_negative_int, default=0, help="seeds the bans (held-out roles) and every split (default: 0)"
     )
     parser.add_argument(
         "--source",

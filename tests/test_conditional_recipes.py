@@ -89,18 +89,24 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
     assert fidelity | {"retrieval_captions_r_at_1", "retrieval_images_median_rank"} <= set(found)
     layouts = {f"{split}_{name.replace(' ', '_')}" for split in fidelity for name in TEMPLATE_NAMES}
-    by_layout = {k for k in found if k.startswith("fidelity_test_") and k not in fidelity}
+    by_picture = {k for k in found if "picture" in k}  # held-out captions by their picture: checked below
+    by_layout = {k for k in found if k.startswith("fidelity_test_") and k not in fidelity | by_picture}
     assert by_layout and by_layout <= layouts  # each a layout present in the first 5 captions of its split
     assert found["retrieval_captions_candidates"] == 6 and 1 <= found["retrieval_images_median_rank"] <= 6
+    names = ("picture_seen", "new_picture")
+    counts = [found.get(f"fidelity_test_heldout_{name}_captions", 0) for name in names]
+    keys = {f"fidelity_test_heldout_{name}{end}" for name in names for end in ("", "_captions")}
+    assert sum(counts) == 5 and by_picture and by_picture <= keys
 
 
 def test_caption_fidelity_is_broken_down_by_layout(captions_dir):
     """A stand-in model that draws each caption's own test composite when its layout is "top left" or
     "left of" (template 0 or 4, a paraphrase by the layout it says again) and a blank canvas otherwise:
     those layouts score high, the others 0, and the whole split the mean weighted by captions."""
-    from cdraw.datasets.mnist_captions import load_mnist_captions
+    from cdraw.datasets.mnist_captions import load_mnist_captions, read_metadata
     from cdraw.evaluate import FIDELITY_SPLITS, caption_fidelity_splits
     from cdraw.fidelity import shipped_classifier
+    from cdraw.mnist_captions import picture_seen
 
     splits = {split: load_mnist_captions(split, data_dir=str(captions_dir.parent)) for split in FIDELITY_SPLITS}
     drawn = {}  # caption -> (1, 60, 60) image
@@ -126,6 +132,28 @@ def test_caption_fidelity_is_broken_down_by_layout(captions_dir):
             assert share > 0.5 if t in (0, 4) else share == 0, (split, t)
         whole = sum(templates.count(t) * got.by_layout[TEMPLATE_NAMES[t]] for t in set(templates)) / 30
         assert got.share == pytest.approx(whole) and got.share > 0
+    # held-out captions also by whether training shows their picture under the mirrored caption
+    bans = tuple(tuple(b) for b in read_metadata(captions_dir)["bans"])
+    heldout = found["test_heldout"]
+    seen = [picture_seen(c, bans) for c in splits["test_heldout"].layouts()[:30]]
+    assert {k: n for k, (_, n) in heldout.by_picture.items()} == {
+        "picture_seen": sum(seen),
+        "new_picture": 30 - sum(seen),
+    }
+    parts = sum(share * n for share, n in heldout.by_picture.values()) / 30
+    assert heldout.share == pytest.approx(parts) and not found["test_seen"].by_picture
+
+
+def test_retrieval_picks_distinct_pictures_also_among_paraphrases(captions_dir):
+    """Paraphrases of one layout, and a caption and its mirror, show one picture: one candidate each."""
+    from cdraw.datasets.mnist_captions import load_mnist_captions
+    from cdraw.evaluate import retrieval_picks
+    from cdraw.mnist_captions import mirror
+
+    for split in ("test_seen", "test_paraphrase"):
+        pictures = [min(c, mirror(c)) for c in load_mnist_captions(split, captions_dir).layouts()]
+        picks = retrieval_picks("mnist-captions", split, len(pictures), folder=str(captions_dir)).tolist()
+        assert sorted({pictures[i] for i in picks}) == sorted(set(pictures)) and len(picks) == len(set(pictures))
 
 
 def test_caption_recipe_with_the_pretrained_text_encoder(captions_dir, tmp_path):

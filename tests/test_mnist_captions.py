@@ -19,10 +19,12 @@ from cdraw.datasets.mnist_captions import load_mnist_captions, load_train_pool
 from cdraw.mnist_captions import (
     PARAPHRASES,
     SLOTS,
+    TEMPLATE_SLOTS,
     TEMPLATES,
     Caption,
     all_combos,
     choose_bans,
+    draw_corners,
     drop_words,
     fresh_train_data,
     generate_mnist_captions,
@@ -30,6 +32,7 @@ from cdraw.mnist_captions import (
     make_mnist_captions,
     mirror,
     parse_caption,
+    picture_seen,
     split_combos,
     t10k_split,
     train_composites,
@@ -115,6 +118,34 @@ def test_role_bans_hold_roles_out_of_training_only(small_captions):
     assert {c.template for c in train} == set(range(len(TEMPLATES)))
     assert 0.3 < sum(len(c.digits) == 1 for c in train) / len(train) < 0.7  # about half one-digit
     assert choose_bans(0) == bans and choose_bans(1) != bans
+
+
+def test_a_held_out_caption_shows_a_new_picture_only_when_its_mirror_is_held_out_too():
+    """Bans are per template (as in the official code), so most held-out pair captions are a seen picture
+    under the mirrored wording: "7 on the left of 5" held out, "5 on the right of 7" seen."""
+    for seed in range(5):
+        bans = choose_bans(seed)
+        seen, heldout = split_combos(bans)
+        assert all(picture_seen(c, bans) for c in seen)
+        for c in heldout:
+            assert picture_seen(c, bans) == (mirror(c) in seen) and mirror(mirror(c)) == c
+        one_digit = [c for c in heldout if len(c.digits) == 1]
+        assert len(one_digit) == 4 and not any(picture_seen(c, bans) for c in one_digit)  # a corner is no pair
+        pairs = [picture_seen(c, bans) for c in heldout if len(c.digits) == 2]
+        assert 0 < sum(pairs) < len(pairs), seed  # both kinds in every draw of the bans
+
+
+def test_corners_cover_each_slot_range_uniformly_end_to_end():
+    rng = np.random.default_rng(0)
+    templates = np.repeat(np.arange(len(TEMPLATES)), 2_000)  # (16000,)
+    corners = draw_corners(templates, rng)  # (16000, 2, 2)
+    for t, slots in enumerate(TEMPLATE_SLOTS):
+        for k, slot in enumerate(slots):
+            for axis, (low, high) in enumerate(SLOTS[slot]):
+                values = corners[templates == t, k, axis]
+                counts = np.bincount(values - low, minlength=high - low + 1)
+                assert len(counts) == high - low + 1, (t, slot, axis)  # nothing outside the range
+                assert counts.min() > 0.6 * counts.mean(), (t, slot, axis, counts)  # every value, about evenly
 
 
 def test_training_composites_are_new_every_epoch_and_the_same_for_the_same_epoch(small_captions, mnist_idx_dir):
@@ -251,3 +282,9 @@ def test_script_writes_the_dataset_and_refuses_to_overwrite(mnist_idx_dir, tmp_p
     assert len(load_mnist_captions("test_paraphrase", out)) == 5
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+    for bad, words in (
+        (["--seed", "-1"], "--seed: must be at least 0"),
+        (["--valid", "0"], "--valid: must be at least 1"),
+    ):
+        refused = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr

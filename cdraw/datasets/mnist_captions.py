@@ -25,7 +25,6 @@ from cdraw.mnist_captions import (
     DigitPool,
     MnistCaptions,
     mirror,
-    parse_caption,
     source_pools,
     train_composites,
 )
@@ -68,7 +67,9 @@ def load_train_pool(
     folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
 ) -> tuple[DigitPool, Bans, dict]:
     """What training composites are made of: the source digits named by the dataset's metadata, its
-    bans, and the metadata (``sizes["train"]`` is the size of an epoch, ``seed`` its seed)."""
+    bans, and the metadata (``sizes["train"]`` is the default size of an epoch, ``seed`` the dataset's seed: the
+    training recipe composes its epochs with its own ``--seed``, so ``load_mnist_captions("train")`` shows the
+    dataset seed's epoch 0, not a run's)."""
     meta = read_metadata(folder, data_dir=data_dir)
     pools = source_pools(data_dir, source=meta["source_kind"], download=None)
     return pools["train"], tuple(tuple(b) for b in meta["bans"]), meta
@@ -124,9 +125,9 @@ def _load(split: str, data_dir: str | None, folder: str | None = None) -> Raw:
 
 
 def _retrieval_keys(split: str, data_dir: str | None, folder: str | None = None) -> list:
-    """One layout per key: "a on the left of b" and "b on the right of a" show the same picture."""
-    captions = load_mnist_captions(split, folder, data_dir=data_dir).captions
-    return [min(c, mirror(c)) if (c := parse_caption(text)) else text for text in captions]
+    """One layout per key: "a on the left of b" and "b on the right of a" show the same picture, and so
+    do the paraphrases of one layout (the split's template and digit columns, not its words)."""
+    return [min(c, mirror(c)) for c in load_mnist_captions(split, folder, data_dir=data_dir).layouts()]
 
 
 DATASET = DataSet(
