@@ -162,7 +162,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, run_length, training_seconds
+    from cdraw.io import (
+        EVAL_RECORD,
+        TRAINING_RECORD,
+        earlier_runs,
+        read_record,
+        run_length,
+        trained_on_test_file,
+        training_seconds,
+    )
 
     folder, model = _load_model(args)
     cfg = model.config
@@ -207,6 +215,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         )
         extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
         print(f"evaluated    {e.get('dataset')} {e.get('split')}: bound {e['bound']:.2f} nats{extra} ({EVAL_RECORD})")
+        if e.get("split") == "test" and (e.get("test_includes_training") or trained_on_test_file(r)):
+            print("             (not a test figure: the model trained on images of the test file, --source t10k)")
     card = folder / "README.md"
     if card.is_file():
         print(f"model card   {card}")

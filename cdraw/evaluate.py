@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import read_record
+from cdraw.io import read_record, trained_on_test_file
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -330,10 +330,20 @@ def evaluate(
 
     dataset = dataset or datasets.for_model(model.config, folder).name
     split = split or datasets.get(dataset).eval_split
-    if dataset in ("mnist", "fashion-mnist") and split == "test" and read_record(folder).get("source") == "t10k":
+    training = read_record(folder)
+    if training.get("dataset") and training["dataset"] != dataset:
         warnings.warn(
-            f"{folder} was trained on images of the {dataset} test file (--source t10k): its test figures "
-            "include training images",
+            f"{folder} was trained on {training['dataset']}, and is measured here on {dataset}",
+            CDrawWarning,
+            stacklevel=2,
+        )
+    test_includes_training = (
+        dataset in ("mnist", "fashion-mnist") and split == "test" and trained_on_test_file(training)
+    )
+    if test_includes_training:
+        warnings.warn(
+            f"{folder} was trained on images of the {dataset} test file (--source t10k, in this run or one it "
+            "continued): its test figures include training images",
             CDrawWarning,
             stacklevel=2,
         )
@@ -347,6 +357,8 @@ def evaluate(
     with tqdm(total=len(data), desc="bound", unit="img", disable=not progress) as bar:
         result = bound_sums(model, data, batch_size, gen, progress=bar).means()
     result.update(dataset=dataset, split=split, checkpoint=str(folder), seed=seed)
+    if test_includes_training:
+        result["test_includes_training"] = True
     say(f"{dataset} {split} ({result['images']} images), model {folder}")
     recon, kl = result["recon"], result["kl"]
     say(f"variational bound: {result['bound']:.2f} nats  (reconstruction {recon:.2f} + KL {kl:.2f})")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cdraw.errors import CDrawError
-from cdraw.io import CONFIG_NAME
+from cdraw.io import CONFIG_NAME, trained_on_test_file
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 LIBRARY = "cdraw"
@@ -92,6 +92,9 @@ def card_data(training: dict[str, Any], figures: dict[str, Any], conditioned_on:
     dataset = figures.get("dataset") or training.get("dataset")
     tags = TAGS + ([f"conditioned-on-{conditioned_on}"] if conditioned_on else [])
     results = []
+    split = figures.get("split")
+    if figures.get("test_includes_training") or (split == "test" and trained_on_test_file(training)):
+        split = f"{split} (includes training images)"  # trained on the test file (--source t10k)
     if dataset:
         for key, (kind, metric) in METRICS.items():
             value = figures.get(key)
@@ -101,7 +104,7 @@ def card_data(training: dict[str, Any], figures: dict[str, Any], conditioned_on:
                         task_type=TASKS.get(dataset, "image-generation"),
                         dataset_type=dataset,
                         dataset_name=dataset,
-                        dataset_split=figures.get("split"),
+                        dataset_split=split,
                         metric_type=kind,
                         metric_name=metric,
                         metric_value=round(float(value), 4),

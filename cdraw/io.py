@@ -109,6 +109,13 @@ def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
+def trained_on_test_file(training: dict[str, Any]) -> bool:
+    """Whether a model, or a run it continued, trained on an idx data set's test file
+    (``--source t10k``): then its test figures include training images."""
+    runs = [training, *(r for _, r in earlier_runs(training))]
+    return any(r.get("source") == "t10k" and r.get("dataset") in ("mnist", "fashion-mnist") for r in runs)
+
+
 def run_length(training: dict[str, Any]) -> str:
     """One run's length from its ``training.json``, as ``cdraw info`` and model cards say it:
     steps (images seen, epochs), minutes on processes x device."""

@@ -249,6 +249,7 @@ class Trainer:
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
         if resume:
+            self._check_same_data()
             self._load_checkpoint()
         else:
             torch.manual_seed(cfg.seed * 1_000 + self.rank + 1)  # each process its own noise
@@ -268,6 +269,23 @@ class Trainer:
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._batches_seen: list[list[int]] = []
+
+    def _trained_on(self) -> dict:
+        every = {"dataset": self.dataset, **self.record}
+        return {k: every[k] for k in DATA_KEYS if k in every}
+
+    def _check_same_data(self) -> None:
+        """--resume on other images (another --dataset, --source, data set seed or split) is refused: the
+        run's records would name data it did not train on. A run from before this record is let through."""
+        before, now = read_record(self.out, TRAINED_ON), json.loads(json.dumps(self._trained_on()))  # as saved
+        if before and now != before:
+            changed = ", ".join(
+                f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in DATA_KEYS if before.get(k) != now.get(k)
+            )
+            raise CDrawError(
+                f"--resume: {self.out} trained on other data ({changed}): resume with the run's own data flags, "
+                "or start a new run (--init-weights continues from its model on new data)"
+            )
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -296,6 +314,7 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (self.out / TRAINED_ON).write_text(json.dumps(self._trained_on(), indent=2))
             if self._started_from is not None:
                 (self.out / STARTED_FROM).write_text(json.dumps(self._started_from, indent=2))
             else:
@@ -746,6 +765,9 @@ def check_output_dir(out: Path, resume: bool) -> None:
 RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboard")
 #: With --init-weights: the source model (its name, its training.json), in the run folder.
 STARTED_FROM = "started_from.json"
+#: Which images the run trains on (the DATA_KEYS of its record), in the run folder: --resume keeps them.
+TRAINED_ON = "trained_on.json"
+DATA_KEYS = ("dataset", "source", "data_seed", "bans", "train_split")
 
 
 #: what a saved condition config says of its files rather than its shape: where its tokenizer or

@@ -1,7 +1,8 @@
 """Train the digit classifier that measures fidelity (cdraw.fidelity) and save it with a README.
 
 MNIST: trains on the t10k digits that the captions' train composites use and reports accuracy on
-the others (or MNIST train / t10k when the train files are there); fashion-mnist: train / t10k.
+the others, or on MNIST train and reports on t10k when the train files are there or can be
+downloaded (CDRAW_OFFLINE=1 keeps it on t10k, as the shipped one); fashion-mnist: train / t10k.
 
 Examples:
   python data_scripts/train_digit_classifier.py                       # into cdraw/assets/digit_classifier

@@ -119,6 +119,9 @@ def test_info_describes_the_model(models):
     assert proc.returncode == 0, proc.stderr
     assert "caption model (BiLSTM encoder)" in proc.stdout and "read 2x2, write 3x3" in proc.stdout
     assert "learned from the decoder state" in proc.stdout
+    shipped = cdraw("info", "--checkpoint", str(DEFAULT_MODELS["label"]))  # trained on t10k
+    assert shipped.returncode == 0 and "evaluated    mnist test: bound 135.34" in shipped.stdout
+    assert "not a test figure: the model trained on images of the test file" in shipped.stdout
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,12 @@ def recipe(name: str):
     return runpy.run_path(str(REPO / "recipes" / name), run_name="recipe")["main"]
 
 
+def warned(capsys, *words: str) -> bool:
+    """Whether the CLI printed one `warning:` line with all these words."""
+    lines = capsys.readouterr().err.splitlines()
+    return any(line.startswith("warning: ") and all(w in line for w in words) for line in lines)
+
+
 def check_run(out: Path) -> DRAW:
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows[-1]["split"] == "valid" and all(float(r["loss"]) > 0 for r in rows)
@@ -56,15 +62,26 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     model = check_run(out)
     assert model.config.condition.kind == "label"
     assert model.sample(3, [0, 5, 9]).shape == (3, 1, 28, 28)
+    capsys.readouterr()
     found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--limit", "50",
                      "--fidelity", "--fidelity-samples", "3")  # fmt: skip
+    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "include training images")
     assert found["dataset"] == "mnist" and found["split"] == "test" and found["images"] == 50
+    assert found["test_includes_training"] is True  # kept in eval.json, for the card and `cdraw info`
     per_class = [found[f"fidelity_class_{k}"] for k in range(10)]  # the same samples per class: their mean
     assert found["label_fidelity"] == pytest.approx(sum(per_class) / 10) and found["iwae"] > 0
     assert all(abs(3 * f - round(3 * f)) < 1e-6 for f in per_class)  # a share of the 3 images of each class
     with pytest.raises(SystemExit) as exit_:
         cdraw_main(["eval", "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--retrieval", "3"])
     assert exit_.value.code == 2 and "ranks captions; this is a label model" in capsys.readouterr().err
+    run_eval(tmp_path, "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(mnist_idx_dir),
+             "--limit", "10", "--iw-samples", "0")  # fmt: skip
+    assert warned(capsys, "was trained on mnist, and is measured here on fashion-mnist")
+    # a resumed run keeps its data: another data set (or --source) is refused before any step
+    with pytest.raises(CDrawError, match="trained on other data \\(dataset 'mnist' -> 'fashion-mnist'\\)"):
+        recipe("train_mnist_labels.py")([*TINY, "--source", "t10k", "--dataset", "fashion-mnist", "--data-dir",
+                                          str(mnist_idx_dir), "--output-dir", str(out), "--resume"])  # fmt: skip
+    assert list(csv.DictReader(open(out / "log.csv")))[-1]["step"] == "4"
 
 
 def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions_dir, tmp_path):

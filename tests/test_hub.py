@@ -15,6 +15,8 @@ import torch
 
 from cdraw import DRAW, CDrawError, DRAWConfig
 from cdraw.generate import DEFAULT_MODELS, SHIPPED_MODELS
+from cdraw.hub import card_data
+from cdraw.io import read_record
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -88,6 +90,10 @@ def test_shipped_cards_carry_metadata_from_their_records():
         assert card.data.library_name == "cdraw" and card.data.datasets == [figures["dataset"]], folder.name
         metrics = {m.metric_name: m.metric_value for m in card.data.eval_results}
         assert metrics["negative variational bound (nats per image)"] == pytest.approx(figures["bound"], abs=1e-3)
+        # the split as the records say it: the label model trained on the test file, so its figure is no test one
+        expected = card_data(read_record(folder), figures, None).eval_results[0].dataset_split
+        assert {m.dataset_split for m in card.data.eval_results} == {expected}, folder.name
+        assert expected.endswith("(includes training images)") == (folder.name == "mnist_labels"), folder.name
 
 
 def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
