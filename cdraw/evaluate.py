@@ -206,10 +206,10 @@ def sample_batched(
 def label_fidelity_of(
     model: DRAW, classifier, per_class: int, batch_size: int = 500, generator: torch.Generator | None = None
 ) -> dict[str, float]:
-    """Generate ``per_class`` images of every class; the share the classifier reads as that class."""
-    from cdraw.fidelity import label_fidelity
+    """Generate ``per_class`` images of every class the classifier knows (0..9); the share it reads as that class."""
+    from cdraw.fidelity import EMPTY_CLASS, label_fidelity
 
-    classes = model.config.condition.num_classes
+    classes = min(model.config.condition.num_classes, EMPTY_CLASS)  # a class 10 would be scored as "no digit"
     labels = torch.arange(classes).repeat_interleave(per_class)  # (classes * per_class,)
     images = sample_batched(model, labels, batch_size, generator)
     result = {"label_fidelity": label_fidelity(classifier, images, labels), "fidelity_images": len(labels)}

@@ -77,6 +77,9 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     run_eval(tmp_path, "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(mnist_idx_dir),
              "--limit", "10", "--iw-samples", "0")  # fmt: skip
     assert warned(capsys, "was trained on mnist, and is measured here on fashion-mnist")
+    with pytest.raises(CDrawError, match="--num-classes 5: mnist has 10 classes \\(labels 0..9\\)"):
+        recipe("train_mnist_labels.py")([*TINY, "--source", "t10k", "--num-classes", "5", "--data-dir",
+                                          str(mnist_idx_dir), "--output-dir", str(tmp_path / "five")])  # fmt: skip
     # a resumed run keeps its data: another data set (or --source) is refused before any step
     with pytest.raises(CDrawError, match="trained on other data \\(dataset 'mnist' -> 'fashion-mnist'\\)"):
         recipe("train_mnist_labels.py")([*TINY, "--source", "t10k", "--dataset", "fashion-mnist", "--data-dir",

@@ -120,3 +120,17 @@ def test_shipped_fashion_classifier_reads_unseen_fashion(fashion_idx_dir):
     pick = torch.from_numpy(np.random.default_rng(0).choice(len(images), 1000, replace=False))
     accuracy = label_fidelity(shipped_classifier("fashion-mnist"), images[pick].float() / 255, labels[pick])
     assert accuracy >= 0.85  # its README: 89.6% on all 10,000 grey t10k images
+
+
+def test_label_fidelity_scores_only_the_classes_the_classifier_knows(classifier):
+    """A model with 12 classes: classes 10 and 11 are no digit, so they are left out, not scored as "empty"."""
+    from cdraw import DRAW, ConditionConfig, DRAWConfig
+    from cdraw.evaluate import label_fidelity_of
+
+    cfg = DRAWConfig(
+        enc_size=8, dec_size=8, z_size=2, glimpses=2, condition=ConditionConfig(kind="label", num_classes=12)
+    )
+    found = label_fidelity_of(DRAW(cfg), classifier, 2, generator=torch.Generator().manual_seed(0))
+    assert found["fidelity_images"] == 20 and sorted(k for k in found if k.startswith("fidelity_class_")) == sorted(
+        f"fidelity_class_{k}" for k in range(10)
+    )

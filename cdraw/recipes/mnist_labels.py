@@ -19,6 +19,7 @@ import torch
 from cdraw import datasets
 from cdraw.cli import run_main
 from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
+from cdraw.errors import CDrawError
 from cdraw.training import conditioned_data, train
 
 CONFIGS = SHIPPED_CONFIGS
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg, resume = parse_train_args(argv, parser=parser)
     split = {"train": "train", "t10k": "test"}[args.source]
     images, _, labels, _ = datasets.get(args.dataset).loader(split, cfg.data_dir)  # (N, 1, 28, 28) 0/1, (N,)
+    classes, asked = int(labels.max()) + 1, cfg.model.condition.num_classes
+    if asked < classes:
+        raise CDrawError(f"--num-classes {asked}: {args.dataset} has {classes} classes (labels 0..{classes - 1})")
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     valid, train_ = perm[: VALID_SIZE[args.source]], perm[VALID_SIZE[args.source] :]
     train_data = conditioned_data(cfg, images[train_], 2, labels[train_])
