@@ -166,9 +166,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         EVAL_RECORD,
         TRAINING_RECORD,
         earlier_runs,
+        figures_include_training,
         read_record,
         run_length,
-        trained_on_test_file,
         training_seconds,
     )
 
@@ -215,7 +215,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         )
         extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
         print(f"evaluated    {e.get('dataset')} {e.get('split')}: bound {e['bound']:.2f} nats{extra} ({EVAL_RECORD})")
-        if e.get("split") == "test" and (e.get("test_includes_training") or trained_on_test_file(r)):
+        if figures_include_training(r, e):
             print("             (not a test figure: the model trained on images of the test file, --source t10k)")
     card = folder / "README.md"
     if card.is_file():

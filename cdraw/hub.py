@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cdraw.errors import CDrawError
-from cdraw.io import CONFIG_NAME, trained_on_test_file
+from cdraw.io import CONFIG_NAME, figures_include_training
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 LIBRARY = "cdraw"
@@ -93,7 +93,7 @@ def card_data(training: dict[str, Any], figures: dict[str, Any], conditioned_on:
     tags = TAGS + ([f"conditioned-on-{conditioned_on}"] if conditioned_on else [])
     results = []
     split = figures.get("split")
-    if figures.get("test_includes_training") or (split == "test" and trained_on_test_file(training)):
+    if figures_include_training(training, figures):
         split = f"{split} (includes training images)"  # trained on the test file (--source t10k)
     if dataset:
         for key, (kind, metric) in METRICS.items():

@@ -116,6 +116,14 @@ def trained_on_test_file(training: dict[str, Any]) -> bool:
     return any(r.get("source") == "t10k" and r.get("dataset") in ("mnist", "fashion-mnist") for r in runs)
 
 
+def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) -> bool:
+    """Whether an ``eval.json``'s figures are on a test split that the model trained on (as ``cdraw eval``
+    recorded it, or as the model's ``training.json`` says): ``cdraw info`` and model cards say so."""
+    return figures.get("split") == "test" and bool(
+        figures.get("test_includes_training") or trained_on_test_file(training)
+    )
+
+
 def run_length(training: dict[str, Any]) -> str:
     """One run's length from its ``training.json``, as ``cdraw info`` and model cards say it:
     steps (images seen, epochs), minutes on processes x device."""

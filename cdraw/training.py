@@ -271,13 +271,14 @@ class Trainer:
         self._batches_seen: list[list[int]] = []
 
     def _trained_on(self) -> dict:
+        """What TRAINED_ON holds for this run, as JSON gives it back (tuples as lists)."""
         every = {"dataset": self.dataset, **self.record}
-        return {k: every[k] for k in DATA_KEYS if k in every}
+        return json.loads(json.dumps({k: every[k] for k in DATA_KEYS if k in every}))
 
     def _check_same_data(self) -> None:
         """--resume on other images (another --dataset, --source, data set seed or split) is refused: the
         run's records would name data it did not train on. A run from before this record is let through."""
-        before, now = read_record(self.out, TRAINED_ON), json.loads(json.dumps(self._trained_on()))  # as saved
+        before, now = read_record(self.out, TRAINED_ON), self._trained_on()
         if before and now != before:
             changed = ", ".join(
                 f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in DATA_KEYS if before.get(k) != now.get(k)
