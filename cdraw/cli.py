@@ -143,13 +143,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from cdraw import datasets
-    from cdraw.evaluate import evaluation_data
+    from cdraw.evaluate import evaluation_data, measured_on
     from cdraw.generate import reconstruct
 
     folder, model = _load_model(args)
-    dataset = args.data or datasets.for_model(model.config, folder).name
-    split = args.split or datasets.get(dataset).eval_split
+    dataset, split, _ = measured_on(model, folder, args.data, args.split)
     data = evaluation_data(model, dataset, split, args.data_dir, args.data_folder)
     rows = slice(0, args.num)
     from cdraw.generate import output_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,14 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     run_eval(tmp_path, "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(mnist_idx_dir),
              "--limit", "10", "--iw-samples", "0")  # fmt: skip
     assert warned(capsys, "was trained on mnist, and is measured here on fashion-mnist")
+    cdraw_main(["reconstruct", "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--num", "2",
+                "--no-gif", "--out", str(tmp_path / "redrawn")])  # fmt: skip
+    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "include training images")
+    unrecorded = shutil.copytree(out / "model", tmp_path / "unrecorded")
+    (unrecorded / "training.json").unlink()  # a label model fits mnist and fashion-mnist: the pick is said
+    assert run_eval(tmp_path, "--checkpoint", str(unrecorded), "--data-dir", str(mnist_idx_dir), "--limit", "10",
+                    "--iw-samples", "0")["dataset"] == "mnist"  # fmt: skip
+    assert warned(capsys, "does not record the data set", "taking mnist of those that fit it (mnist, fashion-mnist)")
     with pytest.raises(CDrawError, match="--num-classes 5: mnist has 10 classes \\(labels 0..9\\)"):
         recipe("train_mnist_labels.py")([*TINY, "--source", "t10k", "--num-classes", "5", "--data-dir",
                                           str(mnist_idx_dir), "--output-dir", str(tmp_path / "five")])  # fmt: skip

@@ -4,12 +4,13 @@ making a data set (MNIST with captions, COCO at 32x32) is a separate step (``dat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from cdraw.datasets import binarized_mnist, coco, labelled, mnist_captions
 from cdraw.datasets.base import DataSet
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.io import read_record
 
 DATASETS: dict[str, DataSet] = {
@@ -29,10 +30,18 @@ def for_model(config: Any, folder: str | Path | None = None) -> DataSet:
     recorded = read_record(folder).get("dataset") if folder is not None else None
     if recorded in DATASETS:
         return DATASETS[recorded]
-    for dataset in DATASETS.values():
-        if dataset.fits(config):
-            return dataset
-    raise CDrawError("no data set of cdraw fits this model; name one with --data")
+    fitting = [d for d in DATASETS.values() if d.fits(config)]
+    if not fitting:
+        raise CDrawError("no data set of cdraw fits this model; name one with --data")
+    if len(fitting) > 1:  # a guess: say so
+        model = "the model" if folder is None else str(folder)
+        warnings.warn(
+            f"{model} does not record the data set it was trained on; taking {fitting[0].name} of those that fit "
+            f"it ({', '.join(d.name for d in fitting)}): --data names another",
+            CDrawWarning,
+            stacklevel=2,
+        )
+    return fitting[0]
 
 
 __all__ = ["DATASETS", "DataSet", "for_model", "get"]

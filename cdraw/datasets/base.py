@@ -32,7 +32,8 @@ class DataSet:
     eval_split: str  # the split `cdraw eval` measures by default
     splits: tuple[str, ...] | None  # None: whatever splits were prepared (COCO)
     conditions: str | None  # None (unconditional), "label" or "caption"
-    image_shape: tuple[int, int, int] | None  # (C, H, W) of its images; None: any (COCO at the size prepared)
+    # (C, H, W) of its images; None: any height or width (COCO, at the size prepared)
+    image_shape: tuple[int, int | None, int | None]
     loader: Callable[[str, str | None, str | None], Raw]  # (split, data_dir, folder)
     # (split, data_dir, folder) -> one key per example: same key, same target
     retrieval_keys: Callable[[str, str | None, str | None], list] | None = None
@@ -65,5 +66,6 @@ class DataSet:
     def fits(self, config: Any) -> bool:
         """Whether a model of this DRAWConfig could have been trained on this data set."""
         kind = conditioned_on(config)
-        shape_ok = self.image_shape is None or tuple(self.image_shape) == (config.channels, *config.image_size)
+        shape = (config.channels, *config.image_size)
+        shape_ok = all(want is None or want == got for want, got in zip(self.image_shape, shape, strict=True))
         return kind == self.conditions and shape_ok

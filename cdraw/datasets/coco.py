@@ -96,4 +96,4 @@ def _retrieval_keys(split: str, data_dir: str | None, folder: str | None = None)
     return caption_pairs(load_coco(split, folder, data_dir=data_dir).captions)[0].tolist()
 
 
-DATASET = DataSet("coco", "val", None, "caption", None, _load, _retrieval_keys, own_folder=True)
+DATASET = DataSet("coco", "val", None, "caption", (CHANNELS, None, None), _load, _retrieval_keys, own_folder=True)
