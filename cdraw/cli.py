@@ -314,9 +314,21 @@ def _add_data_places(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cdraw.datasets import DATASETS
+class _DataSetNames:
+    """The data sets' names as argparse's ``choices``, read only when a ``--data`` is checked or its
+    help shown (with a metavar, so that argparse does not list them while building the parser):
+    importing the data sets imports torch, which ``cdraw --help`` need not wait for."""
 
+    def __iter__(self):
+        from cdraw.datasets import DATASETS
+
+        return iter(DATASETS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cdraw",
         description="DRAW and alignDRAW image generation. `cdraw COMMAND --help` for each command.",
@@ -381,7 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     _add_common(rec, "model folder or run folder (default: the shipped unconditional model)")
-    rec.add_argument("--data", choices=list(DATASETS), help="data set (default: the one the model was trained on)")
+    rec.add_argument(
+        "--data",
+        choices=_DataSetNames(),
+        metavar="NAME",
+        help="data set: %(choices)s (default: the one the model was trained on)",
+    )
     rec.add_argument("--split", help="which split (default: the test split)")
     _add_data_places(rec)
     rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
@@ -439,8 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--data",
-        choices=list(DATASETS),
-        help="data set (default: from the model: binarized-mnist, mnist for labels, mnist-captions, coco)",
+        choices=_DataSetNames(),
+        metavar="NAME",
+        help="data set: %(choices)s (default: the one the model was trained on; see --split)",
     )
     ev.add_argument(
         "--split", help="which split (default: test; test_seen for mnist-captions, val for coco); see --data"

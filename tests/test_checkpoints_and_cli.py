@@ -106,6 +106,21 @@ def test_help_explains_with_examples():
     proc = cdraw("eval", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--iw-samples" in proc.stdout
     assert cdraw("--help").returncode == 0
+    assert "--data NAME" in proc.stdout and "data set: binarized-mnist, mnist, fashion-mnist" in proc.stdout
+    # help and --version answer without loading torch (seconds of start-up)
+    script = (
+        "import sys\nfrom cdraw.cli import main\nfor argv in (['--help'], ['generate', '--help'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "cdraw generate --caption" in proc.stdout and proc.stdout.splitlines()[-1] == "False", proc.stdout
+    proc = cdraw("eval", "--data", "svhn")
+    assert proc.returncode == 2 and "invalid choice: 'svhn' (choose from 'binarized-mnist'" in proc.stderr
+    import cdraw as package
+
+    assert package.DRAW is DRAW and "DRAW" in dir(package)  # the package's names still load on first use
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        getattr(package, "Nope")  # noqa: B009
 
 
 def test_version():
