@@ -119,7 +119,7 @@ def test_shipped_fashion_classifier_reads_unseen_fashion(fashion_idx_dir):
     images, labels = load_labelled("fashion-mnist", "t10k", fashion_idx_dir, download=False)
     pick = torch.from_numpy(np.random.default_rng(0).choice(len(images), 1000, replace=False))
     accuracy = label_fidelity(shipped_classifier("fashion-mnist"), images[pick].float() / 255, labels[pick])
-    assert accuracy >= 0.85  # its README: 89.6% on all 10,000 grey t10k images
+    assert accuracy >= 0.85  # its README: 89.4% on all 10,000 grey t10k images
 
 
 def test_label_fidelity_scores_only_the_classes_the_classifier_knows(classifier):
