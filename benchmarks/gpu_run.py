@@ -374,12 +374,14 @@ def markdown(data: dict) -> str:
         if "readable" in sp:
             rd, b = sp["readable"], sp["readable"]["batch"]
             lines.append(
-                f"- readable step (DRAW.step as written) at batch {b}: compiled {_cell(rd.get('compiled'))}, "
-                f"eager {_cell(rd.get('eager'))} img/s (fused: compiled {_cell(sp['cells'].get(f'{b}/compiled'))}, "
-                f"eager {_cell(sp['cells'].get(f'{b}/eager'))})"
+                f"- readable step (DRAW.step as written) at batch {b}: compiled {_rate(rd.get('compiled'))}, "
+                f"eager {_rate(rd.get('eager'))} (fused: compiled {_rate(sp['cells'].get(f'{b}/compiled'))}, "
+                f"eager {_rate(sp['cells'].get(f'{b}/eager'))})"
             )
         for name, r in sp.get("precision", {}).items():
-            lines.append(f"- {name}: {_cell(r.get('speed'))} img/s; bound - float32 = {_delta(r)}")
+            off = abs(r.get("bound_minus_fp32", 0)) > PRECISION_TOLERANCE
+            rate = f"not timed (beyond {PRECISION_TOLERANCE} nats)" if off else _rate(r.get("speed"))
+            lines.append(f"- {name}: {rate}; bound - float32 = {_delta(r)}")
         if "best" in sp:
             lines.append(f"- fastest within tolerance: {sp['best']}")
         lines.append("")
@@ -408,6 +410,11 @@ def _cell(r: dict | None) -> str:
     if "skipped" in r:
         return f"skipped ({r['skipped']})"
     return f"{r['images_per_s']:.0f}"
+
+
+def _rate(r: dict | None) -> str:
+    """A cell outside the table: with its unit when it was measured."""
+    return _cell(r) + (" img/s" if r is not None and "images_per_s" in r and "error" not in r else "")
 
 
 def _delta(r: dict) -> str:
