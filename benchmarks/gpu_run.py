@@ -55,8 +55,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the working tree's cdraw when it is not installed (no network there)
     sys.path.insert(1, str(REPO))
-#: What cdraw's training and evaluation import (the text encoder's packages are not needed here).
-NEEDED = ("torch", "numpy", "safetensors", "accelerate", "yaml", "tqdm", "PIL", "psutil", "cdraw")
+#: What cdraw's training and evaluation import (the text encoder's packages are not needed here); the
+#: last imports the model, data and training modules (``import cdraw`` alone loads none of them).
+NEEDED = ("torch", "numpy", "safetensors", "accelerate", "yaml", "tqdm", "PIL", "psutil", "cdraw", "cdraw.training")
 PAPER_BATCHES = (100, 500, 2000)
 MODES = ("eager", "compiled", "cudagraphs")
 #: The time-to-quality study's recipe at batch 100 (docs/results.md); scaled by sqrt(batch / 100).

@@ -76,6 +76,29 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     assert "| 8 |" in (out / "report.md").read_text()
 
 
+def test_gpu_run_says_in_one_line_that_cdraw_cannot_load_its_model(monkeypatch, capsys):
+    """``import cdraw`` loads no module of the model: the environment check imports the training
+    module too, so that an API this torch lacks is one line before any stage, not a traceback later."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_run
+    finally:
+        sys.path.pop(0)
+
+    real = importlib.import_module
+
+    def import_module(name: str, *args):
+        if name == "cdraw.training":
+            raise AttributeError("module 'torch' has no attribute 'nope'")
+        return real(name, *args)
+
+    monkeypatch.setattr(gpu_run.importlib, "import_module", import_module)
+    missing = gpu_run.environment()["missing"]
+    assert missing == ["cdraw.training (AttributeError: module 'torch' has no attribute 'nope')"]
+
+
 def test_gpu_run_checks_precision_on_the_trained_default_model(data_dir):
     """The TF32/bf16 tolerance (0.1 nats) is meant for a trained model's bound (about 86 nats on
     these images), so for the paper config the check runs the shipped default model, not a fresh one."""
