@@ -10,8 +10,9 @@ range), half of them with a piece of a neighbouring digit at an edge as side-by-
 pairs have, and on empty windows. Generated images are Bernoulli means (grey), the data is binary,
 so each training digit is a random mix of its grey and binarized versions.
 
-A trained classifier ships in ``cdraw/assets/digit_classifier/`` (:func:`shipped_classifier`);
-its README says the command that made it and its accuracy on digits it never saw.
+Trained classifiers ship in ``cdraw/assets/digit_classifier/`` and ``fashion_classifier/``
+(:func:`shipped_classifier`); each README says the command that made it and its accuracy on images
+it never saw.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def train_digit_classifier(
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch)
         model.train()
         for epoch in range(epochs):
-            x, y = cell_examples(images, labels, rng)  # (N + E, 1, 30, 30), (N + E,)
+            x, y = cell_examples(images, labels, rng)  # (N + E, 1, 32, 32), (N + E,)
             order = torch.randperm(len(x))
             total = 0.0
             for start in range(0, len(x), batch_size):

@@ -100,8 +100,8 @@ def test_gpu_run_says_in_one_line_that_cdraw_cannot_load_its_model(monkeypatch, 
 
 
 def test_gpu_run_checks_precision_on_the_trained_default_model(data_dir):
-    """The TF32/bf16 tolerance (0.1 nats) is meant for a trained model's bound (about 86 nats on
-    these images), so for the paper config the check runs the shipped default model, not a fresh one."""
+    """The TF32/bf16 tolerance (0.1 nats) is meant for a trained model's bound (about 85 nats
+    on the test set), so for the paper config the check runs the shipped default model, not a fresh one."""
     import torch
 
     from cdraw import DRAWConfig
