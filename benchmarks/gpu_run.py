@@ -104,7 +104,7 @@ def environment() -> dict:
             env[name] = getattr(mod, "__version__", "present")
         except Exception as e:  # a broken install is as missing as an absent one
             env["missing"].append(f"{name} ({type(e).__name__}: {e})"[:200])
-    if "cdraw" not in " ".join(env["missing"]):
+    if not any(m.startswith("cdraw ") for m in env["missing"]):  # cdraw itself imports (its training may not)
         import cdraw
 
         env["cdraw_path"] = str(Path(cdraw.__file__).parent)
@@ -382,7 +382,7 @@ def markdown(data: dict) -> str:
                 f"eager {_rate(sp['cells'].get(f'{b}/eager'))})"
             )
         for name, r in sp.get("precision", {}).items():
-            off = abs(r.get("bound_minus_fp32", 0)) > PRECISION_TOLERANCE
+            off = not abs(r.get("bound_minus_fp32", 0)) <= PRECISION_TOLERANCE  # NaN too
             rate = f"not timed (beyond {PRECISION_TOLERANCE} nats)" if off else _rate(r.get("speed"))
             lines.append(f"- {name}: {rate}; bound - float32 = {_delta(r)}")
         if "best" in sp:

@@ -40,9 +40,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cdraw' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cdraw' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(_LAZY[name])
+    except AttributeError as e:  # Python would report it as "cannot import name", dropping the cause
+        raise ImportError(f"importing {_LAZY[name]} for cdraw.{name} failed: {e}") from e
+    return getattr(module, name)
 
 
 def __dir__() -> list[str]:

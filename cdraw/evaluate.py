@@ -296,33 +296,32 @@ def caption_fidelity_splits(
 
 
 def measured_on(
-    model: DRAW, folder: str | Path, dataset: str | None = None, split: str | None = None
+    model: DRAW, folder: str | Path, dataset: str | None = None, split: str | None = None, stacklevel: int = 2
 ) -> tuple[str, str, bool]:
     """The data set and split that ``cdraw eval`` and ``cdraw reconstruct`` run the model in ``folder`` on:
     as asked, else the data set its ``training.json`` records (or the first that fits it) and that data
     set's evaluation split. A warning (one line) for each way the result could mislead: a data set other
-    than the one it trained on, or a test split whose images it trained on (``--source t10k``). Returns
+    than the one it trained on, or a test split whose images it trained on (``--source t10k``); they
+    point ``stacklevel`` frames up, as :func:`warnings.warn` counts. Returns
     ``(dataset, split, test_includes_training)``."""
     from cdraw import datasets
 
-    dataset = dataset or datasets.for_model(model.config, folder).name
+    dataset = dataset or datasets.for_model(model.config, folder, stacklevel=stacklevel + 1).name
     split = split or datasets.get(dataset).eval_split
     training = read_record(folder)
     if training.get("dataset") and training["dataset"] != dataset:
         warnings.warn(
             f"{folder} was trained on {training['dataset']}, and is measured here on {dataset}",
             CDrawWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
-    test_includes_training = (
-        dataset in ("mnist", "fashion-mnist") and split == "test" and trained_on_test_file(training)
-    )
+    test_includes_training = split == "test" and trained_on_test_file(training, dataset)
     if test_includes_training:
         warnings.warn(
             f"{folder} was trained on images of the {dataset} test file (--source t10k, in this run or one it "
-            "continued): its test figures include training images",
+            "continued): its test split includes images it trained on",
             CDrawWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
     return dataset, split, test_includes_training
 
@@ -358,7 +357,7 @@ def evaluate(
     if retrieval and model.config.condition.kind == "label":
         raise CDrawError("--retrieval ranks captions; this is a label model")
     device = model.h_dec0.device
-    dataset, split, test_includes_training = measured_on(model, folder, dataset, split)
+    dataset, split, test_includes_training = measured_on(model, folder, dataset, split, stacklevel=3)
     full = data = evaluation_data(model, dataset, split, data_dir, data_folder)
     if limit:
         data = data.select(slice(0, limit))

@@ -109,18 +109,19 @@ def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
-def trained_on_test_file(training: dict[str, Any]) -> bool:
-    """Whether a model, or a run it continued, trained on an idx data set's test file
-    (``--source t10k``): then its test figures include training images."""
+def trained_on_test_file(training: dict[str, Any], dataset: str | None) -> bool:
+    """Whether a model, or a run it continued, trained on the test file of ``dataset`` (an idx data
+    set, ``--source t10k``): then its figures on that test split include training images."""
     runs = [training, *(r for _, r in earlier_runs(training))]
-    return any(r.get("source") == "t10k" and r.get("dataset") in ("mnist", "fashion-mnist") for r in runs)
+    idx = ("mnist", "fashion-mnist")
+    return dataset in idx and any(r.get("source") == "t10k" and r.get("dataset") == dataset for r in runs)
 
 
 def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) -> bool:
     """Whether an ``eval.json``'s figures are on a test split that the model trained on (as ``cdraw eval``
     recorded it, or as the model's ``training.json`` says): ``cdraw info`` and model cards say so."""
     return figures.get("split") == "test" and bool(
-        figures.get("test_includes_training") or trained_on_test_file(training)
+        figures.get("test_includes_training") or trained_on_test_file(training, figures.get("dataset"))
     )
 
 

@@ -115,12 +115,25 @@ def test_help_explains_with_examples():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "cdraw generate --caption" in proc.stdout and proc.stdout.splitlines()[-1] == "False", proc.stdout
     proc = cdraw("eval", "--data", "svhn")
-    assert proc.returncode == 2 and "invalid choice: 'svhn' (choose from 'binarized-mnist'" in proc.stderr
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "svhn" in proc.stderr
+    assert "binarized-mnist" in proc.stderr and "coco" in proc.stderr  # the choices, read when needed
     import cdraw as package
 
     assert package.DRAW is DRAW and "DRAW" in dir(package)  # the package's names still load on first use
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         getattr(package, "Nope")  # noqa: B009
+
+
+def test_a_name_whose_module_cannot_import_says_why(monkeypatch):
+    """``from cdraw import DRAW`` under a torch that lacks an API: the cause, not 'cannot import name'."""
+    import cdraw as package
+
+    def import_module(name: str):
+        raise AttributeError("module 'torch' has no attribute 'nope'")
+
+    monkeypatch.setattr(package.importlib, "import_module", import_module)
+    with pytest.raises(ImportError, match="importing cdraw.model for cdraw.DRAW failed: module 'torch' has no"):
+        package.__getattr__("DRAW")
 
 
 def test_version():

@@ -66,7 +66,7 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     capsys.readouterr()
     found = run_eval(tmp_path, "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--limit", "50",
                      "--fidelity", "--fidelity-samples", "3")  # fmt: skip
-    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "include training images")
+    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "includes images it trained on")
     assert found["dataset"] == "mnist" and found["split"] == "test" and found["images"] == 50
     assert found["test_includes_training"] is True  # kept in eval.json, for the card and `cdraw info`
     per_class = [found[f"fidelity_class_{k}"] for k in range(10)]  # the same samples per class: their mean
@@ -75,17 +75,23 @@ def test_label_recipe_trains_and_eval_measures_label_fidelity(mnist_idx_dir, tmp
     with pytest.raises(SystemExit) as exit_:
         cdraw_main(["eval", "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--retrieval", "3"])
     assert exit_.value.code == 2 and "ranks captions; this is a label model" in capsys.readouterr().err
-    run_eval(tmp_path, "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(mnist_idx_dir),
-             "--limit", "10", "--iw-samples", "0")  # fmt: skip
-    assert warned(capsys, "was trained on mnist, and is measured here on fashion-mnist")
+    other = run_eval(tmp_path, "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(mnist_idx_dir),
+                     "--limit", "10", "--iw-samples", "0")  # fmt: skip
+    err = capsys.readouterr().err  # fashion-mnist's test file is not the one it trained on: no t10k caveat
+    assert "was trained on mnist, and is measured here on fashion-mnist" in err and "test file" not in err
+    assert "test_includes_training" not in other
     cdraw_main(["reconstruct", "--checkpoint", str(out), "--data-dir", str(mnist_idx_dir), "--num", "2",
                 "--no-gif", "--out", str(tmp_path / "redrawn")])  # fmt: skip
-    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "include training images")
+    assert warned(capsys, "trained on images of the mnist test file (--source t10k", "includes images it trained on")
     unrecorded = shutil.copytree(out / "model", tmp_path / "unrecorded")
     (unrecorded / "training.json").unlink()  # a label model fits mnist and fashion-mnist: the pick is said
     assert run_eval(tmp_path, "--checkpoint", str(unrecorded), "--data-dir", str(mnist_idx_dir), "--limit", "10",
                     "--iw-samples", "0")["dataset"] == "mnist"  # fmt: skip
-    assert warned(capsys, "does not record the data set", "taking mnist of those that fit it (mnist, fashion-mnist)")
+    assert warned(capsys, "does not record its data set; taking mnist of those that fit it (mnist, fashion-mnist)")
+    (unrecorded / "training.json").write_text(json.dumps({"dataset": "svhn"}))
+    run_eval(tmp_path, "--checkpoint", str(unrecorded), "--data-dir", str(mnist_idx_dir), "--limit", "10",
+             "--iw-samples", "0")  # fmt: skip
+    assert warned(capsys, "records a data set cdraw does not have (svhn); taking mnist")
     with pytest.raises(CDrawError, match="--num-classes 5: mnist has 10 classes \\(labels 0..9\\)"):
         recipe("train_mnist_labels.py")([*TINY, "--source", "t10k", "--num-classes", "5", "--data-dir",
                                           str(mnist_idx_dir), "--output-dir", str(tmp_path / "five")])  # fmt: skip

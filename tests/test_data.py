@@ -202,9 +202,10 @@ def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_
             warnings.simplefilter("always")
             assert datasets.for_model(model.config).name == name  # from the config alone
         assert [str(w.message) for w in guessed] == (  # a label model also fits fashion-mnist: a guess, said
-            ["the model does not record the data set it was trained on; taking mnist of those that fit it "
-             "(mnist, fashion-mnist): --data names another"] if kind == "label" else []
+            ["the model does not record its data set; taking mnist of those that fit it (mnist, fashion-mnist): "
+             "--data names another"] if kind == "label" else []
         )  # fmt: skip
+        assert all(w.filename == __file__ for w in guessed)  # a library caller's warning points at its own line
         assert datasets.for_model(model.config, DEFAULT_MODELS[kind]).name == name  # and from the record
     with pytest.raises(CDrawError, match="unknown data set 'svhn'"):
         datasets.get("svhn")

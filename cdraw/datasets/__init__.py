@@ -24,9 +24,10 @@ def get(name: str) -> DataSet:
     return DATASETS[name]
 
 
-def for_model(config: Any, folder: str | Path | None = None) -> DataSet:
+def for_model(config: Any, folder: str | Path | None = None, stacklevel: int = 2) -> DataSet:
     """The data set a model was trained on: as its folder's ``training.json`` records, else the first
-    whose images and conditions fit the model's config."""
+    whose images and conditions fit the model's config (with a warning, ``stacklevel`` frames up,
+    when several fit)."""
     recorded = read_record(folder).get("dataset") if folder is not None else None
     if recorded in DATASETS:
         return DATASETS[recorded]
@@ -35,11 +36,12 @@ def for_model(config: Any, folder: str | Path | None = None) -> DataSet:
         raise CDrawError("no data set of cdraw fits this model; name one with --data")
     if len(fitting) > 1:  # a guess: say so
         model = "the model" if folder is None else str(folder)
+        why = f"records a data set cdraw does not have ({recorded})" if recorded else "does not record its data set"
         warnings.warn(
-            f"{model} does not record the data set it was trained on; taking {fitting[0].name} of those that fit "
-            f"it ({', '.join(d.name for d in fitting)}): --data names another",
+            f"{model} {why}; taking {fitting[0].name} of those that fit it "
+            f"({', '.join(d.name for d in fitting)}): --data names another",
             CDrawWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return fitting[0]
 

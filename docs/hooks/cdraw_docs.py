@@ -110,7 +110,8 @@ def _help(action: argparse.Action, prog: str) -> str:
     if "default" not in text and isinstance(action, argparse.BooleanOptionalAction) and action.default is not None:
         text += f" (default: `{action.option_strings[0 if action.default else 1]}`)"
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
-        text += f" (one of: {', '.join(map(str, action.choices))})" if "one of" not in text else ""
+        listed = "one of" in text or "%(choices)" in (action.help or "")
+        text += "" if listed else f" (one of: {', '.join(map(str, action.choices))})"
     return text
 
 
