@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import read_record, trained_on_test_file
+from cdraw.io import figures_include_training, read_record
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -315,7 +315,7 @@ def measured_on(
             CDrawWarning,
             stacklevel=stacklevel + 1,
         )
-    test_includes_training = split == "test" and trained_on_test_file(training, dataset)
+    test_includes_training = figures_include_training(training, {"dataset": dataset, "split": split})
     if test_includes_training:
         warnings.warn(
             f"{folder} was trained on images of the {dataset} test file (--source t10k, in this run or one it "

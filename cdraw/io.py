@@ -109,20 +109,16 @@ def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
-def trained_on_test_file(training: dict[str, Any], dataset: str | None) -> bool:
-    """Whether a model, or a run it continued, trained on the test file of ``dataset`` (an idx data
-    set, ``--source t10k``): then its figures on that test split include training images."""
-    runs = [training, *(r for _, r in earlier_runs(training))]
-    idx = ("mnist", "fashion-mnist")
-    return dataset in idx and any(r.get("source") == "t10k" and r.get("dataset") == dataset for r in runs)
-
-
 def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) -> bool:
-    """Whether an ``eval.json``'s figures are on a test split that the model trained on (as ``cdraw eval``
-    recorded it, or as the model's ``training.json`` says): ``cdraw info`` and model cards say so."""
-    return figures.get("split") == "test" and bool(
-        figures.get("test_includes_training") or trained_on_test_file(training, figures.get("dataset"))
-    )
+    """Whether figures on ``figures``' data set and split (an ``eval.json``, or one about to be measured)
+    are on a test split that the model trained on: as ``cdraw eval`` recorded it, or because the model,
+    or a run it continued, trained on that data set's test file (``--source t10k``). ``cdraw eval``
+    and ``cdraw reconstruct`` warn of it, ``cdraw info`` and model cards say so."""
+    if figures.get("split") != "test":
+        return False
+    runs = [training, *(r for _, r in earlier_runs(training))]
+    on_test_file = any(r.get("source") == "t10k" and r.get("dataset") == figures.get("dataset") for r in runs)
+    return bool(figures.get("test_includes_training")) or on_test_file
 
 
 def run_length(training: dict[str, Any]) -> str:

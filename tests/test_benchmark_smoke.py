@@ -76,7 +76,7 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     assert "| 8 |" in (out / "report.md").read_text()
 
 
-def test_gpu_run_says_in_one_line_that_cdraw_cannot_load_its_model(monkeypatch, capsys):
+def test_gpu_run_says_in_one_line_that_cdraw_cannot_load_its_model(monkeypatch):
     """``import cdraw`` loads no module of the model: the environment check imports the training
     module too, so that an API this torch lacks is one line before any stage, not a traceback later."""
     import importlib
