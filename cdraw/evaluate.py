@@ -246,7 +246,10 @@ class CaptionFidelity:
     how many captions, and the share per layout (:data:`~cdraw.mnist_captions.TEMPLATE_NAMES`, those
     present; a paraphrase counts under the layout it says again); for held-out captions also by
     whether training shows their picture under the mirrored caption (:func:`~cdraw.mnist_captions.picture_seen`):
-    ``by_picture`` maps "picture_seen" and "new_picture" to (share, captions)."""
+    ``by_picture`` maps "picture_seen" (always a pair of digits), "new_pair" and "new_one_digit" (a digit
+    in a corner where training never puts it) to (share, captions), those present. The first two
+    compare like with like: pairs whose picture training shows under other words, and pairs it never
+    shows."""
 
     share: float
     captions: int
@@ -285,7 +288,9 @@ def caption_fidelity_splits(
         by_picture = {}
         if split == "test_heldout":
             seen = torch.tensor([picture_seen(c, bans) for c in layouts])  # (n,)
-            for name, group in (("picture_seen", seen), ("new_picture", ~seen)):
+            pair = torch.tensor([len(c.digits) == 2 for c in layouts])  # (n,)
+            groups = (("picture_seen", seen), ("new_pair", ~seen & pair), ("new_one_digit", ~seen & ~pair))
+            for name, group in groups:
                 if group.any():
                     by_picture[name] = (matches[group].float().mean().item(), int(group.sum()))
         found[split] = CaptionFidelity(matches.float().mean().item(), len(captions), by_layout, by_picture)
@@ -416,7 +421,7 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, data_folder, gen, say
             parts = [
                 f"{name.replace('_', ' ')} {share:.1%} of {count}" for name, (share, count) in got.by_picture.items()
             ]
-            say(f"  of which {', '.join(parts)} (picture seen: training shows it under the mirrored caption)")
+            say(f"  of which {', '.join(parts)} (picture seen: a pair training shows under the mirrored caption)")
     return found
 
 

@@ -124,11 +124,11 @@ def test_caption_recipe_bilstm_trains_saves_its_tokenizer_and_evaluates(captions
     fidelity = {"fidelity_test_seen", "fidelity_test_heldout", "fidelity_test_paraphrase"}
     assert fidelity | {"retrieval_captions_r_at_1", "retrieval_images_median_rank"} <= set(found)
     layouts = {f"{split}_{name.replace(' ', '_')}" for split in fidelity for name in TEMPLATE_NAMES}
-    by_picture = {k for k in found if "picture" in k}  # held-out captions by their picture: checked below
+    names = ("picture_seen", "new_pair", "new_one_digit")  # held-out captions by their picture: checked below
+    by_picture = {k for k in found if any(k.startswith(f"fidelity_test_heldout_{name}") for name in names)}
     by_layout = {k for k in found if k.startswith("fidelity_test_") and k not in fidelity | by_picture}
     assert by_layout and by_layout <= layouts  # each a layout present in the first 5 captions of its split
     assert found["retrieval_captions_candidates"] == 6 and 1 <= found["retrieval_images_median_rank"] <= 6
-    names = ("picture_seen", "new_picture")
     counts = [found.get(f"fidelity_test_heldout_{name}_captions", 0) for name in names]
     keys = {f"fidelity_test_heldout_{name}{end}" for name in names for end in ("", "_captions")}
     assert sum(counts) == 5 and by_picture and by_picture <= keys
@@ -170,11 +170,13 @@ def test_caption_fidelity_is_broken_down_by_layout(captions_dir):
     # held-out captions also by whether training shows their picture under the mirrored caption
     bans = tuple(tuple(b) for b in read_metadata(captions_dir)["bans"])
     heldout = found["test_heldout"]
-    seen = [picture_seen(c, bans) for c in splits["test_heldout"].layouts()[:30]]
-    assert {k: n for k, (_, n) in heldout.by_picture.items()} == {
-        "picture_seen": sum(seen),
-        "new_picture": 30 - sum(seen),
-    }
+    layouts = splits["test_heldout"].layouts()[:30]
+    seen = [picture_seen(c, bans) for c in layouts]
+    pairs = [len(c.digits) == 2 for c in layouts]
+    counts = {"picture_seen": sum(seen), "new_pair": sum(p and not s for p, s in zip(pairs, seen, strict=True))}
+    counts["new_one_digit"] = 30 - sum(counts.values())
+    assert all(counts.values()) and all(p for p, s in zip(pairs, seen, strict=True) if s)  # a seen picture: a pair
+    assert {k: n for k, (_, n) in heldout.by_picture.items()} == counts
     parts = sum(share * n for share, n in heldout.by_picture.values()) / 30
     assert heldout.share == pytest.approx(parts) and not found["test_seen"].by_picture
 
