@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model, captions = make_model(args.config)
-    model = model.to(device)
+    model = model.to(device).train()  # a loaded model comes in eval mode
     cfg = model.config
     condition = None
     if captions is not None:  # token ids, as training passes them

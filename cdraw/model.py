@@ -749,7 +749,8 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     ) -> DRAW:
         """Load a folder written by :meth:`save_pretrained`, or a Hugging Face Hub repository
         (``"owner/name"``, at ``revision``; served from the local cache when offline), onto
-        ``device`` (CPU by default)."""
+        ``device`` (CPU by default), in eval mode (as Hugging Face models load: training-only
+        behaviour such as state noise is off; ``.train()`` before training it further)."""
         folder = Path(pretrained_model_name_or_path).expanduser()
         if not folder.exists() and HUB_ID.fullmatch(str(pretrained_model_name_or_path)):
             from cdraw.hub import snapshot
@@ -766,7 +767,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         model = cls(config, root=folder)
         model.load_checkpoint_state(load_weights(folder, model))
         model.folder = folder  # where it came from (a Hub id: its cached copy), with its records beside it
-        return model.to(device)
+        return model.to(device).eval()
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> DRAW:  # huggingface_hub's hook

@@ -475,8 +475,22 @@ class Trainer:
 
     def _end_of_period(self, name: str) -> dict[str, float]:
         """Validation bound (exact mean over the split), a sample grid, a checkpoint, the best model."""
+        st, model = self.state, self._unwrapped
+        model.eval()  # measured and drawn as `cdraw eval` and `generate` do: training-only noise off
+        try:
+            valid = self._validate(name, model)
+        finally:
+            model.train()
+        if valid["bound"] < st.best_valid:  # the same decision on every process: valid is all-reduced
+            st.best_valid = valid["bound"]
+            if self.main:
+                self._save_model(self.out / "best", valid)
+        self._save_checkpoint()
+        return valid
+
+    def _validate(self, name: str, model: DRAW) -> dict[str, float]:
+        """The validation bound (all processes), logged, and a sample grid (main process)."""
         cfg, acc, st = self.cfg, self.acc, self.state
-        model = self._unwrapped
         gen = torch.Generator(acc.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET + self.rank)
         shard = self.valid_data.select(slice(self.rank, None, self.world))
         sums = bound_sums(model, shard, cfg.eval_batch_size, gen)
@@ -493,11 +507,6 @@ class Trainer:
             n = min(cfg.num_samples, len(self.valid_data))
             cond = self.valid_data.condition(slice(0, n))  # conditional: the first validation conditions
             save_grid(model.sample(n, cond, generator=sample_gen), self.out / "samples" / f"{name}.png")
-        if valid["bound"] < st.best_valid:  # the same decision on every process: valid is all-reduced
-            st.best_valid = valid["bound"]
-            if self.main:
-                self._save_model(self.out / "best", valid)
-        self._save_checkpoint()
         return valid
 
     def _save_model(self, folder: Path, valid: dict[str, float]) -> None:

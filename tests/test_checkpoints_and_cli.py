@@ -27,7 +27,7 @@ def test_round_trip_gives_the_same_model(saved):
     model, path = saved
     assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # with its card
     loaded = DRAW.from_pretrained(path)
-    assert loaded.config == model.config
+    assert loaded.config == model.config and not loaded.training  # in eval mode, as Hugging Face models load
     x = (torch.rand(3, 1, 28, 28) > 0.5).float()
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     torch.testing.assert_close(loaded(x, generator=gen()).loss, model(x, generator=gen()).loss, rtol=0, atol=0)

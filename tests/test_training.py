@@ -398,3 +398,26 @@ def test_max_minutes_stops_training_and_saves_the_model(small_sets, tmp_path):
     train(cfg, train_set, valid_set)
     record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
     assert record["step"] == 5  # stopped at the first check
+
+
+def test_validation_sees_the_model_in_eval_mode_and_training_goes_on_in_train_mode(small_sets, tmp_path, monkeypatch):
+    """Training-only behaviour (a pretrained encoder's state noise) is off while the validation bound
+    and the sample grid are made, as in `cdraw eval`; the steps after a validation train again."""
+    from cdraw import training
+
+    seen = []
+    real_bound_sums, real_step = training.bound_sums, training.Trainer._train_step
+
+    def bound_sums(model, *args, **kwargs):
+        seen.append(("valid", model.training))
+        return real_bound_sums(model, *args, **kwargs)
+
+    def train_step(self, idx):
+        seen.append(("train", self._unwrapped.training))
+        return real_step(self, idx)
+
+    monkeypatch.setattr(training, "bound_sums", bound_sums)
+    monkeypatch.setattr(training.Trainer, "_train_step", train_step)
+    train(tiny_train_config(tmp_path / "run", epochs=2), *small_sets)
+    assert set(seen) == {("valid", False), ("train", True)}
+    assert seen.index(("valid", False)) < len(seen) - 1 - seen[::-1].index(("train", True))  # steps after it
