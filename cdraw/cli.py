@@ -377,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--out",
-        help="output folder; an earlier call's pictures in it are replaced (default: a new folder "
-        "cdraw-output/DATE-TIME for every call)",
+        help="output folder; an earlier call's pictures in it are replaced, no other file (default: a new "
+        "folder cdraw-output/DATE-TIME for every call)",
     )
     gen.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
     gen.set_defaults(func=cmd_generate)
@@ -404,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--num", type=positive_int, default=16, help="images to redraw (default: 16)")
     rec.add_argument(
         "--out",
-        help="output folder; an earlier call's pictures in it are replaced (default: a new folder "
-        "cdraw-output/DATE-TIME for every call)",
+        help="output folder; an earlier call's pictures in it are replaced, no other file (default: a new "
+        "folder cdraw-output/DATE-TIME for every call)",
     )
     rec.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True, help="write drawing.gif")
     rec.set_defaults(func=cmd_reconstruct)

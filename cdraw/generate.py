@@ -8,7 +8,9 @@ done, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import html
+import json
 import os
 import shutil
 import tempfile
@@ -65,13 +67,23 @@ def default_checkpoint(condition: str) -> Path:
 
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder inside ``out`` whose files move into ``out`` when the block succeeds.
+    """A temporary folder inside ``out`` whose files move into ``out`` when the block succeeds,
+    replacing the pictures an earlier call wrote there (named in its :data:`MANIFEST`) and no other file.
 
-    ``out`` is created (and checked to be writable) before any work; on failure nothing is left.
+    ``out`` is created (and checked to be writable) before any work, and a file there named like
+    cdraw's pictures that cdraw did not write (a page's own ``index.html``) stops the call before
+    any work; on failure nothing is left.
     """
     out = Path(out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        ours = _written_before(out)
+        theirs = sorted(p.name for pattern in OUTPUT_FILES for p in out.glob(pattern) if p.name not in ours)
+        if theirs:
+            raise CDrawError(
+                f"the output folder {out} has {', '.join(theirs)}, which cdraw did not write there (it replaces"
+                f" only its own pictures, listed in {MANIFEST}): choose another --out folder or move them away"
+            )
         tmp = Path(tempfile.mkdtemp(prefix=".cdraw-tmp-", dir=out))
     except OSError as e:
         raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
@@ -79,11 +91,11 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     aside = tmp / ".earlier"  # an earlier call's pictures, kept until this call's are all in place
     try:
         yield tmp
+        (tmp / MANIFEST).write_text(json.dumps(sorted(p.name for p in tmp.iterdir())))
         aside.mkdir()
-        for pattern in OUTPUT_FILES:  # an earlier call's pictures never sit beside this call's
-            for old in out.glob(pattern):
-                if old.is_file():
-                    os.replace(old, aside / old.name)
+        for name in sorted(ours | {MANIFEST}):  # an earlier call's pictures never sit beside this call's
+            if (out / name).is_file():
+                os.replace(out / name, aside / name)
         for f in sorted(p for p in tmp.iterdir() if p != aside):
             os.replace(f, out / f.name)
             moved.append(out / f.name)
@@ -103,6 +115,18 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
 OUTPUT_FILES = (
     "images.png", "drawing.gif", "alignment-*.png", "index.html", "originals.png", "reconstructions.png", "kl.png",
 )  # fmt: skip
+#: Written beside the pictures: the names of those the last call wrote (the ones the next replaces).
+MANIFEST = ".cdraw-pictures.json"
+
+
+def _written_before(out: Path) -> set[str]:
+    """The names of the pictures an earlier call wrote into ``out`` (none when it has no readable manifest)."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    names = names if isinstance(names, list) else []
+    return {n for n in names if isinstance(n, str) and any(fnmatch.fnmatchcase(n, p) for p in OUTPUT_FILES)}
 
 
 _PICTURE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".html")  # what a folder given as --out is not

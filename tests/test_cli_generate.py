@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from PIL import Image
 
 from cdraw import DRAW, ConditionConfig, DRAWConfig
 from cdraw.conditioning import SentencePieceTokenizer
-from cdraw.generate import DEFAULT_MODELS
+from cdraw.generate import DEFAULT_MODELS, MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [f"the digit {d} is at the {p} of the image" for d in range(10) for p in ("top left", "bottom right")]
@@ -63,8 +64,9 @@ def test_generate_captions_writes_grid_gif_and_alignments(models, tmp_path):
     proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[0], CAPTIONS[1],
                  "--num", "3", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     assert names == ["alignment-1.png", "alignment-2.png", "drawing.gif", "images.png", "index.html"]
+    assert sorted(json.loads((out / MANIFEST).read_text())) == names  # what the next call may replace
     assert str(out / "drawing.gif") in proc.stdout  # paths printed at the end
     gif = Image.open(out / "drawing.gif")
     assert gif.n_frames == 3  # one frame per step T
@@ -72,12 +74,21 @@ def test_generate_captions_writes_grid_gif_and_alignments(models, tmp_path):
     assert grid.size[1] >= 2 * 96  # two rows of tiles upscaled to at least 96 pixels
     page = (out / "index.html").read_text()
     assert CAPTIONS[0] in page and "alignment-2.png" in page and "drawing.gif" in page
-    assert not list(out.glob(".*"))  # no temporary files left
-    # the same --out again, with one caption and no GIF: only this call's files remain
+    assert [p.name for p in out.glob(".*")] == [MANIFEST]  # no temporary files left
+    # the same --out again, with one caption and no GIF: only this call's files remain, and the user's
+    (out / "notes.txt").write_text("mine")
     proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[2],
                  "--num", "2", "--no-gif", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["alignment-1.png", "images.png", "index.html"]
+    names = ["alignment-1.png", "images.png", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, *names, "notes.txt"]
+    # a folder with a page of the user's own (an index.html cdraw did not write): one line, nothing touched
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>mine</h1>")
+    proc = cdraw("generate", "--checkpoint", str(models / "caption"), "--caption", CAPTIONS[0], "--out", str(site))
+    one_line_error(proc, "index.html", "cdraw did not write")
+    assert [p.name for p in site.iterdir()] == ["index.html"] and "mine" in (site / "index.html").read_text()
 
 
 def test_generate_writes_a_fresh_folder_per_call(models, tmp_path):
@@ -90,7 +101,7 @@ def test_generate_writes_a_fresh_folder_per_call(models, tmp_path):
     assert folders[0] != folders[1] and all(f.parent.name == "cdraw-output" for f in folders)
     for f in folders:
         assert sorted(p.name for p in (tmp_path / f).iterdir()) == [
-            "alignment-1.png", "drawing.gif", "images.png", "index.html",
+            MANIFEST, "alignment-1.png", "drawing.gif", "images.png", "index.html",
         ]  # fmt: skip
 
 
@@ -172,7 +183,15 @@ def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):
                  "--data-dir", str(data_dir))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert names == ["drawing.gif", "kl.png", "originals.png", "reconstructions.png"]  # no index: not generate
+    assert names == [MANIFEST, "drawing.gif", "kl.png", "originals.png", "reconstructions.png"]  # no index.html
+    # a folder with a page of the user's own (an index.html that reconstruct does not even write): kept
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>mine</h1>")
+    proc = cdraw("reconstruct", "--checkpoint", str(folder), "--num", "2", "--out", str(site),
+                 "--data-dir", str(data_dir))  # fmt: skip
+    one_line_error(proc, "index.html", "cdraw did not write")
+    assert [p.name for p in site.iterdir()] == ["index.html"] and "mine" in (site / "index.html").read_text()
     assert Image.open(tmp_path / "r" / "drawing.gif").n_frames == 4
 
 
