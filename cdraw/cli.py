@@ -264,6 +264,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CDrawError(f"cannot write {out}: {e.strerror}") from None
+        if out.is_dir():
+            raise CDrawError(f"--json {out} is a folder: give a file name (for example {out / 'eval.json'})")
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise CDrawError(f"cannot write {out}: the folder {out.parent} is not writable")
     result = evaluate(
         model,
         folder,
@@ -284,8 +288,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if out is not None:
         try:
             atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-        except OSError as e:
-            raise CDrawError(f"cannot write {out}: {e.strerror}") from None
+        except OSError as e:  # the figures are not lost: printed whole before the one-line error
+            print(json.dumps(result, indent=2))
+            raise CDrawError(f"cannot write {out}: {e.strerror} (the figures are printed above)") from None
         print(f"wrote {out}")
 
 

@@ -363,6 +363,8 @@ def evaluate(
         raise CDrawError("--retrieval ranks captions; this is a label model")
     device = model.h_dec0.device
     dataset, split, test_includes_training = measured_on(model, folder, dataset, split, stacklevel=3)
+    if fidelity:  # before the bound and IWAE, not after them
+        _check_fidelity_data(model, dataset)
     full = data = evaluation_data(model, dataset, split, data_dir, data_folder)
     if limit:
         data = data.select(slice(0, limit))
@@ -392,6 +394,15 @@ def evaluate(
     return result
 
 
+def _check_fidelity_data(model: DRAW, dataset: str) -> None:
+    """Whether fidelity is defined for ``model`` on ``dataset`` (the shipped classifiers read MNIST
+    and Fashion-MNIST digits; caption fidelity needs MNIST with captions' layouts)."""
+    if model.config.condition.kind == "label" and dataset not in ("mnist", "fashion-mnist"):
+        raise CDrawError(f"label fidelity needs --data mnist or fashion-mnist, got {dataset}")
+    if model.config.condition.kind != "label" and dataset != "mnist-captions":
+        raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
+
+
 def _fidelity(model: DRAW, dataset: str, n: int, data_dir, data_folder, gen, say) -> dict:
     """Label fidelity (``n`` images generated per class) or caption fidelity (``n`` seen, held-out
     and paraphrased captions)."""
@@ -399,14 +410,10 @@ def _fidelity(model: DRAW, dataset: str, n: int, data_dir, data_folder, gen, say
 
     device = model.h_dec0.device
     if model.config.condition.kind == "label":
-        if dataset not in ("mnist", "fashion-mnist"):
-            raise CDrawError(f"label fidelity needs --data mnist or fashion-mnist, got {dataset}")
         found = label_fidelity_of(model, shipped_classifier(dataset, device), n, generator=gen)
         share, images = found["label_fidelity"], found["fidelity_images"]
         say(f"label fidelity: {share:.1%} of {images} generated images show their class")
         return found
-    if dataset != "mnist-captions":
-        raise CDrawError("caption fidelity is defined for MNIST with captions (--data mnist-captions)")
     classifier, found = shipped_classifier("mnist", device), {}
     for split, got in caption_fidelity_splits(model, classifier, n, data_dir, gen, data_folder).items():
         found[f"fidelity_{split}"] = got.share

@@ -93,6 +93,7 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, saved):
         (["eval", "--checkpoint", str(path), "--data-dir", str(tmp_path)], "not found"),
         (["eval", "--checkpoint", str(path), "--device", "gpu"], "unknown device"),
         (["eval", "--checkpoint", str(path), "--device", "cuda:99"], "no such CUDA GPU"),
+        (["eval", "--checkpoint", str(path), "--json", str(tmp_path)], "is a folder"),  # before the work
     ]:
         proc = cdraw(*args)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -100,6 +101,23 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, saved):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     proc = cdraw("eval", "--checkpoint", str(path), "--iw-samples", "-3")
     assert proc.returncode == 2 and "must be at least 0" in proc.stderr
+
+
+def test_eval_refuses_fidelity_where_it_is_undefined_before_measuring_anything(tmp_path, monkeypatch):
+    """A COCO caption model with --fidelity: the one-line error comes before the bound and IWAE."""
+    from cdraw import ConditionConfig, evaluate
+    from cdraw.conditioning import SentencePieceTokenizer
+
+    SentencePieceTokenizer.train(["a red bus", "two dogs on grass"] * 20, vocab_size=30, max_length=8).save(
+        tmp_path / "tok"
+    )
+    condition = ConditionConfig(kind="bilstm", embed_size=4, hidden_size=3, tokenizer=str(tmp_path / "tok"))
+    cfg = DRAWConfig(image_size=(32, 32), channels=3, glimpses=2, enc_size=4, dec_size=4, z_size=2, condition=condition)
+    DRAW(cfg).save_pretrained(tmp_path / "coco-model")
+    model = DRAW.from_pretrained(tmp_path / "coco-model")
+    monkeypatch.setattr(evaluate, "evaluation_data", lambda *a, **k: pytest.fail("measured before the check"))
+    with pytest.raises(CDrawError, match="caption fidelity is defined for MNIST with captions"):
+        evaluate.evaluate(model, tmp_path / "coco-model", dataset="coco", fidelity=True, progress=False)
 
 
 def test_help_explains_with_examples():
