@@ -55,7 +55,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -63,6 +63,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -70,6 +72,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1)  # argparse types
 non_negative_int = _int_at_least(0)
+seed_int = _int_at_least(0, 2**32 - 1)  # as TrainConfig.seed (cdraw.config.MAX_SEED; not imported: torch)
 
 
 def pick_device(name: str | None):
@@ -303,7 +306,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", help=checkpoint_help)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random draws (default: 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
@@ -503,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the IWAE estimate on the first N of those images only (it costs --iw-samples forward passes each)",
     )
-    ev.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
+    ev.add_argument("--seed", type=seed_int, default=0, help="seed of the latent samples (default: 0)")
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)

@@ -25,6 +25,9 @@ from cdraw.model import DRAWConfig
 
 #: torch.compile's modes that training offers ("max-autotune" fails on the CPU stack we test on).
 COMPILE_MODES = ("default", "reduce-overhead")
+#: The largest seed (2**32 - 1): seeds derived from it (training's seed * 1000 + step) stay in a
+#: 64-bit generator's range, and numpy's take it.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -118,6 +121,8 @@ class TrainConfig:
             raise CDrawError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CDrawError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not 0 <= self.seed <= MAX_SEED:  # training derives seeds from it (seed * 1000 + step ...)
+            raise CDrawError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -223,6 +224,15 @@ def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
             parse_train_args(["--config", str(yaml_file)])
     with pytest.raises(CDrawError, match="must be positive"):
         parse_train_args(["--lr", "-1"])
+    from cdraw.cli import seed_int
+    from cdraw.config import MAX_SEED
+
+    assert parse_train_args(["--seed", str(MAX_SEED)])[0].seed == seed_int(str(MAX_SEED))  # generate/eval: the same
+    for seed in (MAX_SEED + 1, 10**23, -1):  # 10**23 overflowed torch's generator in a traceback
+        with pytest.raises(CDrawError, match=f"seed must be between 0 and {MAX_SEED}"):
+            parse_train_args(["--seed", str(seed)])
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_int(str(seed))
     yaml_file.write_text("learning_rate: 0.1\n")
     with pytest.raises(CDrawError, match="unknown TrainConfig fields"):
         parse_train_args(["--config", str(yaml_file)])
