@@ -168,6 +168,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         TRAINING_RECORD,
         earlier_runs,
         figures_include_training,
+        measured_on_part,
         read_record,
         run_length,
         training_seconds,
@@ -214,8 +215,14 @@ def cmd_info(args: argparse.Namespace) -> None:
             "retrieval_captions_r_at_1",
             "iwae",
         )
-        extra = "".join(f", {k} {e[k]:.3f}" for k in keys if isinstance(e.get(k), float))
-        print(f"evaluated    {e.get('dataset')} {e.get('split')}: bound {e['bound']:.2f} nats{extra} ({EVAL_RECORD})")
+
+        def on(key: str) -> str:  # a figure on part of the split says so
+            part = measured_on_part(e, key)
+            return f" (first {part:,} images)" if part is not None else ""
+
+        extra = "".join(f", {k} {e[k]:.3f}{on(k)}" for k in keys if isinstance(e.get(k), float))
+        bound = f"bound {e['bound']:.2f} nats{on('bound')}"
+        print(f"evaluated    {e.get('dataset')} {e.get('split')}: {bound}{extra} ({EVAL_RECORD})")
         if figures_include_training(r, e):
             print("             (not a test figure: the model trained on images of the test file, --source t10k)")
     card = folder / "README.md"

@@ -374,7 +374,7 @@ def evaluate(
     start = time.perf_counter()
     with tqdm(total=len(data), desc="bound", unit="img", disable=not progress) as bar:
         result = bound_sums(model, data, batch_size, gen, progress=bar).means()
-    result.update(dataset=dataset, split=split, checkpoint=str(folder), seed=seed)
+    result.update(dataset=dataset, split=split, split_images=len(full), checkpoint=str(folder), seed=seed)
     if test_includes_training:
         result["test_includes_training"] = True
     say(f"{dataset} {split} ({result['images']} images), model {folder}")

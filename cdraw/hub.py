@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cdraw.errors import CDrawError
-from cdraw.io import CONFIG_NAME, figures_include_training
+from cdraw.io import CONFIG_NAME, figures_include_training, measured_on_part
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 LIBRARY = "cdraw"
@@ -99,12 +99,13 @@ def card_data(training: dict[str, Any], figures: dict[str, Any], conditioned_on:
         for key, (kind, metric) in METRICS.items():
             value = figures.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
+                part = measured_on_part(figures, key)
                 results.append(
                     EvalResult(
                         task_type=TASKS.get(dataset, "image-generation"),
                         dataset_type=dataset,
                         dataset_name=dataset,
-                        dataset_split=split,
+                        dataset_split=split if part is None else f"{split} (first {part:,} images)",
                         metric_type=kind,
                         metric_name=metric,
                         metric_value=round(float(value), 4),

@@ -121,6 +121,18 @@ def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) 
     return bool(figures.get("test_includes_training")) or on_test_file
 
 
+def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
+    """How many images of its split the figure ``key`` of an ``eval.json`` covers when it is not the
+    whole split (``--limit``, ``--iw-limit``), else None: "bound" on ``images``, "iwae" on
+    ``iwae_images``, of the ``split_images`` the split has (an older record without it: the IWAE
+    figure against the bound's images). Fidelity and retrieval figures count their own samples."""
+    images = figures.get({"bound": "images", "iwae": "iwae_images"}.get(key, ""))
+    whole = figures.get("split_images", figures.get("images") if key == "iwae" else None)
+    if isinstance(images, int | float) and isinstance(whole, int | float) and images < whole:
+        return int(images)
+    return None
+
+
 def run_length(training: dict[str, Any]) -> str:
     """One run's length from its ``training.json``, as ``cdraw info`` and model cards say it:
     steps (images seen, epochs), minutes on processes x device."""

@@ -91,9 +91,34 @@ def test_shipped_cards_carry_metadata_from_their_records():
         metrics = {m.metric_name: m.metric_value for m in card.data.eval_results}
         assert metrics["negative variational bound (nats per image)"] == pytest.approx(figures["bound"], abs=1e-3)
         # the split as the records say it: the label model trained on the test file, so its figure is no test one
-        expected = card_data(read_record(folder), figures, None).eval_results[0].dataset_split
-        assert {m.dataset_split for m in card.data.eval_results} == {expected}, folder.name
-        assert expected.endswith("(includes training images)") == (folder.name == "mnist_labels"), folder.name
+        expected = {(m.metric_name, m.dataset_split) for m in card_data(read_record(folder), figures, None).eval_results}
+        assert {(m.metric_name, m.dataset_split) for m in card.data.eval_results} == expected, folder.name
+        for _, split in expected:
+            assert ("(includes training images)" in split) == (folder.name == "mnist_labels"), folder.name
+
+
+def test_a_figure_on_part_of_its_split_says_so_in_the_card_and_in_info(tmp_path, capsys):
+    """--limit and --iw-limit figures: "test (first N images)", never the test set's figure."""
+    from cdraw import cli
+
+    def splits(figures):
+        return {m.metric_name.split(" ")[0]: m.dataset_split for m in card_data({}, figures, None).eval_results}
+
+    whole = {"dataset": "binarized-mnist", "split": "test", "bound": 85.0, "images": 10000, "split_images": 10000}
+    assert splits({**whole, "iwae": 84.0, "iwae_images": 10000}) == {"negative": "test", "importance-weighted": "test"}
+    assert splits({**whole, "iwae": 96.4, "iwae_images": 1000}) == {
+        "negative": "test",
+        "importance-weighted": "test (first 1,000 images)",
+    }
+    assert splits({**whole, "images": 300}) == {"negative": "test (first 300 images)"}
+    older = {k: v for k, v in whole.items() if k != "split_images"}  # a record from before split_images
+    assert splits({**older, "iwae": 96.4, "iwae_images": 1000})["importance-weighted"] == "test (first 1,000 images)"
+    torch.manual_seed(0)
+    DRAW(DRAWConfig(glimpses=2, enc_size=4, dec_size=4, z_size=2)).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "eval.json").write_text(json.dumps({**whole, "images": 3, "iwae": 90.5, "iwae_images": 2}))
+    cli.main(["info", "--checkpoint", str(tmp_path / "m")])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("evaluated"))
+    assert "bound 85.00 nats (first 3 images), iwae 90.500 (first 2 images)" in line, line
 
 
 def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
