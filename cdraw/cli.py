@@ -25,8 +25,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run ``main``; a :class:`CDrawError` becomes one line on stderr and exit status 2."""
+def run_main(main: Callable[[], object], training: bool = True) -> None:
+    """Run ``main``; a :class:`CDrawError` becomes one line on stderr and exit status 2, Ctrl-C one
+    line (for ``training``, that its checkpoints are intact) and exit status 130."""
     warnings.showwarning = _one_line_warning
     try:
         main()
@@ -34,7 +35,8 @@ def run_main(main: Callable[[], object]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        print("interrupted: the last complete checkpoint (if any) is intact", file=sys.stderr)
+        kept = ": the last complete checkpoint (if any) is intact" if training else ""
+        print(f"interrupted{kept}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -117,6 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise CDrawError(f"--captions-file {args.captions_file} has no captions (one per line)")
         captions += from_file
     labels = args.label
+    if captions and labels is not None:  # --caption and --label are exclusive in the parser
+        raise CDrawError("--captions-file gives captions and --label labels: a call draws one or the other")
     condition = "caption" if captions else "label" if labels is not None else "none"
     folder, model = _load_model(args, condition)
     kind = model.config.condition.kind if model.config.condition is not None else "none"
@@ -523,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cdraw`` console script."""
     args = build_parser().parse_args(argv)
-    run_main(lambda: args.func(args))
+    run_main(lambda: args.func(args), training=args.func is cmd_train)
 
 
 if __name__ == "__main__":

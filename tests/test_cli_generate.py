@@ -150,6 +150,8 @@ def test_info_describes_the_model(models):
         (["generate", "--checkpoint", "{models}/plain", "--num", "100000"], ["--num must be between 1 and 1024"]),
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/empty.txt"], ["no captions"]),
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/none.txt"], ["cannot read"]),
+        (["generate", "--captions-file", "{models}/two.txt", "--label", "1"], ["one or the other"]),
+        (["generate", "--checkpoint", "{models}/plain", "--seed", str(10**23)], ["--seed", "at most"]),
         (["generate", "--checkpoint", "{models}/plain", "--out", "/proc/cdraw-out"], ["cannot write"]),
         (["generate", "--checkpoint", "{models}/plain", "--out", "{models}/x.png"], ["is a folder"]),
         (["generate", "--checkpoint", "{models}/corrupt"], ["corrupt"]),
@@ -158,6 +160,7 @@ def test_info_describes_the_model(models):
 )
 def test_user_mistakes_are_one_line_errors_with_exit_code_2(models, tmp_path, args, words):
     (models / "empty.txt").write_text("\n  \n")
+    (models / "two.txt").write_text(f"{CAPTIONS[0]}\n{CAPTIONS[1]}\n")
     corrupt = models / "corrupt"
     if not corrupt.exists():
         corrupt.mkdir()
@@ -170,6 +173,19 @@ def test_user_mistakes_are_one_line_errors_with_exit_code_2(models, tmp_path, ar
     one_line_error(proc, *words)
     assert not out.exists() or not any(out.iterdir())  # nothing half-written, where we said
     assert sorted(models.rglob("*")) == before  # nor where the command said (--out {models}/x.png)
+
+
+def test_ctrl_c_is_one_line_that_speaks_of_checkpoints_only_when_training(capsys):
+    from cdraw.cli import EXIT_INTERRUPTED, run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    kept = "interrupted: the last complete checkpoint (if any) is intact"
+    for training, said in ((False, "interrupted"), (True, kept)):
+        with pytest.raises(SystemExit) as stop:
+            run_main(interrupted, training=training)
+        assert stop.value.code == EXIT_INTERRUPTED and capsys.readouterr().err.splitlines() == [said]
 
 
 def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):

@@ -91,7 +91,8 @@ def test_shipped_cards_carry_metadata_from_their_records():
         metrics = {m.metric_name: m.metric_value for m in card.data.eval_results}
         assert metrics["negative variational bound (nats per image)"] == pytest.approx(figures["bound"], abs=1e-3)
         # the split as the records say it: the label model trained on the test file, so its figure is no test one
-        expected = {(m.metric_name, m.dataset_split) for m in card_data(read_record(folder), figures, None).eval_results}
+        made = card_data(read_record(folder), figures, None).eval_results
+        expected = {(m.metric_name, m.dataset_split) for m in made}
         assert {(m.metric_name, m.dataset_split) for m in card.data.eval_results} == expected, folder.name
         for _, split in expected:
             assert ("(includes training images)" in split) == (folder.name == "mnist_labels"), folder.name
