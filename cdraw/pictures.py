@@ -268,14 +268,15 @@ def labelled_grid(
     scale = max(1, math.ceil(TILE_MIN / h))
     th, tw = h * scale, w * scale
     font = ImageFont.load_default()
-    texts = [_wrap(str(t), font, 220) for t in row_labels] if row_labels is not None else None
+    line = _text_height(font) + 2
+    fits = max(1, th // line)  # lines beside a row of tiles: a longer text ends in "..." (its start kept)
+    texts = [_first_lines(_wrap(str(t), font, 220), fits) for t in row_labels] if row_labels is not None else None
     left = TILE_GAP + (max(math.ceil(font.getlength(ln)) for t in texts for ln in t) + 2 * MARGIN if texts else 0)
     width, height = left + nrow * (tw + TILE_GAP), TILE_GAP + rows * (th + TILE_GAP)
     img = Image.new("RGB", (width, height), "white")
     pixels = (images * 255).round().to(torch.uint8).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
     pixels = pixels.expand(-1, 3, -1, -1) if c == 1 else pixels
     draw = ImageDraw.Draw(img)
-    line = _text_height(font) + 2
     for k in range(b):
         r, col = divmod(k, nrow)
         tile = Image.fromarray(pixels[k].permute(1, 2, 0).numpy())
@@ -285,6 +286,11 @@ def labelled_grid(
         for i, ln in enumerate(lines):
             draw.text((MARGIN + TILE_GAP, y + i * line), ln, fill="black", font=font)
     return _save_atomically(lambda tmp: img.save(tmp, format="PNG"), path)
+
+
+def _first_lines(lines: list[str], n: int) -> list[str]:
+    """The first ``n`` of ``lines``, the last of them ending in "..." when some are left out."""
+    return lines if len(lines) <= n else [*lines[: n - 1], f"{lines[n - 1]} ..."]
 
 
 def _wrap(text: str, font, max_width: int) -> list[str]:

@@ -190,3 +190,26 @@ def test_unwritable_paths_raise_cdraw_error_and_leave_no_temporary_file(tmp_path
     assert "\n" not in str(err.value)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a_file", "a_folder"]
     assert not list((tmp_path / "a_folder").iterdir())
+
+
+def test_a_long_row_text_keeps_its_start_inside_the_picture_and_ends_in_dots(tmp_path, monkeypatch):
+    """A caption too long for the height of its row of tiles: its first lines, the last of them ending
+    in "...", all inside the picture (it was centred on the row, its start drawn above the picture)."""
+    from PIL import ImageDraw
+
+    from cdraw.pictures import labelled_grid
+
+    drawn, real_text = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "text",
+        lambda self, xy, text, *a, **k: (drawn.append((xy[1], text)), real_text(self, xy, text, *a, **k)),
+    )
+    caption = "le chiffre 7 est en haut " + "word " * 120
+    path = labelled_grid(torch.rand(2, 1, 28, 28), tmp_path / "g.png", nrow=2, row_labels=[caption])
+    height = Image.open(path).size[1]
+    assert drawn[0][1].startswith("le chiffre 7") and drawn[-1][1].endswith(" ...")
+    assert all(0 <= y < height - 8 for y, _ in drawn) and len(drawn) > 3
+    drawn.clear()
+    labelled_grid(torch.rand(2, 1, 28, 28), tmp_path / "s.png", nrow=2, row_labels=["the digit 1"])
+    assert [t for _, t in drawn] == ["the digit 1"]  # a short one whole, without dots
