@@ -39,8 +39,10 @@ class TrainConfig:
     data_dir: str | None = field(
         default=None, metadata={"help": "folder with the data set (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)"}
     )
-    epochs: int = field(default=100, metadata={"help": "passes over the training set"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
+    epochs: int = field(default=100, metadata={"help": "passes over the training set (or --max-steps, if sooner)"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "stop after this many optimiser steps (or at --epochs, if sooner)"}
+    )
     batch_size: int = field(default=100, metadata={"help": "images per step on each process"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine decay to 0 at the end"})
@@ -209,7 +211,12 @@ def train_arg_parser(
         help=f"YAML file of settings, or the name of a shipped one such as mnist_captions_paper (default: "
         f"{Path(default_config).stem if default_config else None}; the defaults below are its settings)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --output-dir with the run's own settings (its "
+        "train_config.yaml; --config is not read): flags given with it change them, each change said",
+    )
     shown = _settings(default_config)
     train_group = parser.add_argument_group("training")
     add_dataclass_flags(train_group, TrainConfig, shown=shown)
@@ -254,7 +261,19 @@ def parse_train_args(
     config_file = args.pop("config")
     cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
-    d = cfg.to_dict()
+    d = _with_flags(cfg.to_dict(), args)
+    saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
+    if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)
+        d = _with_flags(TrainConfig.from_yaml(saved).to_dict(), args)
+    return TrainConfig.from_dict(d), resume
+
+
+#: A run folder's settings, written when it starts (and resumes); ``--resume`` starts from them.
+RUN_CONFIG = "train_config.yaml"
+
+
+def _with_flags(d: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (a TrainConfig as a dict) with the flags a user passed (``args``, by dest) applied."""
     for key, value in args.items():
         if key.startswith(COND):
             if d["model"]["condition"] is None:
@@ -262,8 +281,8 @@ def parse_train_args(
             d["model"]["condition"][key.removeprefix(COND)] = value
             if key == COND + "text_encoder" and COND + "kind" not in args:  # naming one means using it,
                 d["model"]["condition"]["kind"] = "pretrained"
-                if "output_dir" not in args:  # in a folder of its own: never resumed as the BiLSTM's run
-                    d["output_dir"] = d["output_dir"] + "_pretrained"
+                if "output_dir" not in args and not d["output_dir"].endswith("_pretrained"):  # a folder of its
+                    d["output_dir"] = d["output_dir"] + "_pretrained"  # own: never resumed as the BiLSTM's run
         elif key.startswith("model."):
             d["model"][key.removeprefix("model.")] = value
         else:
@@ -275,4 +294,4 @@ def parse_train_args(
         if wrong:
             flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
             raise CDrawError(f"{flags}: not a setting of a {condition.get('kind', 'label')} condition encoder")
-    return TrainConfig.from_dict(d), resume
+    return d

@@ -67,8 +67,11 @@ def cache_dir() -> Path:
 
 
 def downloads_allowed() -> bool:
-    """False when ``CDRAW_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1."""
-    return not any(os.environ.get(v, "0") == "1" for v in ("CDRAW_OFFLINE", "HF_HUB_OFFLINE"))
+    """False when ``CDRAW_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (1, true, yes or on, as Hugging Face reads it)."""
+    return not any(os.environ.get(v, "").strip().upper() in OFFLINE_VALUES for v in ("CDRAW_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+OFFLINE_VALUES = ("1", "TRUE", "YES", "ON")
 
 
 def find_data_file(data_dir: Path, subdir: str, name: str) -> Path | None:

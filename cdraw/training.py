@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +53,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from cdraw.conditioning import SentencePieceTokenizer, make_tokenizer
-from cdraw.config import TrainConfig
+from cdraw.config import RUN_CONFIG, TrainConfig
 from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
@@ -79,6 +80,7 @@ class TrainerState:
     best_valid: float = math.inf
     elapsed_s: float = 0.0
     world_size: int = 1
+    images_seen: int | None = 0  # over all processes; None: a checkpoint from before it was counted
 
     # registered with accelerate (Accelerator.register_for_checkpointing): saved by save_state
     def state_dict(self) -> dict[str, int | float]:
@@ -86,7 +88,7 @@ class TrainerState:
 
     def load_state_dict(self, state: dict[str, int | float]) -> None:
         for field in dataclasses.fields(self):
-            setattr(self, field.name, state[field.name])
+            setattr(self, field.name, state[field.name] if field.name != "images_seen" else state.get(field.name))
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -197,7 +199,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
             log_with=trackers(cfg.log_with) or None,
-            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out)),
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
         )
         if cfg.tf32 and acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -206,9 +208,10 @@ class Trainer:
         threads, cores = torch.get_num_threads(), cpu_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         if acc.device.type == "cpu" and threads < cores and self.main:
             tqdm.write(
-                f"note: training on {threads} CPU thread(s) per process, where {cores} cores are free for each: "
-                "accelerate launch sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process "
-                f"{cores} (--cpu does not change it); `cdraw train` uses every core for you"
+                f"note: training on {threads} CPU thread(s) per process, where {cores} cores are free for each "
+                f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}): accelerate launch sets it to 1 unless "
+                f"given --num_cpu_threads_per_process {cores} (--cpu does not change it); `cdraw train` uses every "
+                "core unless OMP_NUM_THREADS is set"
             )
         elif acc.device.type == "cpu" and self.main:
             tqdm.write(f"training on {threads} CPU threads per process ({self.world} process(es))")
@@ -251,6 +254,10 @@ class Trainer:
         if resume:
             self._check_same_data()
             self._load_checkpoint()
+            for group in self.optimizer.param_groups:  # the checkpoint's optimizer brought its own betas
+                group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+            if self.main:
+                self._say_changed_settings()
         else:
             torch.manual_seed(cfg.seed * 1_000 + self.rank + 1)  # each process its own noise
 
@@ -262,7 +269,13 @@ class Trainer:
                 f"the training set has {len(train_data)} images, fewer than one global batch "
                 f"({cfg.batch_size} x {self.world} processes): lower --batch-size"
             )
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(cfg.max_steps or math.inf, cfg.epochs * self.steps_per_epoch)  # whichever first
+        if resume and self.state.step >= self.total_steps:
+            ends = f"--max-steps {cfg.max_steps}, --epochs {cfg.epochs} of {self.steps_per_epoch} steps"
+            raise CDrawError(
+                f"--resume: {self.out} is at step {self.state.step}, where it ends ({ends}): nothing to train; "
+                "a larger --max-steps or --epochs continues it"
+            )
         self.schedule_steps = self.total_steps  # where the cosine ends; --max-minutes re-estimates it
         self._clock_start: tuple[int, float] | None = None  # (step, seconds) at this run's first time check
         self._window = torch.zeros(4, device=acc.device)  # loss, recon, kl, non-finite-gradient steps
@@ -274,6 +287,17 @@ class Trainer:
         """What TRAINED_ON holds for this run, as JSON gives it back (tuples as lists)."""
         every = {"dataset": self.dataset, **self.record}
         return json.loads(json.dumps({k: every[k] for k in DATA_KEYS if k in every}))
+
+    def _say_changed_settings(self) -> None:
+        """One warning naming each setting this resume changes from the run's own (its train_config.yaml):
+        flags given with --resume change them, any other setting is the run's."""
+        saved = self.out / RUN_CONFIG
+        if not saved.is_file():
+            return
+        before, now = _flat(TrainConfig.from_yaml(saved).to_dict()), _flat(self.cfg.to_dict())
+        changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+        if changed:
+            tqdm.write(f"warning: --resume changes the run's settings: {', '.join(changed)}")
 
     def _check_same_data(self) -> None:
         """--resume on other images (another --dataset, --source, data set seed or split) is refused: the
@@ -296,7 +320,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> dict[str, float]:
-        """Train to ``max_steps`` (or ``epochs``); returns the final validation figures.
+        """Train to ``max_steps`` or ``epochs``, whichever comes first; returns the final validation figures.
 
         A file that cannot be written (a full disk) stops training with one line that says which
         checkpoint is kept; no temporary file or folder is left behind."""
@@ -314,15 +338,19 @@ class Trainer:
         cfg, acc, st = self.cfg, self.acc, self.state
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            (self.out / TRAINED_ON).write_text(json.dumps(self._trained_on(), indent=2))
+            # whole files only: on a resume, the other processes may still be reading them (_setup)
+            records = {RUN_CONFIG: yaml.safe_dump(cfg.to_dict(), sort_keys=False)}
+            records[TRAINED_ON] = json.dumps(self._trained_on(), indent=2)
             if self._started_from is not None:
-                (self.out / STARTED_FROM).write_text(json.dumps(self._started_from, indent=2))
-            else:
+                records[STARTED_FROM] = json.dumps(self._started_from, indent=2)
+            for name, text in records.items():
+                atomic_write(self.out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+            if self._started_from is None:
                 (self.out / STARTED_FROM).unlink(missing_ok=True)
         if self.main:
             tqdm.write(f"training run folder: {self.out.resolve()}")
-        acc.init_trackers("tensorboard", config=hyperparameters(cfg))  # a folder of the run: out/tensorboard
+        # TensorBoard: out/tensorboard/cdraw/; wandb: project "cdraw", the run named after its folder
+        acc.init_trackers(TRACKER_PROJECT, config=hyperparameters(cfg), init_kwargs={"wandb": {"name": self.out.name}})
         if cfg.compile and self.main:
             tqdm.write(
                 "compiling the training step (torch.compile): the first step takes longer; --no-compile skips it"
@@ -416,6 +444,8 @@ class Trainer:
             self._batches_seen.append(idx.tolist())
         st.step += 1
         st.batch_in_epoch += 1
+        if st.images_seen is not None:
+            st.images_seen += cfg.batch_size * self.world
 
     @property
     def _unwrapped(self) -> DRAW:
@@ -523,7 +553,7 @@ class Trainer:
             "dataset": self.dataset,
             "step": st.step,
             "epoch": st.epoch,
-            "images_seen": st.step * self.cfg.batch_size * self.world,
+            "images_seen": st.images_seen,  # None: resumed from a checkpoint from before it was counted
             "training_s": round(time.perf_counter() - self._run_start, 1),
             "processes": self.world,
             "device": str(self.acc.device),
@@ -618,15 +648,37 @@ class Trainer:
             raise CDrawError(f"--resume: checkpoint {path} is damaged ({why}") from None
         if self.state.world_size != self.world or not has_rng:
             if self.main:
-                tqdm.write(
-                    f"warning: {path} was written by {self.state.world_size} processes, resuming on "
-                    f"{self.world}: the run continues but is not step-for-step identical"
+                why = (
+                    f"was written by {self.state.world_size} processes, resuming on {self.world}"
+                    if self.state.world_size != self.world
+                    else "has no random-number state for this process"
                 )
+                tqdm.write(f"warning: {path} {why}: the run continues but is not step-for-step identical")
             torch.manual_seed(self.cfg.seed * 1_000 + self.rank + 1 + self.state.step)
             self.state.world_size = self.world
         if self.main:
             trim_log(self.out / "log.csv", self.state.step)  # rows logged after the checkpoint come again
+            self._set_aside_checkpoints_after(path)
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch})")
+
+    def _set_aside_checkpoints_after(self, path: Path) -> None:
+        """Checkpoints later than the one resumed from (``latest`` pointed back at an older one, or a
+        crash came before ``latest`` moved on) belong to the steps now trained again: moved into
+        ``checkpoints/superseded/TIME-XXXX/``, never mixed with this run's (nor deleted)."""
+        later = [p for p in self.ckpt_dir.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.name > path.name]
+        later.sort()
+        if not later:
+            return
+        try:
+            (self.ckpt_dir / "superseded").mkdir(exist_ok=True)
+            aside = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=self.ckpt_dir / "superseded"))
+            for old in later:
+                os.replace(old, aside / old.name)
+        except OSError as e:  # those not moved yet are moved by the next --resume
+            why = e.strerror or e
+            raise CDrawError(f"--resume: cannot move the checkpoints after {path.name} aside: {why}") from None
+        names = ", ".join(p.name for p in later)
+        tqdm.write(f"warning: the checkpoints after {path.name} ({names}) were moved to {aside} (not this run's)")
 
     def _load_legacy_checkpoint(self, path: Path) -> bool:
         """A checkpoint of the earlier layout (model/, optimizer.pt, trainer_state.json,
@@ -775,6 +827,7 @@ def check_output_dir(out: Path, resume: bool) -> None:
 RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboard")
 #: With --init-weights: the source model (its name, its training.json), in the run folder.
 STARTED_FROM = "started_from.json"
+TRACKER_PROJECT = "cdraw"  # wandb's project; TensorBoard's subfolder of out/tensorboard
 #: Which images the run trains on (the DATA_KEYS of its record), in the run folder: --resume keeps them.
 TRAINED_ON = "trained_on.json"
 DATA_KEYS = ("dataset", "source", "data_seed", "bans", "train_split")
@@ -783,6 +836,14 @@ DATA_KEYS = ("dataset", "source", "data_seed", "bans", "train_split")
 #: what a saved condition config says of its files rather than its shape: where its tokenizer or
 #: text model is (a checkpoint points at its own copies) and the trained tokenizer's real vocabulary
 _FROM_FILES = ("tokenizer", "text_encoder", "vocab_size")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"model.condition.kind": ...}."""
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
 
 
 def _architecture(cfg: DRAWConfig) -> dict:

@@ -20,7 +20,8 @@ def main() -> None:
     parser.add_argument("--no-download", action="store_true", help="only check and cache files already there")
     args = parser.parse_args()
     for split in SPLITS:
-        images = load_binarized_mnist(split, args.data_dir, download=not args.no_download)
+        download = False if args.no_download else None  # None: unless CDRAW_OFFLINE / HF_HUB_OFFLINE
+        images = load_binarized_mnist(split, args.data_dir, download=download)
         print(f"{split}: {len(images)} images, mean pixel {images.float().mean():.4f}")
 
 

@@ -169,6 +169,17 @@ def test_missing_files_are_downloaded_into_the_dataset_folder(mnist_idx_dir, tmp
     assert not list((tmp_path / "other" / "mnist").iterdir())  # no half-written file left behind
 
 
+def test_offline_as_hugging_face_reads_it(monkeypatch):
+    from cdraw.data import downloads_allowed
+
+    for value, allowed in (("1", False), ("true", False), ("ON", False), (" yes ", False), ("0", True), ("", True)):
+        for name in ("CDRAW_OFFLINE", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv("CDRAW_OFFLINE", raising=False)
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+            monkeypatch.setenv(name, value)
+            assert downloads_allowed() is allowed, (name, value)
+
+
 def test_binarize_thresholds_at_128():
     grey = torch.tensor([0, 1, 127, 128, 129, 255], dtype=torch.uint8)
     assert binarize(grey).tolist() == [0, 0, 0, 1, 1, 1] and binarize(grey).dtype == torch.uint8

@@ -52,11 +52,11 @@ def test_recipe_end_to_end_in_one_process(data_dir, tmp_path):
     assert (out / "samples" / "step-00000012.png").is_file()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(out / "tensorboard" / "cdraw"))  # wandb's project name is TensorBoard's folder
     events.Reload()
     assert {"train/bound", "valid/bound", "train/kl"} <= set(events.Tags()["scalars"])  # accelerate's tracker
     assert events.Scalars("valid/bound")[-1].step == 12
-    assert any(p.is_dir() for p in (out / "tensorboard").iterdir())  # add_hparams: the run's settings
+    assert any(p.is_dir() for p in (out / "tensorboard" / "cdraw").iterdir())  # add_hparams: the run's settings
     assert (out / "checkpoints" / "latest").read_text() == "step-00000012"
     model = DRAW.from_pretrained(out / "model")
     assert model.config.glimpses == 4 and model.config.attention
@@ -130,6 +130,47 @@ def test_resume_continues_exactly(small_sets, tmp_path, layout):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = lambda run: [r for r in csv.DictReader(open(tmp_path / run / "log.csv")) if r["split"] == "valid"]  # noqa: E731
     assert [r["loss"] for r in rows("straight")] == [r["loss"] for r in rows("split")]
+
+
+def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_runs_settings(
+    small_sets, tmp_path, capsys
+):
+    """`latest` pointed back at step 4 of 8 (to redo a stretch at a lower rate): the later checkpoints
+    move to checkpoints/superseded/ (they were kept as `latest` while the new ones were pruned); the
+    resume runs on the run's own settings (batch 50, tiny model) with the flags given now changing
+    them, each change said; the optimizer takes the new betas (the checkpoint's used to win)."""
+    out = tmp_path / "run"
+    train(tiny_train_config(out, max_steps=8, checkpoint_every=2, keep_checkpoints=2, adam_beta1=0.5), *small_sets)
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000006", "step-00000008"]
+    (ckpts / "latest").write_text("step-00000006")
+    capsys.readouterr()
+    flags = ["--lr", "5e-4", "--adam-beta1", "0.9", "--batch-size", "25"]
+    cfg, resume = parse_train_args(["--resume", "--output-dir", str(out), *flags])
+    assert resume and (cfg.model.enc_size, cfg.max_steps, cfg.checkpoint_every) == (32, 8, 2)  # the run's, not defaults
+    assert (cfg.lr, cfg.adam_beta1, cfg.batch_size) == (5e-4, 0.9, 25)
+    train(cfg, *small_sets, resume=True)
+    said = capsys.readouterr().out
+    (line,) = [ln for ln in said.splitlines() if "--resume changes the run's settings: " in ln]
+    changes = line.split("settings: ")[1].split(", ")
+    assert sorted(changes) == ["adam_beta1 0.5 -> 0.9", "batch_size 50 -> 25", "lr 0.001 -> 0.0005"], line
+    assert json.loads((out / "model" / "training.json").read_text())["images_seen"] == 6 * 50 + 2 * 25
+    (aside,) = (ckpts / "superseded").iterdir()
+    assert [p.name for p in aside.iterdir()] == ["step-00000008"] and "step-00000008" in said
+    assert (ckpts / "latest").read_text() == "step-00000008"
+    optimizer = torch.load(ckpts / "step-00000008" / "optimizer.bin", weights_only=True)
+    assert optimizer["param_groups"][0]["betas"] == (0.9, 0.999)
+    saved = load_file(ckpts / "step-00000008" / "model" / "model.safetensors")
+    old = load_file(aside / "step-00000008" / "model" / "model.safetensors")
+    assert any(not torch.equal(saved[k], old[k]) for k in saved)  # trained again at the new rate
+    with pytest.raises(CDrawError, match="is at step 8, where it ends .*nothing to train"):
+        train(cfg, *small_sets, resume=True)  # finished: says so instead of validating and saving again
+    with pytest.raises(CDrawError, match="is at step 8, where it ends .*--epochs 1 of 8 steps"):
+        train(
+            TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 100, "epochs": 1, "batch_size": 125}),
+            *small_sets,
+            resume=True,
+        )
 
 
 def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(small_sets, tmp_path):
@@ -431,3 +472,16 @@ def test_validation_sees_the_model_in_eval_mode_and_training_goes_on_in_train_mo
     train(tiny_train_config(tmp_path / "run", epochs=2), *small_sets)
     assert set(seen) == {("valid", False), ("train", True)}
     assert seen.index(("valid", False)) < len(seen) - 1 - seen[::-1].index(("train", True))  # steps after it
+
+
+def test_a_checkpoint_without_its_random_state_resumes_with_a_warning_that_says_so(small_sets, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_train_config(out, max_steps=4, checkpoint_every=2)
+    train(cfg, *small_sets)
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
+    (ckpt / "random_states_0.pkl").unlink()
+    capsys.readouterr()
+    train(TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 6}), *small_sets, resume=True)
+    said = capsys.readouterr().out
+    assert "has no random-number state for this process: the run continues but is not step-for-step" in said, said
+    assert "processes" not in said.split("has no random-number state")[0].splitlines()[-1]
