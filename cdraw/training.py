@@ -284,9 +284,9 @@ class Trainer:
         self._batches_seen: list[list[int]] = []
 
     def _trained_on(self) -> dict:
-        """What TRAINED_ON holds for this run, as JSON gives it back (tuples as lists)."""
-        every = {"dataset": self.dataset, **self.record}
-        return json.loads(json.dumps({k: every[k] for k in DATA_KEYS if k in every}))
+        """What TRAINED_ON holds for this run, as JSON gives it back (tuples as lists): its data
+        (DATA_KEYS) and the recipe's own settings of it (``--word-dropout``, ``--epoch-size`` ...)."""
+        return json.loads(json.dumps({"dataset": self.dataset, **self.record}))
 
     def _say_changed_settings(self) -> None:
         """One warning naming each setting this resume changes from the run's own (its train_config.yaml):
@@ -303,14 +303,17 @@ class Trainer:
         """--resume on other images (another --dataset, --source, data set seed or split) is refused: the
         run's records would name data it did not train on. A run from before this record is let through."""
         before, now = read_record(self.out, TRAINED_ON), self._trained_on()
-        if before and now != before:
-            changed = ", ".join(
-                f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in DATA_KEYS if before.get(k) != now.get(k)
-            )
+        if not before:
+            return
+        changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in DATA_KEYS if before.get(k) != now.get(k)]
+        if changed:
             raise CDrawError(
-                f"--resume: {self.out} trained on other data ({changed}): resume with the run's own data flags, "
-                "or start a new run (--init-weights continues from its model on new data)"
+                f"--resume: {self.out} trained on other data ({', '.join(changed)}): resume with the run's own data "
+                "flags, or start a new run (--init-weights continues from its model on new data)"
             )
+        changed = [f"{k} {v!r} -> {now.get(k)!r}" for k, v in before.items() if k not in DATA_KEYS and now.get(k) != v]
+        if changed and self.main:  # a recipe's own flags are not in train_config.yaml: given again or not, said
+            tqdm.write(f"warning: --resume changes the recipe's settings: {', '.join(changed)}")
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -857,6 +860,12 @@ def _architecture(cfg: DRAWConfig) -> dict:
 def _config_diff(a: DRAWConfig, b: DRAWConfig) -> str:
     da, db = _architecture(a), _architecture(b)
     return "\n".join(f"  {k}: checkpoint {da[k]!r}, now {db[k]!r}" for k in da if da[k] != db[k])
+
+
+def recipe_settings(output_dir: str | os.PathLike) -> dict:
+    """What a run in ``output_dir`` recorded of its data and its recipe's own flags (its trained_on.json):
+    a recipe takes those it is not given again on ``--resume`` from here (they are not TrainConfig's)."""
+    return read_record(Path(output_dir).expanduser(), TRAINED_ON)
 
 
 def condition_tokenizer(cfg: TrainConfig, conditions: Sequence, *, resume: bool = False):

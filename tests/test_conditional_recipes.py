@@ -309,6 +309,18 @@ def test_caption_recipe_makes_the_data_set_on_first_use(mnist_idx_dir, tmp_path,
     assert "making MNIST with captions" in capsys.readouterr().out
     assert (data / "mnist_captions" / "metadata.json").is_file() and (out / "model" / "config.json").is_file()
     assert json.loads((out / "model" / "training.json").read_text())["word_dropout"] == 0.4
+    # --resume alone continues with the run's own settings, the recipe's own flags among them
+    recipe("train_mnist_captions.py")(
+        ["--resume", "--max-steps", "6", "--data-dir", str(data), "--output-dir", str(out)]
+    )
+    record = json.loads((out / "model" / "training.json").read_text())
+    assert (record["step"], record["word_dropout"], record["epoch_size"]) == (6, 0.4, 100)
+    assert "recipe's settings" not in capsys.readouterr().out  # none changed, none said
+    recipe("train_mnist_captions.py")(
+        ["--resume", "--max-steps", "8", "--output-dir", str(out), "--word-dropout", "0.2"]
+    )
+    said = capsys.readouterr().out
+    assert "--resume changes the recipe's settings: word_dropout 0.4 -> 0.2" in said and "max_steps 6 -> 8" in said
     with pytest.raises(SystemExit) as exit_:
         recipe("train_mnist_captions.py")([*flags, "--word-dropout", "1"])
     assert exit_.value.code == 2 and "--word-dropout must be in [0, 1)" in capsys.readouterr().err

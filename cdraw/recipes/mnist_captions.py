@@ -26,7 +26,7 @@ from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
 from cdraw.datasets.mnist_captions import captions_folder, load_train_pool
 from cdraw.errors import CDrawError
 from cdraw.mnist_captions import METADATA_NAME, fresh_train_data, make_mnist_captions, split_combos
-from cdraw.training import condition_tokenizer, train
+from cdraw.training import condition_tokenizer, recipe_settings, train
 
 CONFIGS = SHIPPED_CONFIGS
 
@@ -45,16 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--word-dropout",
         type=float,
-        default=0.0,
         metavar="P",
         help="leave out each word of a training caption but its digits with probability P, afresh every "
         "epoch, so the model reads each word rather than the template it marks (0.4 for the pretrained "
-        "encoder: paraphrased captions, docs/conditioning.md; default 0: none)",
+        "encoder: paraphrased captions, docs/conditioning.md; default 0: none; on --resume: the run's)",
     )
     args = parser.parse_args(argv)
-    if not 0.0 <= args.word_dropout < 1.0:
+    if args.word_dropout is not None and not 0.0 <= args.word_dropout < 1.0:
         parser.error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
     cfg, resume = parse_train_args(argv, parser=parser)
+    saved = recipe_settings(cfg.output_dir) if resume else {}  # --resume: the run's own, where not given now
+    word_dropout = args.word_dropout if args.word_dropout is not None else saved.get("word_dropout", 0.0)
     folder = captions_folder(args.captions_dir, cfg.data_dir)
     with PartialState().local_main_process_first():  # one process per machine makes it, the others then read it
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
@@ -65,14 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     args.captions_dir = str(folder)
     pool, bans, meta = load_train_pool(args.captions_dir, data_dir=cfg.data_dir)
     tokenizer = condition_tokenizer(cfg, [c.text() for c in split_combos(bans)[0]], resume=resume)
-    size = args.epoch_size or meta["sizes"]["train"]
-    train_data = fresh_train_data(pool, bans, size, cfg.seed, tokenizer.encode, word_dropout=args.word_dropout)
+    size = args.epoch_size or saved.get("epoch_size") or meta["sizes"]["train"]
+    train_data = fresh_train_data(pool, bans, size, cfg.seed, tokenizer.encode, word_dropout=word_dropout)
     valid_data = datasets.get("mnist-captions").load("valid", cfg.data_dir, tokenizer.encode, folder=args.captions_dir)
     record = {
         "data_seed": meta["seed"],
         "bans": meta["bans"],
         "source": meta["source"]["train"],
-        "word_dropout": args.word_dropout,
+        "word_dropout": word_dropout,
+        "epoch_size": size,
     }
     train(cfg, train_data, valid_data, resume=resume, dataset="mnist-captions", record=record)
 
