@@ -6,16 +6,18 @@ shard of every global batch (:func:`cdraw.data.shard_batches`).
 
 Output folder::
 
-    log.csv, tensorboard/          one row per log interval and per validation
+    log.csv, tensorboard/cdraw/    one row per log interval and per validation
     samples/epoch-001.png          a grid of samples after each epoch
     checkpoints/step-00001000/     accelerate's save_state: model/ (our save_pretrained, through
                                    its save hook), optimizer.bin, random_states_{r}.pkl,
                                    custom_checkpoint_0.pkl (the TrainerState); written under a
                                    temporary name, then renamed
     checkpoints/latest             the name of the newest complete checkpoint
+    checkpoints/superseded/        checkpoints later than the one a --resume went back to
     best/                          the model with the best validation bound so far
     model/                         the model at the end of training (both with training.json)
-    train_config.yaml              the settings of the run
+    train_config.yaml              the settings of the run (--resume starts from them)
+    trained_on.json                its data, and its recipe's own settings of it
     started_from.json              with --init-weights: the source model and its own training.json,
                                    copied into every training.json of the run as "started_from"
 
@@ -831,7 +833,8 @@ RUN_OUTPUTS = ("checkpoints", "model", "best", "log.csv", "samples", "tensorboar
 #: With --init-weights: the source model (its name, its training.json), in the run folder.
 STARTED_FROM = "started_from.json"
 TRACKER_PROJECT = "cdraw"  # wandb's project; TensorBoard's subfolder of out/tensorboard
-#: Which images the run trains on (the DATA_KEYS of its record), in the run folder: --resume keeps them.
+#: Which images the run trains on (DATA_KEYS: --resume keeps them) and its recipe's own settings of
+#: them (--word-dropout ...: --resume takes them back, see recipe_settings), in the run folder.
 TRAINED_ON = "trained_on.json"
 DATA_KEYS = ("dataset", "source", "data_seed", "bans", "train_split")
 
