@@ -70,9 +70,9 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder inside ``out`` whose files move into ``out`` when the block succeeds,
     replacing the pictures an earlier call wrote there (named in its :data:`MANIFEST`) and no other file.
 
-    ``out`` is created (and checked to be writable) before any work, and a file there named like
-    cdraw's pictures that cdraw did not write (a page's own ``index.html``) stops the call before
-    any work; on failure nothing is left.
+    ``out`` is created (and checked to be writable) before anything is written, and a file there
+    named like cdraw's pictures that cdraw did not write (a page's own ``index.html``) stops the call
+    there; on failure nothing is left.
     """
     out = Path(out).expanduser()
     try:
