@@ -6,9 +6,11 @@ In this order, writing what it has under --out after every stage (so a timeout s
   b. the CUDA tests: ``pytest -m cuda`` (model, compiled step, sampling, eval, save/load, a recipe step,
      training steps free of host syncs)
   c. speed of the paper config (T=64, read 2x2, write 5x5, LSTMs 256, z 100) in training images/s at
-     batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead"); once
-     a compilation fails, the other compiled cells are skipped (each failure costs its tracing time),
-     and a compiled cell starts only with the time the last one took (90 s before one is timed) left;
+     batch 100, 500 and 2,000: eager, compiled, compiled with CUDA graphs (mode="reduce-overhead"),
+     one eager cell first (a rate to train at whatever else fails); once a mode fails (compiling, or
+     running what it compiled; running out of memory aside), its other cells are skipped (each failure
+     costs its tracing time; a failed compiled mode stops CUDA graphs too), and a compiled cell starts
+     only with the time the last one took (90 s before one is timed) left;
      then the readable step (DRAW.step as written) compiled and eager at the chosen batch, beside the
      fused one; then TF32 and bf16 autocast on 1,000 test images through the shipped default model
      (trained, the paper config), each checked against float32 (within 0.1 nats)
@@ -32,6 +34,8 @@ It runs the working tree's cdraw over the image's own torch (no install needed; 
 (CDRAW_OFFLINE=1): data that is not in --data-dir is an error, never a download.
 
   python benchmarks/gpu_run.py --smoke --out /tmp/x   # the same on the CPU at tiny sizes (CI)
+
+Without a CUDA GPU it stops after the environment report, unless --smoke or --device cpu.
 
 Not a test: nothing asserts a time. Figures that were not measured are written as such.
 """
@@ -165,9 +169,18 @@ def speed_cell(
     ``readable``: with DRAW.step as written instead of the fused step (cdraw/fused.py)."""
     import torch
 
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        return _speed_cell(cfg, batch, mode, device, steps, bf16, readable)
+    finally:  # never left on for what comes next (training sets its own)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def _speed_cell(cfg, batch: int, mode: str, device, steps: int, bf16: bool, readable: bool) -> dict:
+    import torch
+
     from cdraw import DRAW
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch._dynamo.reset()  # each cell compiles afresh, never against the recompile limit of earlier cells
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -280,8 +293,9 @@ def train_and_eval(args, setting: dict, minutes: float, data_dir: Path, out: Pat
     batch = setting["batch"]
     lr = min(MAX_LR, BASE_LR * (batch / BASE_BATCH) ** 0.5)  # Adam: square-root scaling, capped
     # a cosine decay over the steps the measured speed allows (compilation and validation aside);
-    # --max-minutes stops it in time if the estimate was high
-    steps = max(10, int(0.8 * setting.get("images_per_s", 0) * max(minutes * 60 - 60, 0) / batch))
+    # --max-minutes stops it in time if the estimate was high; no speed measured: --max-minutes alone
+    rate = setting.get("images_per_s", 0)
+    steps = max(10, int(0.8 * rate * max(minutes * 60 - 60, 0) / batch)) if rate else None
     run_dir = Path(args.scratch) / "train"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(
@@ -294,7 +308,7 @@ def train_and_eval(args, setting: dict, minutes: float, data_dir: Path, out: Pat
         batch_size=batch,
         lr=lr,
         adam_beta1=BETA1,
-        warmup_steps=min(steps // 10, 100),
+        warmup_steps=min(steps // 10, 100) if steps else 100,
         lr_schedule="cosine",
         compile=setting["mode"] != "eager",
         compile_mode="reduce-overhead" if setting["mode"] == "cudagraphs" else "default",
@@ -458,6 +472,8 @@ def main() -> None:
     from cdraw.data import ImageData, load_binarized_mnist
     from cdraw.errors import CDrawError
 
+    if args.device is None and not args.smoke and not torch.cuda.is_available():  # not 8 minutes of a CPU
+        sys.exit("gpu_run: torch sees no CUDA GPU (the environment report says why not): --device cpu runs it here")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -561,17 +577,22 @@ def main() -> None:
 
 
 class Compiles:
-    """What the compiled cells so far tell the next: whether compiling works here (after one failure
-    the others would fail the same way, each costing its tracing time), and how long a compiled cell
-    takes (90 s assumed until one is timed; each new batch size or mode compiles afresh)."""
+    """What the compiled cells so far tell the next: whether a mode compiles and runs here (after one
+    failure the others of that mode would fail the same way, each costing its tracing time; a failure
+    of the compiled mode also stops CUDA graphs, which build on it), and how long a compiled cell
+    takes (90 s assumed until one is timed; each new batch size or mode compiles afresh). Any error
+    counts (a failed compile, a backward that cannot compile, a graph that cannot be recorded) but
+    running out of memory, which is the batch's."""
 
     def __init__(self):
-        self.failed: str | None = None  # the first cell that could not compile
+        self.failed: dict[str, str] = {}  # mode -> the first cell of it that failed
         self.reserve_s: float = COMPILE_RESERVE_S
 
     def record(self, key: str, cell: dict, images_timed: int) -> None:
-        if cell.get("error", "").startswith(COMPILE_FAILED):  # not, say, running out of memory at one batch
-            self.failed = self.failed or key
+        error, mode = cell.get("error", ""), key.split("/")[1]
+        if error and "out of memory" not in error.lower():
+            for failed in (mode, "cudagraphs") if mode == "compiled" else (mode,):
+                self.failed.setdefault(failed, key)
         elif "images_per_s" in cell:  # its first steps (compilation) and its timed ones, with a margin
             self.reserve_s = 1.25 * (cell["first_steps_s"] + images_timed / cell["images_per_s"]) + 5
 
@@ -582,21 +603,21 @@ def skip_reason(mode: str, device_type: str, smoke: bool, compiles: Compiles, le
         return "needs CUDA"
     if smoke and mode != "eager":
         return "smoke: eager only"
-    if mode != "eager" and compiles.failed:
-        return f"compiling failed at {compiles.failed}"
+    if mode in compiles.failed:
+        return f"failed at {compiles.failed[mode]}"
     if left_s < (compiles.reserve_s if mode != "eager" else 10):
         return "out of time"
     return None
 
 
 def cell_order(batches) -> list[tuple[int, str]]:
-    """The speed table's cells, the likely fastest first (a short window may not reach the rest):
-    compiled and CUDA graphs at the larger batches, then the others, eager last."""
+    """The speed table's cells: one eager cell first (seconds, and a rate to train at if no compiled
+    cell can be measured), then the likely fastest (a short window may not reach the rest): compiled
+    and CUDA graphs at the larger batches, then the others, the other eager cells last."""
     big_first = sorted(batches, reverse=True)
-    order = [(b, m) for b in big_first[:2] for m in ("compiled", "cudagraphs")]
-    order += [(b, m) for b in big_first[2:] for m in ("compiled", "cudagraphs")]
-    order += [(b, "eager") for b in batches]
-    return order
+    first = (sorted(batches)[len(batches) // 2], "eager")  # the middle batch
+    order = [first, *((b, m) for b in big_first for m in ("compiled", "cudagraphs"))]
+    return order + [(b, "eager") for b in batches if (b, "eager") != first]
 
 
 def pick_setting(measured: dict[str, dict]) -> str:

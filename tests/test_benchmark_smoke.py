@@ -76,6 +76,18 @@ def test_gpu_run_smoke_mode_writes_its_report_files(tmp_path, data_dir):
     assert "| 8 |" in (out / "report.md").read_text()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpu_run_without_a_gpu_stops_after_the_environment_report(tmp_path):
+    """Not eight minutes of a CPU run by mistake (a GPU machine whose torch sees no GPU)."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_run.py"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("gpu_run: torch sees no CUDA GPU")
+    assert set(json.loads((out / "report.json").read_text())["stages"]) == {"environment"}
+
+
 def test_gpu_run_says_in_one_line_that_cdraw_cannot_load_its_model(monkeypatch):
     """``import cdraw`` loads no module of the model: the environment check imports the training
     module too, so that an API this torch lacks is one line before any stage, not a traceback later."""
@@ -124,9 +136,11 @@ def test_gpu_run_skips_what_cannot_run_or_would_fail_again():
     (assumed until one is timed, then what that one took with a margin)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from gpu_run import COMPILE_FAILED, COMPILE_RESERVE_S, Compiles, skip_reason
+        from gpu_run import COMPILE_FAILED, COMPILE_RESERVE_S, Compiles, cell_order, skip_reason
     finally:
         sys.path.pop(0)
+    order = cell_order((100, 500, 2000))  # one eager cell first: a rate to train at whatever fails
+    assert order[:3] == [(500, "eager"), (2000, "compiled"), (2000, "cudagraphs")] and len(set(order)) == 9
     compiles = Compiles()
     plenty = COMPILE_RESERVE_S + 1
     assert skip_reason("compiled", "cuda", False, compiles, plenty) is None
@@ -134,12 +148,15 @@ def test_gpu_run_skips_what_cannot_run_or_would_fail_again():
     assert skip_reason("cudagraphs", "cpu", False, compiles, plenty) == "needs CUDA"
     assert skip_reason("compiled", "cpu", True, compiles, plenty) == "smoke: eager only"
     compiles.record("2000/compiled", {"images_per_s": 20_000.0, "first_steps_s": 30.0}, images_timed=20_000)
-    assert compiles.reserve_s == 1.25 * (30 + 1) + 5 and compiles.failed is None
+    assert compiles.reserve_s == 1.25 * (30 + 1) + 5 and compiles.failed == {}
     assert skip_reason("cudagraphs", "cuda", False, compiles, 45) is None  # 90 s no longer assumed
     compiles.record("2000/cudagraphs", {"error": "CUDA out of memory"}, images_timed=20_000)
-    assert compiles.failed is None and compiles.reserve_s == 1.25 * 31 + 5  # an error of its own, not compiling
+    assert compiles.failed == {} and compiles.reserve_s == 1.25 * 31 + 5  # the batch's error, not the mode's
+    compiles.record("1000/cudagraphs", {"error": "RuntimeError: cannot record the graph"}, images_timed=1)
+    assert skip_reason("cudagraphs", "cuda", False, compiles, plenty) == "failed at 1000/cudagraphs"
+    assert skip_reason("compiled", "cuda", False, compiles, plenty) is None  # CUDA graphs' failure alone
     compiles.record("500/compiled", {"eager_images_per_s": 9.0, "first_steps_s": 1, "error": f"{COMPILE_FAILED}: x"}, 1)
-    assert skip_reason("cudagraphs", "cuda", False, compiles, plenty) == "compiling failed at 500/compiled"
+    assert skip_reason("compiled", "cuda", False, compiles, plenty) == "failed at 500/compiled"
     assert skip_reason("eager", "cuda", False, compiles, 11) is None  # eager needs no compiler, little time
 
 
