@@ -28,7 +28,7 @@ On the GPU machine (its image has torch, accelerate, safetensors, pytest, ...; n
 with timeout_s=600 (the default budget, 8 minutes, and the final evaluation are meant to fit in that:
 not yet tried on a GPU; the machine's start, a minute or two, also counts against the window's 15
 minutes of device time):
-  TQDM_DISABLE=1 python benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
+  PYTHONUNBUFFERED=1 TQDM_DISABLE=1 python3 benchmarks/gpu_run.py --data-dir build/gpu-data --out $OUT
 It runs the working tree's cdraw over the image's own torch (no install needed; ``pip install
 --no-deps --no-build-isolation -e .`` would do the same, at the cost of the install). It is offline
 (CDRAW_OFFLINE=1): data that is not in --data-dir is an error, never a download.
