@@ -426,6 +426,8 @@ def _cell(r: dict | None) -> str:
         return "failed"
     if "skipped" in r:
         return f"skipped ({r['skipped']})"
+    if r.get("cudagraphs_skipped"):  # inductor ran it without CUDA graphs: a compiled cell in effect
+        return f"{r['images_per_s']:.0f} (without graphs: inductor skipped them {r['cudagraphs_skipped']}x)"
     return f"{r['images_per_s']:.0f}"
 
 
