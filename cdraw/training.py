@@ -296,8 +296,8 @@ class Trainer:
         saved = self.out / RUN_CONFIG
         if not saved.is_file():
             return
-        before, now = _flat(TrainConfig.from_yaml(saved).to_dict()), _flat(self.cfg.to_dict())
-        changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+        before, now = hyperparameters(TrainConfig.from_yaml(saved)), hyperparameters(self.cfg)
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
         if changed:
             tqdm.write(f"warning: --resume changes the run's settings: {', '.join(changed)}")
 
@@ -842,14 +842,6 @@ DATA_KEYS = ("dataset", "source", "data_seed", "bans", "train_split")
 #: what a saved condition config says of its files rather than its shape: where its tokenizer or
 #: text model is (a checkpoint points at its own copies) and the trained tokenizer's real vocabulary
 _FROM_FILES = ("tokenizer", "text_encoder", "vocab_size")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """A nested config dict as {"model.condition.kind": ...}."""
-    flat = {}
-    for k, v in d.items():
-        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
 
 
 def _architecture(cfg: DRAWConfig) -> dict:
