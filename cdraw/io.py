@@ -98,6 +98,22 @@ def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[
     return record
 
 
+#: the folder of the installed cdraw package; its parent is where its paths are shown from
+PACKAGE = Path(__file__).resolve().parent
+
+
+def model_source(name: str) -> str:
+    """How a run's records name the model it started from (``--init-weights``): a model inside the
+    cdraw package (a shipped one) as ``cdraw/...``, whichever checkout or install it was read from,
+    anything else as given."""
+    path = Path(name).expanduser()
+    try:
+        inside = path.resolve().relative_to(PACKAGE) if path.exists() else None
+    except ValueError:
+        inside = None
+    return name if inside is None else Path(PACKAGE.name, inside).as_posix()
+
+
 def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The runs a model's training continued (``--init-weights``), latest first, from its
     ``training.json``: (the model it started from, as given, and that model's own record)."""

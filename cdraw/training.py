@@ -60,7 +60,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.io import TRAINING_RECORD, atomic_write, load_weights, read_record
+from cdraw.io import TRAINING_RECORD, atomic_write, load_weights, model_source, read_record
 from cdraw.model import DRAW, DRAWConfig, load_config
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
@@ -240,7 +240,11 @@ class Trainer:
         if source is not None:
             copied, fresh = warm_start(model, source)
             training = read_record(source.folder)
-            self._started_from = {"init_weights": cfg.init_weights, "tensors_copied": len(copied), "training": training}
+            self._started_from = {
+                "init_weights": model_source(cfg.init_weights),
+                "tensors_copied": len(copied),
+                "training": training,
+            }
             if self.main:
                 parts = ", ".join(sorted({name.split(".")[0] for name in fresh})) or "none"
                 tqdm.write(

@@ -21,7 +21,8 @@ from cdraw import DRAW, CDrawError
 from cdraw.cli import main as cdraw_main
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
-from cdraw.io import run_length
+from cdraw.generate import SHIPPED_MODELS
+from cdraw.io import PACKAGE, earlier_runs, model_source, read_record, run_length
 from cdraw.training import TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +235,20 @@ def test_init_weights_starts_a_new_run_from_a_trained_model(small_sets, tmp_path
     shutil.copy(tmp_path / "b" / "started_from.json", tmp_path / "d")
     train(tiny_train_config(tmp_path / "d", max_steps=1), train_set, valid_set)
     assert "started_from" not in json.loads((tmp_path / "d" / "model" / "training.json").read_text())
+
+
+def test_records_name_a_shipped_model_they_started_from_as_cdraw_path(tmp_path):
+    """A run started from a model inside the cdraw package (a shipped one, from any checkout or
+    spelling of its path) records it as ``cdraw/...``, not as this machine's path; any other model
+    as given. The shipped models' own records follow it."""
+    shipped = PACKAGE / "assets" / "models" / "mnist"
+    for spelling in (str(shipped), str(shipped) + "/", str(PACKAGE / "assets" / ".." / "assets" / "models" / "mnist")):
+        assert model_source(spelling) == "cdraw/assets/models/mnist"
+    assert model_source(str(tmp_path)) == str(tmp_path)  # a folder of the user's own
+    assert model_source("someone/draw-mnist") == "someone/draw-mnist"  # a Hub id
+    for folder in SHIPPED_MODELS:
+        for name, _ in earlier_runs(read_record(folder)):
+            assert not Path(name).is_absolute(), (folder.name, name)
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
