@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import yaml
 
 from cdraw.conditioning import ConditionConfig
 from cdraw.conditioning.base import CONFIG_CLASSES
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.io import typed_fields
 from cdraw.model import DRAWConfig
 
@@ -139,19 +141,24 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML file of settings: a path, or the name of a config that ships with the recipes
         (``mnist``, ``mnist_captions_paper``, ...: ``cdraw/recipes/configs/NAME.yaml``)."""
-        shipped = SHIPPED_CONFIGS / f"{path}.yaml"
-        if not Path(path).exists() and "/" not in str(path) and shipped.is_file():
-            path = shipped
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
-            raise CDrawError(f"cannot read config file {path}: {e.strerror} (shipped configs: {names})") from None
-        except yaml.YAMLError as e:
-            raise CDrawError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise CDrawError(f"config file {path} must hold a mapping of field: value")
-        return cls.from_dict(raw)
+        return cls.from_dict(_read_yaml(path))
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of settings as written (a path, or the name of a shipped config)."""
+    shipped = SHIPPED_CONFIGS / f"{path}.yaml"
+    if not Path(path).exists() and "/" not in str(path) and shipped.is_file():
+        path = shipped
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+        raise CDrawError(f"cannot read config file {path}: {e.strerror} (shipped configs: {names})") from None
+    except yaml.YAMLError as e:
+        raise CDrawError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise CDrawError(f"config file {path} must hold a mapping of field: value")
+    return raw
 
 
 def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
@@ -208,6 +215,7 @@ def train_arg_parser(
     parser.add_argument(
         "--config",
         default=default_config,
+        action=_NoteGiven,
         help=f"YAML file of settings, or the name of a shipped one such as mnist_captions_paper (default: "
         f"{Path(default_config).stem if default_config else None}; the defaults below are its settings)",
     )
@@ -215,7 +223,8 @@ def train_arg_parser(
         "--resume",
         action="store_true",
         help="continue from the latest checkpoint in --output-dir with the run's own settings (its "
-        "train_config.yaml; --config is not read): flags given with it change them, each change said",
+        "train_config.yaml; --config is not read, a warning names where it differs): flags given with it "
+        "change them, each change said",
     )
     shown = _settings(default_config)
     train_group = parser.add_argument_group("training")
@@ -256,6 +265,7 @@ def parse_train_args(
     """
     parser = parser or train_arg_parser(default_config, description)
     args = vars(parser.parse_args(argv))
+    config_given = args.pop(_GIVEN, False)
     known = {f.name for f in dataclasses.fields(TrainConfig)} | {"config", "resume"}
     args = {k: v for k, v in args.items() if k in known or k.startswith("model.")}
     config_file = args.pop("config")
@@ -265,7 +275,49 @@ def parse_train_args(
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)
         d = _with_flags(TrainConfig.from_yaml(saved).to_dict(), args)
+        unread = _differences(config_file, d, args) if config_given else []
+        if unread and int(os.environ.get("RANK", "0")) == 0:  # once, not by every process of a launch
+            warnings.warn(
+                f"--config {config_file} is not read with --resume (the run's own settings are: {saved}); where it "
+                f"differs from them: {', '.join(unread)}; give a flag to change a setting",
+                CDrawWarning,
+                stacklevel=2,
+            )
     return TrainConfig.from_dict(d), resume
+
+
+class _NoteGiven(argparse.Action):
+    """Stores the value and notes that the flag was given on the command line (a default is not)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, _GIVEN, True)
+
+
+_GIVEN = "config_given"
+
+
+def _differences(config_file: str | Path, run: dict[str, Any], flags: dict[str, Any]) -> list[str]:
+    """The settings ``config_file`` itself names (its keys, not the defaults it leaves) whose values
+    differ from a resumed run's (``run``, the flags given now applied), flags aside."""
+    own = flat_settings(TrainConfig.from_yaml(config_file).to_dict())
+    run = flat_settings(run)
+    named = flat_settings(_read_yaml(config_file))
+    return [
+        f"{k} {own[k]} (the run's {run.get(k)})" for k in named if k in own and k not in flags and own[k] != run.get(k)
+    ]
+
+
+def flat_settings(d: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings (a TrainConfig as a dict) as flat ``key: value`` pairs, keys as the flags'
+    destinations name them (``model.read_size``, ``model.condition.kind``)."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in flat_settings(v).items()})
+        else:
+            flat[k] = v
+    return flat
 
 
 #: A run folder's settings, written when it starts (and resumes); ``--resume`` starts from them.

@@ -55,7 +55,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from cdraw.conditioning import SentencePieceTokenizer, make_tokenizer
-from cdraw.config import RUN_CONFIG, TrainConfig
+from cdraw.config import RUN_CONFIG, TrainConfig, flat_settings
 from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
@@ -132,18 +132,8 @@ def trackers(log_with: str) -> list[str]:
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, int | float | str | bool]:
     """The run's settings as flat ``key: value`` pairs (``model.read_size``), as trackers record them."""
-    flat: dict[str, int | float | str | bool] = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            key = prefix.rstrip(".")
-            flat[key] = value if isinstance(value, int | float | str | bool) else str(value)
-
-    walk("", cfg.to_dict())
-    return flat
+    scalar = int | float | str | bool
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in flat_settings(cfg.to_dict()).items()}
 
 
 def warm_start(model: DRAW, source: DRAW) -> tuple[list[str], list[str]]:

@@ -11,13 +11,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cdraw import DRAW, CDrawError
+from cdraw import DRAW, CDrawError, CDrawWarning
 from cdraw.cli import main as cdraw_main
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
@@ -150,6 +151,19 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_run
     cfg, resume = parse_train_args(["--resume", "--output-dir", str(out), *flags])
     assert resume and (cfg.model.enc_size, cfg.max_steps, cfg.checkpoint_every) == (32, 8, 2)  # the run's, not defaults
     assert (cfg.lr, cfg.adam_beta1, cfg.batch_size) == (5e-4, 0.9, 25)
+    # --config is not read on resume: where a file given with it differs from the run (its own keys,
+    # flags aside), one warning says so; the same settings, or no --config, say nothing
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("lr: 1e-4\nbatch_size: 25\nmax_steps: 8\nmodel:\n  z_size: 9\n")
+    with pytest.warns(CDrawWarning, match="mine.yaml is not read with --resume") as said:
+        again, _ = parse_train_args(["--resume", "--output-dir", str(out), "--config", str(mine), *flags])
+    assert again == cfg and len(said) == 1
+    assert str(said[0].message).endswith("differs from them: model.z_size 9 (the run's 5); give a flag to change a setting")
+    mine.write_text("max_steps: 8\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_train_args(["--resume", "--output-dir", str(out), "--config", str(mine)])
+        parse_train_args(["--resume", "--output-dir", str(out)])
     train(cfg, *small_sets, resume=True)
     said = capsys.readouterr().out
     (line,) = [ln for ln in said.splitlines() if "--resume changes the run's settings: " in ln]
