@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
 import warnings
@@ -211,7 +212,11 @@ def train_arg_parser(
 ) -> argparse.ArgumentParser:
     """The recipes' parser: --config, --resume, a flag per training and model field (and, for
     conditional recipes, per :class:`~cdraw.ConditionConfig` field). Recipes may add their own."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    script = Path(sys.argv[0])  # a recipe of the package (as `cdraw train NAME` runs it) is called so
+    prog = f"cdraw train {script.stem}" if script.resolve().parent == SHIPPED_CONFIGS.parent else None
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--config",
         default=default_config,

@@ -158,7 +158,7 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_run
     with pytest.warns(CDrawWarning, match="mine.yaml is not read with --resume") as said:
         again, _ = parse_train_args(["--resume", "--output-dir", str(out), "--config", str(mine), *flags])
     assert again == cfg and len(said) == 1
-    assert str(said[0].message).endswith("differs from them: model.z_size 9 (the run's 5); give a flag to change a setting")
+    assert str(said[0].message).endswith("from them: model.z_size 9 (the run's 5); give a flag to change a setting")
     mine.write_text("max_steps: 8\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -276,6 +276,17 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small
     assert (ckpt / "latest").read_text() == "step-00000010"
     model = DRAW.from_pretrained(ckpt / "step-00000010" / "model")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_recipe_run_by_cdraw_train_names_itself_so(monkeypatch):
+    """`cdraw train mnist` runs ``python -m cdraw.recipes.mnist``: its usage and errors say `cdraw train
+    mnist`, not `mnist.py`; a script of the user's own keeps its name."""
+    import cdraw.recipes.mnist as recipe
+
+    monkeypatch.setattr(sys, "argv", [recipe.__file__])
+    assert train_arg_parser().prog == "cdraw train mnist"
+    monkeypatch.setattr(sys, "argv", [str(RECIPE)])
+    assert train_arg_parser().prog == RECIPE.name
 
 
 def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
