@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from cdraw.errors import EXIT_USER_ERROR, CDrawError
+from cdraw.errors import EXIT_USER_ERROR, CDrawError, OneLineParser
 
 EXIT_INTERRUPTED = 130
 
@@ -308,13 +308,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage mistake reported on one line (and exit status 2, as argparse does)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
-
-
 def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", help=checkpoint_help)
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random draws (default: 0)")
@@ -348,7 +341,7 @@ class _DataSetNames:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="cdraw",
         description="DRAW and alignDRAW image generation. `cdraw COMMAND --help` for each command.",
         epilog="examples:\n"
@@ -432,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser(
         "info",
         help="what a model is: sizes, attention, conditioning, training data and recorded figures",
+        description="Describe a model without running it: its sizes, attention and conditioning, what it was "
+        "trained on and for how long (every run it continued), and the figures `cdraw eval --json` recorded.",
         epilog="examples:\n  cdraw info\n  cdraw info --checkpoint runs/mnist_captions",
         formatter_class=raw,
     )
@@ -442,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "train",
         help="run a training recipe (the package's cdraw.recipes.NAME; several processes through accelerate launch)",
+        description="Train a model with a recipe: one process on every CPU core (or the GPU), or several "
+        "through accelerate launch (--launch-args). `cdraw train RECIPE --help` lists the recipe's settings.",
         epilog="examples:\n  cdraw train mnist --max-steps 200\n  cdraw train mnist_captions --epochs 5\n"
         "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # 2 processes through accelerate",
         formatter_class=raw,

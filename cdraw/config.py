@@ -22,7 +22,7 @@ import yaml
 
 from cdraw.conditioning import ConditionConfig
 from cdraw.conditioning.base import CONFIG_CLASSES
-from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.errors import CDrawError, CDrawWarning, OneLineParser
 from cdraw.io import typed_fields
 from cdraw.model import DRAWConfig
 
@@ -214,9 +214,7 @@ def train_arg_parser(
     conditional recipes, per :class:`~cdraw.ConditionConfig` field). Recipes may add their own."""
     script = Path(sys.argv[0])  # a recipe of the package (as `cdraw train NAME` runs it) is called so
     prog = f"cdraw train {script.stem}" if script.resolve().parent == SHIPPED_CONFIGS.parent else None
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--config",
         default=default_config,

@@ -1,4 +1,7 @@
-"""The one exception type for user mistakes (bad input, missing files, mismatched checkpoints)."""
+"""The one exception type for user mistakes (bad input, missing files, mismatched checkpoints), and
+the command-line parser that reports a mistyped command as one line too."""
+
+import argparse
 
 EXIT_USER_ERROR = 2  # the exit status of a command stopped by a CDrawError
 
@@ -15,3 +18,11 @@ class CDrawWarning(UserWarning):
 
     The CLI prints it on one line as ``warning: ...``.
     """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (a misspelt flag, a missing value) reported on one line, not the
+    whole usage, and exit status 2, as argparse does: ``cdraw`` and its training recipes."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")

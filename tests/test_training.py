@@ -278,13 +278,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_recipe_run_by_cdraw_train_names_itself_so(monkeypatch):
+def test_a_recipe_run_by_cdraw_train_names_itself_so(monkeypatch, capsys):
     """`cdraw train mnist` runs ``python -m cdraw.recipes.mnist``: its usage and errors say `cdraw train
-    mnist`, not `mnist.py`; a script of the user's own keeps its name."""
+    mnist`, not `mnist.py`, and a mistyped flag is one line; a script of the user's own keeps its name."""
     import cdraw.recipes.mnist as recipe
 
     monkeypatch.setattr(sys, "argv", [recipe.__file__])
     assert train_arg_parser().prog == "cdraw train mnist"
+    with pytest.raises(SystemExit) as stopped:  # a misspelt flag: one line, not the whole usage
+        parse_train_args(["--max-stesp", "2"])
+    said = capsys.readouterr().err
+    assert stopped.value.code == 2 and said.count("\n") == 1
+    assert said == "error: unrecognized arguments: --max-stesp 2 (see `cdraw train mnist --help`)\n"
     monkeypatch.setattr(sys, "argv", [str(RECIPE)])
     assert train_arg_parser().prog == RECIPE.name
 
