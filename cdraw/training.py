@@ -208,11 +208,14 @@ class Trainer:
         elif acc.device.type == "cpu" and self.main:
             tqdm.write(f"training on {threads} CPU threads per process ({self.world} process(es))")
         # held until fit() ends (or this process does): a second run into the folder is refused
+        new_folder = not self.out.exists()
         self._lock = lock_run_dir(self.out) if self.main else None
         try:
             self._setup(train_data, valid_data, resume)
         except BaseException:
             self._release()
+            if new_folder and self.main and {p.name for p in self.out.iterdir()} <= {".lock"}:
+                shutil.rmtree(self.out, ignore_errors=True)  # a start refused leaves no folder it made
             raise
 
     def _setup(self, train_data: ImageData, valid_data: ImageData, resume: bool) -> None:

@@ -193,6 +193,11 @@ def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(small_s
     cfg = tiny_train_config(tmp_path / "run", max_steps=2)
     with pytest.raises(CDrawError, match="no checkpoint"):
         train(cfg, train_set, valid_set, resume=True)
+    assert not (tmp_path / "run").exists()  # refused: no folder left behind (it held a .lock)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CDrawError, match="no checkpoint"):
+        train(cfg, train_set, valid_set, resume=True)
+    assert (tmp_path / "run").is_dir()  # a folder the user made stays
     train(cfg, train_set, valid_set)
     with pytest.raises(CDrawError, match="already holds a training run"):
         train(cfg, train_set, valid_set)
