@@ -167,6 +167,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from cdraw.generate import default_checkpoint
     from cdraw.io import (
         EVAL_RECORD,
         TRAINING_RECORD,
@@ -175,16 +178,27 @@ def cmd_info(args: argparse.Namespace) -> None:
         measured_on_part,
         read_record,
         run_length,
+        stored_parameters,
         training_seconds,
     )
+    from cdraw.model import DRAW, load_config
 
-    folder, model = _load_model(args)
-    cfg = model.config
-    n_params = sum(p.numel() for p in model.parameters())
+    folder = resolve_checkpoint(args.checkpoint) if args.checkpoint else default_checkpoint("none")
+    cfg = load_config(folder)
+    pretrained = cfg.condition is not None and cfg.condition.kind == "pretrained"
+    if pretrained and not importlib.util.find_spec("transformers"):
+        # described without its text encoder, which needs the text extra to load (generating does)
+        parameters = (
+            f"{stored_parameters(folder):,} parameters trained, and the frozen text encoder "
+            f"{cfg.condition.text_encoder} (to use the model: pip install 'cdraw[text]')"
+        )
+    else:
+        model = DRAW.from_pretrained(folder, device=pick_device(args.device))
+        parameters = f"{sum(p.numel() for p in model.parameters()):,} parameters"
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     h, w = cfg.image_size
     print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
-    print(f"model        DRAW, {n_params:,} parameters; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
+    print(f"model        DRAW, {parameters}; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
     print(f"glimpses     T = {cfg.glimpses}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
     if cfg.attention:
         print(f"attention    read {cfg.read_size}x{cfg.read_size}, write {cfg.write_size}x{cfg.write_size}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -176,6 +177,19 @@ def save_folder(path: Path, model_type: str, config: dict[str, Any], state: dict
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def stored_parameters(folder: str | os.PathLike) -> int:
+    """How many numbers a model folder's weights file holds (its trained parameters), read from the
+    file's header without loading the model."""
+    from safetensors import safe_open
+
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception as e:  # missing, truncated, not safetensors: whatever safetensors says
+        raise CDrawError(f"cannot read {path}: {e}") from None
 
 
 def read_config(path: str | os.PathLike, model_type: str, what: str) -> dict[str, Any]:

@@ -135,6 +135,24 @@ def test_info_describes_the_model(models):
     assert "not a test figure: the model trained on images of the test file" in shipped.stdout
 
 
+def test_info_describes_a_pretrained_encoder_model_without_the_text_extra(monkeypatch, capsys):
+    """`cdraw info` on the default caption model without transformers installed: described, its own
+    parameters counted from the weights file, and what using it needs said (it was an error)."""
+    import importlib.util
+
+    from cdraw import DRAW
+    from cdraw.cli import main
+
+    trained = sum(p.numel() for p in DRAW.from_pretrained(DEFAULT_MODELS["caption"]).parameters() if p.requires_grad)
+    real = importlib.util.find_spec
+    no_text = lambda name, *a: None if name == "transformers" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", no_text)
+    main(["info", "--checkpoint", str(DEFAULT_MODELS["caption"])])
+    said = capsys.readouterr().out
+    assert f"DRAW, {trained:,} parameters trained, and the frozen text encoder sentence-transformers/all-MiniLM" in said
+    assert "pip install 'cdraw[text]'" in said and "evaluated    mnist-captions" in said
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
