@@ -234,9 +234,11 @@ def cmd_info(args: argparse.Namespace) -> None:
             "iwae",
         )
 
-        def on(key: str) -> str:  # a figure on part of the split says so
+        def on(key: str) -> str:  # a figure on part of the split says so (and the bound there, if recorded)
             part = measured_on_part(e, key)
-            return f" (first {part:,} images)" if part is not None else ""
+            there = e.get("iwae_images_bound") if key == "iwae" else None
+            there = f", whose bound is {there:.2f}" if isinstance(there, float) else ""
+            return f" (first {part:,} images{there})" if part is not None else ""
 
         extra = "".join(f", {k} {e[k]:.3f}{on(k)}" for k in keys if isinstance(e.get(k), float))
         bound = f"bound {e['bound']:.2f} nats{on('bound')}"
@@ -521,7 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the figures to this JSON file")
     _add_data_places(ev)
     ev.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass (default: 1000)")
-    ev.add_argument("--limit", type=positive_int, help="only the first N images of the split (a quick look)")
+    ev.add_argument(
+        "--limit",
+        type=positive_int,
+        help="only the first N images of the split, in file order (a quick look; they need not be typical: "
+        "the first 1,000 MNIST test digits are harder than the rest)",
+    )
     ev.add_argument(
         "--iw-limit",
         type=positive_int,

@@ -385,7 +385,12 @@ def evaluate(
         with tqdm(total=len(iw_data), desc=f"IWAE k={iw_samples}", unit="img", disable=not progress) as bar:
             total = iwae_sum(model, iw_data, iw_samples, max(1, batch_size // 10), gen, progress=bar)
         result.update(iwae=total / len(iw_data), iw_samples=iw_samples, iwae_images=len(iw_data))
-        say(f"IWAE estimate of -log p(x), k={iw_samples}, {len(iw_data)} images: {result['iwae']:.2f} nats")
+        said = f"IWAE estimate of -log p(x), k={iw_samples}, {len(iw_data)} images: {result['iwae']:.2f} nats"
+        if len(iw_data) < len(data):  # the bound on the same images, to compare with (its own draws: the
+            own = torch.Generator(device).manual_seed(seed)  # figures after it stay as they were)
+            result["iwae_images_bound"] = bound_sums(model, iw_data, batch_size, own).means()["bound"]
+            said += f" (the bound on those images: {result['iwae_images_bound']:.2f})"
+        say(said)
     if fidelity:
         result.update(_fidelity(model, dataset, fidelity_samples, data_dir, data_folder, gen, say))
     if retrieval:

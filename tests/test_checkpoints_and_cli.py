@@ -77,12 +77,17 @@ def test_eval_prints_bound_and_iwae_and_writes_json(saved, data_dir, tmp_path):
     assert result["images"] == 300 and result["split"] == "test"
     assert 0 < result["iwae"] <= result["bound"]  # more samples never loosen the bound
     assert abs(result["bound"] - (result["recon"] + result["kl"])) < 1e-3
-    assert result["iwae_images"] == 300
+    assert result["iwae_images"] == 300 and "iwae_images_bound" not in result  # the bound is on those images
     proc = cdraw("eval", "--checkpoint", str(path), "--split", "test", "--limit", "300", "--iw-samples", "5",
                  "--iw-limit", "40", "--data-dir", str(data_dir), "--json", str(out), "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["images"] == 300 and result["iwae_images"] == 40 and "40 images" in proc.stdout
+    # IWAE on part of the images: the bound on that part beside it (the bound of the first 40 alone)
+    assert result["iwae"] <= result["iwae_images_bound"] and "the bound on those images" in proc.stdout
+    proc = cdraw("eval", "--checkpoint", str(path), "--split", "test", "--limit", "40", "--iw-samples", "0",
+                 "--data-dir", str(data_dir), "--json", str(out), "--quiet")  # fmt: skip
+    assert json.loads(out.read_text())["bound"] == pytest.approx(result["iwae_images_bound"], abs=1e-4)
 
 
 def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, saved):
