@@ -68,7 +68,20 @@ def cache_dir() -> Path:
 
 def downloads_allowed() -> bool:
     """False when ``CDRAW_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (1, true, yes or on, as Hugging Face reads it)."""
-    return not any(os.environ.get(v, "").strip().upper() in OFFLINE_VALUES for v in ("CDRAW_OFFLINE", "HF_HUB_OFFLINE"))
+    return not offline_variables()
+
+
+def offline_variables() -> list[str]:
+    """The variables that keep cdraw offline (``CDRAW_OFFLINE=1``, ...), as set."""
+    names = ("CDRAW_OFFLINE", "HF_HUB_OFFLINE")
+    return [f"{v}={os.environ[v]}" for v in names if os.environ.get(v, "").strip().upper() in OFFLINE_VALUES]
+
+
+def not_downloaded(download: bool | None) -> str:
+    """Why files that are missing were not downloaded, for the error that says they are missing."""
+    if download is None and offline_variables():
+        return f"; not downloaded, as {' and '.join(offline_variables())} is set (unset it to download them)"
+    return "; not downloaded (download=False)" if download is False else ""
 
 
 OFFLINE_VALUES = ("1", "TRUE", "YES", "ON")
@@ -125,8 +138,7 @@ def download_split(split: str, data_dir: Path) -> Path:
 def _where_to_put(data_dir: Path) -> str:
     return (
         f"put binarized_mnist_{{train,valid,test}}.amat[.gz] in {data_dir / SUBDIR} "
-        f"(from {URL.format(split='{train,valid,test}')}, or run "
-        f"`python data_scripts/prepare_binarized_mnist.py --data-dir DIR` when online), "
+        f"(from {URL.format(split='{train,valid,test}')}), "
         f"or point --data-dir / CDRAW_DATA_DIR at a folder that has them"
     )
 
@@ -147,7 +159,10 @@ def load_binarized_mnist(
     source = find_split_file(split, data_dir)
     if source is None:
         if not (downloads_allowed() if download is None else download):
-            raise CDrawError(f"binarized MNIST '{split}' split not found in {data_dir}: {_where_to_put(data_dir)}")
+            raise CDrawError(
+                f"binarized MNIST '{split}' split not found in {data_dir}: {_where_to_put(data_dir)}"
+                + not_downloaded(download)
+            )
         source = download_split(split, data_dir)
 
     stat = source.stat()
@@ -247,7 +262,7 @@ def load_labelled(
             f"or point --data-dir / CDRAW_DATA_DIR at a folder that has them"
         )
         if not (downloads_allowed() if download is None else download):
-            raise CDrawError(f"{dataset} '{part}' files not found in {data_dir}: {hint}")
+            raise CDrawError(f"{dataset} '{part}' files not found in {data_dir}: {hint}{not_downloaded(download)}")
         paths = [
             path or _download(url.format(file=name), folder / name, hint)
             for name, path in zip(names, paths, strict=True)

@@ -180,6 +180,19 @@ def test_offline_as_hugging_face_reads_it(monkeypatch):
             assert downloads_allowed() is allowed, (name, value)
 
 
+def test_missing_data_offline_says_why_nothing_was_downloaded(monkeypatch, tmp_path):
+    from cdraw.data import load_binarized_mnist
+
+    monkeypatch.delenv("CDRAW_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CDrawError, match=r"not found in .*not downloaded, as HF_HUB_OFFLINE=1 is set \(unset it"):
+        load_binarized_mnist("test", tmp_path)
+    with pytest.raises(CDrawError, match="fashion-mnist 't10k' files not found.*HF_HUB_OFFLINE=1 is set"):
+        load_labelled("fashion-mnist", "t10k", tmp_path)
+    with pytest.raises(CDrawError, match=r"not found .*\(download=False\)$"):
+        load_binarized_mnist("test", tmp_path, download=False)
+
+
 def test_binarize_thresholds_at_128():
     grey = torch.tensor([0, 1, 127, 128, 129, 255], dtype=torch.uint8)
     assert binarize(grey).tolist() == [0, 0, 0, 1, 1, 1] and binarize(grey).dtype == torch.uint8
