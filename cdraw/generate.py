@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.io import unwritable_folder
 from cdraw.model import DRAW, Trace
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "models"
@@ -86,7 +87,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
             )
         tmp = Path(tempfile.mkdtemp(prefix=".cdraw-tmp-", dir=out))
     except OSError as e:
-        raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
+        raise unwritable_folder(out, e, "--out") from None
     moved: list[Path] = []
     aside = tmp / ".earlier"  # an earlier call's pictures, kept until this call's are all in place
     try:
@@ -160,7 +161,7 @@ def fresh_output_dir(parent: str | os.PathLike = "cdraw-output") -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise CDrawError(f"cannot write to the output folder {parent}: {e.strerror}") from None
+            raise unwritable_folder(parent, e, "--out") from None
     raise CDrawError(f"{parent} has too many folders named {stamp}: pass --out")
 
 

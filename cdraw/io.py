@@ -66,6 +66,16 @@ def _typed(name: str, tp: Any, value: Any) -> Any:
     return float(value) if tp is float else value
 
 
+def unwritable_folder(folder: Path, error: OSError, flag: str) -> CDrawError:
+    """The one-line error for an output folder (``flag``: the option that named it) that cannot be made
+    or written: a file of that name (or a file on its path) is said as such."""
+    on_path = [p for p in (folder, *folder.parents) if p.exists()][:1]
+    if on_path and not on_path[0].is_dir():
+        where = "" if on_path[0] == folder else f": {on_path[0]}"
+        return CDrawError(f"{flag} {folder}{where} is a file, not a folder; choose a folder")
+    return CDrawError(f"cannot write to the output folder {folder}: {error.strerror}")
+
+
 def atomic_write(target: Path, write) -> None:
     """``write(tmp)`` to a temporary name beside ``target``, then rename it into place; the
     temporary file never outlives a failure. The file gets the usual mode (0644 under umask 022),

@@ -60,7 +60,7 @@ from cdraw.data import ImageData, shard_batches
 from cdraw.errors import CDrawError
 from cdraw.evaluate import BoundSums, bound_sums
 from cdraw.images import save_grid
-from cdraw.io import TRAINING_RECORD, atomic_write, load_weights, model_source, read_record
+from cdraw.io import TRAINING_RECORD, atomic_write, load_weights, model_source, read_record, unwritable_folder
 from cdraw.model import DRAW, DRAWConfig, load_config
 
 LOG_FIELDS = ("step", "epoch", "split", "loss", "recon", "kl", "lr", "images_per_s", "elapsed_s")
@@ -738,7 +738,7 @@ def lock_run_dir(out: Path):
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / ".lock", "a+")  # noqa: SIM115 (held open on purpose)
     except OSError as e:
-        raise CDrawError(f"cannot write to the output folder {out}: {e.strerror}") from None
+        raise unwritable_folder(out, e, "--output-dir") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

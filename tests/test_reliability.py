@@ -134,6 +134,22 @@ def test_a_full_disk_while_generating_is_one_line_and_leaves_no_folder(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == []  # the folder the user named, empty: nothing half-written
 
 
+def test_an_output_folder_that_is_a_file_is_said_so(tmp_path, capsys):
+    from cdraw import cli
+    from cdraw.training import lock_run_dir
+
+    (tmp_path / "afile").write_text("mine")
+    cases = [("afile", "--out {0}/afile is a file"), ("afile/sub", "--out {0}/afile/sub: {0}/afile is a file")]
+    for out, said in cases:
+        with pytest.raises(SystemExit):
+            cli.main(["generate", "--num", "2", "--no-gif", "--out", str(tmp_path / out)])
+        (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert line == "error: " + said.format(tmp_path) + ", not a folder; choose a folder", line
+    with pytest.raises(CDrawError, match="--output-dir .*afile is a file, not a folder"):
+        lock_run_dir(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 # -- 5 and 6. one run per folder ---------------------------------------------------------------
 
 
