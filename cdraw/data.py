@@ -79,9 +79,10 @@ def offline_variables() -> list[str]:
 
 def not_downloaded(download: bool | None) -> str:
     """Why files that are missing were not downloaded, for the error that says they are missing."""
-    if download is None and offline_variables():
-        return f"; not downloaded, as {' and '.join(offline_variables())} is set (unset it to download them)"
-    return "; not downloaded (download=False)" if download is False else ""
+    offline = offline_variables()
+    if download is None and offline:
+        return f"; not downloaded, as {' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set"
+    return "; downloading was turned off" if download is False else ""
 
 
 OFFLINE_VALUES = ("1", "TRUE", "YES", "ON")

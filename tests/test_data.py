@@ -185,12 +185,15 @@ def test_missing_data_offline_says_why_nothing_was_downloaded(monkeypatch, tmp_p
 
     monkeypatch.delenv("CDRAW_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CDrawError, match=r"not found in .*not downloaded, as HF_HUB_OFFLINE=1 is set \(unset it"):
+    with pytest.raises(CDrawError, match=r"not found in .*not downloaded, as HF_HUB_OFFLINE=1 is set$"):
         load_binarized_mnist("test", tmp_path)
     with pytest.raises(CDrawError, match="fashion-mnist 't10k' files not found.*HF_HUB_OFFLINE=1 is set"):
         load_labelled("fashion-mnist", "t10k", tmp_path)
-    with pytest.raises(CDrawError, match=r"not found .*\(download=False\)$"):
+    with pytest.raises(CDrawError, match=r"not found .*; downloading was turned off$"):
         load_binarized_mnist("test", tmp_path, download=False)
+    monkeypatch.setenv("CDRAW_OFFLINE", "yes")
+    with pytest.raises(CDrawError, match=r"as CDRAW_OFFLINE=yes and HF_HUB_OFFLINE=1 are set$"):
+        load_binarized_mnist("test", tmp_path)
 
 
 def test_binarize_thresholds_at_128():
