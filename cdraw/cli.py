@@ -240,7 +240,10 @@ def cmd_info(args: argparse.Namespace) -> None:
             there = f", whose bound is {there:.2f}" if isinstance(there, float) else ""
             return f" (first {part:,} images{there})" if part is not None else ""
 
-        extra = "".join(f", {k} {e[k]:.3f}{on(k)}" for k in keys if isinstance(e.get(k), float))
+        def value(key: str) -> str:  # nats to two decimals like the bound, fractions to three
+            return f"{e[key]:.2f}" if key == "iwae" else f"{e[key]:.3f}"
+
+        extra = "".join(f", {k} {value(k)}{on(k)}" for k in keys if isinstance(e.get(k), float))
         bound = f"bound {e['bound']:.2f} nats{on('bound')}"
         print(f"evaluated    {e.get('dataset')} {e.get('split')}: {bound}{extra} ({EVAL_RECORD})")
         if figures_include_training(r, e):

@@ -119,12 +119,12 @@ def test_a_figure_on_part_of_its_split_says_so_in_the_card_and_in_info(tmp_path,
     (tmp_path / "m" / "eval.json").write_text(json.dumps({**whole, "images": 3, "iwae": 90.5, "iwae_images": 2}))
     cli.main(["info", "--checkpoint", str(tmp_path / "m")])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("evaluated"))
-    assert "bound 85.00 nats (first 3 images), iwae 90.500 (first 2 images)" in line, line
+    assert "bound 85.00 nats (first 3 images), iwae 90.50 (first 2 images)" in line, line
     part = {**whole, "iwae": 96.3, "iwae_images": 1000, "iwae_images_bound": 100.02}  # and the bound there
     (tmp_path / "m" / "eval.json").write_text(json.dumps(part))
     cli.main(["info", "--checkpoint", str(tmp_path / "m")])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("evaluated"))
-    assert "bound 85.00 nats, iwae 96.300 (first 1,000 images, whose bound is 100.02)" in line, line
+    assert "bound 85.00 nats, iwae 96.30 (first 1,000 images, whose bound is 100.02)" in line, line
 
 
 def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):

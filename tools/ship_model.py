@@ -74,10 +74,17 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "| figure | value |",
         "| --- | --- |",
     ]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
+    lines += [f"| {k} | {figure(v)} |" for k, v in figures.items()]
     if training.get("source") == "t10k" and figures.get("split") == "test":
         lines += ["", "The bound above is on the test file this model was trained on (most of it): not a test figure."]
     return with_metadata(folder, name, "\n".join(lines) + "\n", model)
+
+
+def figure(v: object) -> str:
+    """A table cell: nats to two decimals (100.02, not 100), fractions to four figures."""
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 1 else f"{v:.4g}"
+    return str(v)
 
 
 def main() -> None:
