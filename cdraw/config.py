@@ -68,7 +68,8 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "stop after this much training time (wall-clock), then validate and save; a cosine "
-            "schedule then decays to 0 at this time (its length re-estimated from the speed at every log)"
+            "schedule then decays to 0 at this time (its length re-estimated from the speed at every log) "
+            "and training stops where it ends"
         },
     )
     seed: int = 0

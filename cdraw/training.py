@@ -379,7 +379,7 @@ class Trainer:
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 if st.step % cfg.log_every == 0:
                     bar.set_postfix(self._flush_log())
-                stop = st.step >= self.total_steps or self._out_of_time()  # the same on every process
+                stop = st.step >= self.total_steps or self._out_of_time() or self._schedule_over()  # on every process
                 if epoch_done:  # validate, sample, checkpoint
                     self._flush_log()
                     valid, validated_at = self._end_of_period(f"epoch-{st.epoch:03d}"), st.step
@@ -421,6 +421,11 @@ class Trainer:
         elif step > self._clock_start[0]:
             self._end_schedule_in_time(step, spent, (spent - self._clock_start[1]) / (step - self._clock_start[0]))
         return spent >= budget
+
+    def _schedule_over(self) -> bool:
+        """--max-minutes with the cosine: its end, placed by the time budget, can come before the next
+        time check; the steps after it would run at learning rate 0 and change nothing."""
+        return self.cfg.lr_schedule == "cosine" and self.state.step >= self.schedule_steps
 
     def _end_schedule_in_time(self, step: int, spent: float, per_step: float) -> None:
         """Where the cosine ends: the step the time budget runs out at, ``per_step`` seconds a step."""

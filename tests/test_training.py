@@ -493,6 +493,28 @@ def test_fresh_examples_every_epoch_are_asked_for_by_epoch_also_after_a_resume(s
     assert asked[-1] == 2 and 1 not in asked  # the resumed run starts at epoch 2
 
 
+def test_max_minutes_stops_where_the_cosine_ends_not_at_the_next_time_check(small_sets, tmp_path, monkeypatch):
+    """A slow step late in the run (3 s more at step 93) moves the cosine's end to step 96, between two time
+    checks (every 5 steps): training stops there, not after four steps at learning rate 0."""
+    from cdraw import training
+
+    clock = [0.0]
+    step = training.Trainer._train_step
+
+    def timed_step(self, idx):
+        step(self, idx)
+        clock[0] += 4.0 if self.state.step == 93 else 1.0
+
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training.Trainer, "_train_step", timed_step)
+    cfg = tiny_train_config(
+        tmp_path / "run", epochs=1000, max_minutes=100 / 60, log_every=5, lr=1e-3, lr_schedule="cosine"
+    )
+    train(cfg, *small_sets)
+    record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert record["step"] == 96
+
+
 def test_max_minutes_stops_training_and_saves_the_model(small_sets, tmp_path):
     train_set, valid_set = small_sets
     cfg = tiny_train_config(tmp_path / "run", epochs=1000, max_minutes=1e-6, log_every=5)
