@@ -31,6 +31,10 @@ def run_main(main: Callable[[], object], training: bool = True) -> None:
     warnings.showwarning = _one_line_warning
     try:
         main()
+        sys.stdout.flush()  # a closed pipe shows here, where it is caught, not at exit
+    except BrokenPipeError:  # the reader went away (`cdraw info | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
     except CDrawError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -135,6 +135,17 @@ def test_info_describes_the_model(models):
     assert "not a test figure: the model trained on images of the test file" in shipped.stdout
 
 
+def test_output_into_a_closed_pipe_ends_quietly(models):
+    """`cdraw info | head -1`: the reader closes the pipe; no traceback on the terminal."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    env = {**os.environ, "CDRAW_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "cdraw.cli", "info", "--checkpoint", str(models / "plain")]
+    proc = subprocess.run(args, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300, env=env)
+    os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+
+
 def test_info_describes_a_pretrained_encoder_model_without_the_text_extra(monkeypatch, capsys):
     """`cdraw info` on the default caption model without transformers installed: described, its own
     parameters counted from the weights file, and what using it needs said (it was an error)."""
