@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -158,6 +159,23 @@ def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
     if isinstance(images, int | float) and isinstance(whole, int | float) and images < whole:
         return int(images)
     return None
+
+
+def data_source(training: dict[str, Any]) -> str:
+    """Which file a run's images came from, in words (``cdraw info``, model cards), from the
+    ``source`` its ``training.json`` records: ``t10k`` / ``train`` (the class-label recipe's
+    ``--source``), or the caption recipe's digit pool (:func:`cdraw.mnist_captions.digit_pools`);
+    "" when not recorded."""
+    source = training.get("source")
+    if not isinstance(source, str):
+        return ""
+    pool = re.fullmatch(r"mnist t10k: the (\d+) digits of t10k_split\(\)\[(\d)\] \(seed (\d+)\)", source)
+    if pool:
+        digits, part, seed = (int(g) for g in pool.groups())
+        which = "the training part" if part == 0 else "the held-out part"
+        return f"{digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {seed}"
+    source = source.removeprefix("mnist ")  # a whole file of MNIST: "mnist train", "mnist t10k"
+    return f"MNIST's {source} file" if source in ("train", "t10k") else source
 
 
 def run_length(training: dict[str, Any]) -> str:

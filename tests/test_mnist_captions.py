@@ -288,3 +288,17 @@ def test_script_writes_the_dataset_and_refuses_to_overwrite(mnist_idx_dir, tmp_p
     ):
         refused = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_info_and_cards_say_which_digits_a_caption_model_trained_on_in_words(mnist_idx_dir):
+    """The recorded source names a function (t10k_split()[0]); what a user reads names the file and part."""
+    from cdraw.io import data_source
+    from cdraw.mnist_captions import source_pools
+
+    pools = source_pools(mnist_idx_dir, source="t10k-split", download=False)
+    said = data_source({"source": pools["train"].source})
+    assert said == "8,000 digits of MNIST's test file (t10k), the training part of its split with seed 0"
+    assert "held-out part" in data_source({"source": pools["test"].source})
+    assert data_source({"source": "t10k"}) == "MNIST's t10k file"  # the class-label recipe's --source
+    assert data_source({"source": "mnist train"}) == "MNIST's train file"
+    assert data_source({}) == ""

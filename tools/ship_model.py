@@ -22,7 +22,15 @@ from cdraw.cli import resolve_checkpoint, run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.io import EVAL_RECORD, TRAINING_RECORD, earlier_runs, read_record, run_length, training_seconds
+from cdraw.io import (
+    EVAL_RECORD,
+    TRAINING_RECORD,
+    data_source,
+    earlier_runs,
+    read_record,
+    run_length,
+    training_seconds,
+)
 from cdraw.model import DRAW
 
 KEEP = ("config.json", "model.safetensors", TRAINING_RECORD, EVAL_RECORD, "tokenizer.model", "tokenizer_words.txt")
@@ -59,7 +67,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "## Training",
         "",
         f"- data: {training.get('dataset', 'not recorded')}"
-        + (f" (from its {training['source']} file)" if "source" in training else ""),
+        + (f" (from {data_source(training)})" if data_source(training) else ""),
         f"- length: {run_length(training)}",
         f"- validation bound at the end: {training.get('valid', {}).get('bound', float('nan')):.2f} nats",
         *started_from(training),
