@@ -161,7 +161,7 @@ def fresh_output_dir(parent: str | os.PathLike = "cdraw-output") -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise unwritable_folder(parent, e, "--out") from None
+            raise unwritable_folder(parent, e, "--out", default=True) from None
     raise CDrawError(f"{parent} has too many folders named {stamp}: pass --out")
 
 

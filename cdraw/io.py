@@ -67,12 +67,15 @@ def _typed(name: str, tp: Any, value: Any) -> Any:
     return float(value) if tp is float else value
 
 
-def unwritable_folder(folder: Path, error: OSError, flag: str) -> CDrawError:
-    """The one-line error for an output folder (``flag``: the option that named it) that cannot be made
-    or written: a file of that name (or a file on its path) is said as such."""
+def unwritable_folder(folder: Path, error: OSError, flag: str, default: bool = False) -> CDrawError:
+    """The one-line error for an output folder (``flag``: the option that names it; ``default``: the
+    folder is the option's default, not given) that cannot be made or written: a file of that name (or a
+    file on its path) is said as such."""
     on_path = [p for p in (folder, *folder.parents) if p.exists()][:1]
     if on_path and not on_path[0].is_dir():
         where = "" if on_path[0] == folder else f": {on_path[0]}"
+        if default:
+            return CDrawError(f"the default output folder {folder}{where} is a file; choose a folder with {flag}")
         return CDrawError(f"{flag} {folder}{where} is a file, not a folder; choose a folder")
     return CDrawError(f"cannot write to the output folder {folder}: {error.strerror}")
 

@@ -134,7 +134,7 @@ def test_a_full_disk_while_generating_is_one_line_and_leaves_no_folder(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == []  # the folder the user named, empty: nothing half-written
 
 
-def test_an_output_folder_that_is_a_file_is_said_so(tmp_path, capsys):
+def test_an_output_folder_that_is_a_file_is_said_so(tmp_path, capsys, monkeypatch):
     from cdraw import cli
     from cdraw.training import lock_run_dir
 
@@ -145,6 +145,12 @@ def test_an_output_folder_that_is_a_file_is_said_so(tmp_path, capsys):
             cli.main(["generate", "--num", "2", "--no-gif", "--out", str(tmp_path / out)])
         (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert line == "error: " + said.format(tmp_path) + ", not a folder; choose a folder", line
+    (tmp_path / "cdraw-output").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):  # no --out: the default folder, cdraw-output, is a file here
+        cli.main(["generate", "--num", "2", "--no-gif"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert line == "error: the default output folder cdraw-output is a file; choose a folder with --out", line
     with pytest.raises(CDrawError, match="--output-dir .*afile is a file, not a folder"):
         lock_run_dir(tmp_path / "afile")
     assert (tmp_path / "afile").read_text() == "mine"
