@@ -167,7 +167,7 @@ def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
 def data_source(training: dict[str, Any]) -> str:
     """Which file a run's images came from, in words (``cdraw info``, model cards), from the
     ``source`` its ``training.json`` records: ``t10k`` / ``train`` (the class-label recipe's
-    ``--source``), or the caption recipe's digit pool (:func:`cdraw.mnist_captions.digit_pools`);
+    ``--source``), or the caption recipe's digit pool (:func:`cdraw.mnist_captions.source_pools`);
     "" when not recorded."""
     source = training.get("source")
     if not isinstance(source, str):
