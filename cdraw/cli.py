@@ -215,7 +215,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"conditioning {_describe(kind)}; prior {prior}")
     r = read_record(folder)
     if r:
-        source = f" ({data_source(r)})" if data_source(r) else ""
+        source = f" ({source})" if (source := data_source(r)) else ""
         print(
             f"trained on   {r.get('dataset') or 'an unrecorded data set'}{source}: {run_length(r)}; "
             f"validation bound {r.get('valid', {}).get('bound', float('nan')):.2f} nats"

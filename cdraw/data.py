@@ -77,12 +77,14 @@ def offline_variables() -> list[str]:
     return [f"{v}={os.environ[v]}" for v in names if os.environ.get(v, "").strip().upper() in OFFLINE_VALUES]
 
 
-def not_downloaded(download: bool | None) -> str:
-    """Why files that are missing were not downloaded, for the error that says they are missing."""
-    offline = offline_variables()
-    if download is None and offline:
-        return f"; not downloaded, as {' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set"
-    return "; downloading was turned off" if download is False else ""
+def why_not_downloading(download: bool | None) -> str | None:
+    """None when missing files may be downloaded (``download``; None: unless offline), else why not, as
+    the end of the error that says they are missing."""
+    if download is None:
+        offline = offline_variables()
+        verb = "is" if len(offline) == 1 else "are"
+        return f"; not downloaded, as {' and '.join(offline)} {verb} set" if offline else None
+    return None if download else "; downloading was turned off"
 
 
 OFFLINE_VALUES = ("1", "TRUE", "YES", "ON")
@@ -159,11 +161,8 @@ def load_binarized_mnist(
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     source = find_split_file(split, data_dir)
     if source is None:
-        if not (downloads_allowed() if download is None else download):
-            raise CDrawError(
-                f"binarized MNIST '{split}' split not found in {data_dir}: {_where_to_put(data_dir)}"
-                + not_downloaded(download)
-            )
+        if (why := why_not_downloading(download)) is not None:
+            raise CDrawError(f"binarized MNIST '{split}' split not found in {data_dir}: {_where_to_put(data_dir)}{why}")
         source = download_split(split, data_dir)
 
     stat = source.stat()
@@ -262,8 +261,8 @@ def load_labelled(
             f"put {' and '.join(missing)} in {folder} (from {url.format(file='')}), "
             f"or point --data-dir / CDRAW_DATA_DIR at a folder that has them"
         )
-        if not (downloads_allowed() if download is None else download):
-            raise CDrawError(f"{dataset} '{part}' files not found in {data_dir}: {hint}{not_downloaded(download)}")
+        if (why := why_not_downloading(download)) is not None:
+            raise CDrawError(f"{dataset} '{part}' files not found in {data_dir}: {hint}{why}")
         paths = [
             path or _download(url.format(file=name), folder / name, hint)
             for name, path in zip(names, paths, strict=True)
