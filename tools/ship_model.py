@@ -67,7 +67,7 @@ def card(folder: Path, name: str, train_command: str, eval_command: str) -> str:
         "## Training",
         "",
         f"- data: {training.get('dataset', 'not recorded')}"
-        + (f" (from {data_source(training)})" if data_source(training) else ""),
+        + (f" (from {source})" if (source := data_source(training)) else ""),
         f"- length: {run_length(training)}",
         f"- validation bound at the end: {training.get('valid', {}).get('bound', float('nan')):.2f} nats",
         *started_from(training),
