@@ -439,20 +439,27 @@ def test_trackers_log_the_runs_flat_hyperparameters_and_wandb_must_be_installed(
         TrainConfig(log_with="mlflow")
 
 
-def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, tmp_path, monkeypatch):
-    """Each step takes 1 s of a fake clock: a 100 s budget is 100 steps, and the cosine must reach 0
-    there (not at the 1,000 epochs of the config)."""
+def fake_clock(monkeypatch, seconds_of_step) -> list[float]:
+    """Training's clock (time.perf_counter) made to move only with its steps: ``seconds_of_step(step)``
+    seconds for each, step counted after it; the clock, a one-element list, is returned to be reset."""
     from cdraw import training
 
     clock = [0.0]
-    step = training.Trainer._train_step
+    real_step = training.Trainer._train_step
 
-    def one_second_step(self, idx):
-        step(self, idx)
-        clock[0] += 1.0
+    def timed_step(self, idx):
+        real_step(self, idx)
+        clock[0] += seconds_of_step(self.state.step)
 
     monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(training.Trainer, "_train_step", one_second_step)
+    monkeypatch.setattr(training.Trainer, "_train_step", timed_step)
+    return clock
+
+
+def test_max_minutes_ends_the_cosine_schedule_with_the_time_budget(small_sets, tmp_path, monkeypatch):
+    """Each step takes 1 s of a fake clock: a 100 s budget is 100 steps, and the cosine must reach 0
+    there (not at the 1,000 epochs of the config)."""
+    clock = fake_clock(monkeypatch, lambda step: 1.0)
     cfg = tiny_train_config(
         tmp_path / "run", epochs=1000, max_minutes=100 / 60, log_every=5, lr=1e-3, lr_schedule="cosine"
     )
@@ -496,17 +503,7 @@ def test_fresh_examples_every_epoch_are_asked_for_by_epoch_also_after_a_resume(s
 def test_max_minutes_stops_where_the_cosine_ends_not_at_the_next_time_check(small_sets, tmp_path, monkeypatch):
     """A slow step late in the run (3 s more at step 93) moves the cosine's end to step 96, between two time
     checks (every 5 steps): training stops there, not after four steps at learning rate 0."""
-    from cdraw import training
-
-    clock = [0.0]
-    step = training.Trainer._train_step
-
-    def timed_step(self, idx):
-        step(self, idx)
-        clock[0] += 4.0 if self.state.step == 93 else 1.0
-
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(training.Trainer, "_train_step", timed_step)
+    fake_clock(monkeypatch, lambda step: 4.0 if step == 93 else 1.0)
     cfg = tiny_train_config(
         tmp_path / "run", epochs=1000, max_minutes=100 / 60, log_every=5, lr=1e-3, lr_schedule="cosine"
     )
