@@ -192,7 +192,11 @@ def generate(
         what = "captions" if captions else "labels"
         raise CDrawError(f"too many {what}: {rows:,}; one call draws at most {MAX_IMAGES} (split them up)")
     if not isinstance(num, int) or num < 1 or num * rows > MAX_IMAGES:
-        raise CDrawError(f"--num must be between 1 and {MAX_IMAGES // rows} here ({rows} condition(s)), got {num}")
+        per = f" with {rows} {'captions' if captions else 'labels'}" if rows > 1 else ""
+        raise CDrawError(
+            f"--num must be between 1 and {MAX_IMAGES // rows}{per} (one call draws at most {MAX_IMAGES:,} images),"
+            f" got {num}"
+        )
     device = model.h_dec0.device
     ids = model.encode_condition(conditions) if conditions is not None else None  # (R,) or (R, L)
     batch_ids = ids.repeat_interleave(num, dim=0) if ids is not None else None  # (R * num, ...)

@@ -177,6 +177,10 @@ def test_info_describes_a_pretrained_encoder_model_without_the_text_extra(monkey
         (["generate", "--checkpoint", "{models}/plain", "--num", "0"], ["--num", "at least 1"]),
         (["generate", "--checkpoint", "{models}/plain", "--num", "-3"], ["--num"]),
         (["generate", "--checkpoint", "{models}/plain", "--num", "100000"], ["--num must be between 1 and 1024"]),
+        (
+            ["generate", "--checkpoint", "{models}/label", "--label", "1", "2", "--num", "600"],
+            ["between 1 and 512 with 2 labels"],
+        ),
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/empty.txt"], ["no captions"]),
         (["generate", "--checkpoint", "{models}/caption", "--captions-file", "{models}/none.txt"], ["cannot read"]),
         (["generate", "--captions-file", "{models}/two.txt", "--label", "1"], ["one or the other"]),
