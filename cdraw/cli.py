@@ -45,19 +45,26 @@ def run_main(main: Callable[[], object], training: bool = True) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A model folder from what a user points at: the folder itself, a training run's ``model/``,
-    or a Hugging Face Hub id (``owner/name``, downloaded when online, else from the local cache)."""
+    """A model folder from what a user points at: the folder itself, a training run's ``model/``, a
+    shipped model's name (``mnist_labels``; a folder of that name comes first), or a Hugging Face Hub
+    id (``owner/name``, downloaded when online, else from the local cache)."""
     from cdraw.hub import HUB_ID, snapshot
+    from cdraw.io import shipped_model, shipped_model_names
 
     given = str(path)
     path = Path(path).expanduser()
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():
             return candidate
+    if not path.exists() and (shipped := shipped_model(given)):
+        return shipped
     if not path.exists() and HUB_ID.fullmatch(given):
         return snapshot(given)
     if not path.exists():
-        raise CDrawError(f"checkpoint {path} does not exist")
+        names = ", ".join(shipped_model_names())
+        raise CDrawError(
+            f"checkpoint {path} does not exist" + (f" (nor is it a shipped model: {names})" if names else "")
+        )
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
 
 
@@ -176,6 +183,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from cdraw.generate import default_checkpoint
     from cdraw.io import (
         EVAL_RECORD,
+        SHIPPED,
         TRAINING_RECORD,
         data_source,
         earlier_runs,
@@ -183,6 +191,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         measured_on_part,
         read_record,
         run_length,
+        shipped_model_names,
         stored_parameters,
         training_seconds,
     )
@@ -203,6 +212,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     h, w = cfg.image_size
     print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
+    if folder.resolve().parent == SHIPPED:
+        others = ", ".join(name for name in shipped_model_names() if name != folder.resolve().name)
+        print(
+            f"ships        with cdraw as {folder.resolve().name} (--checkpoint {folder.resolve().name}); also: {others}"
+        )
     print(f"model        DRAW, {parameters}; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
     print(f"glimpses     T = {cfg.glimpses}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
     if cfg.attention:
@@ -402,7 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  cdraw generate --checkpoint user/cdraw-model     # a Hugging Face Hub id (when online)",
         formatter_class=raw,
     )
-    _add_common(gen, "model folder, a training run folder, or a Hugging Face Hub id (default: the shipped model)")
+    _add_common(
+        gen,
+        "model folder, a training run folder, a shipped model by name (e.g. mnist_labels) or a Hugging Face Hub"
+        " id (default: the shipped model)",
+    )
     what = gen.add_mutually_exclusive_group()
     what.add_argument("--caption", nargs="+", metavar="TEXT", help="one or more captions (quote each)")
     what.add_argument("--label", type=non_negative_int, nargs="+", metavar="K", help="one or more class labels")
@@ -428,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  cdraw reconstruct --num 16\n  cdraw reconstruct --checkpoint runs/mnist --split valid",
         formatter_class=raw,
     )
-    _add_common(rec, "model folder or run folder (default: the shipped unconditional model)")
+    _add_common(
+        rec, "model folder, run folder, shipped model by name or Hub id (default: the shipped unconditional model)"
+    )
     rec.add_argument(
         "--data",
         choices=_DataSetNames(),
@@ -454,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  cdraw info\n  cdraw info --checkpoint runs/mnist_captions",
         formatter_class=raw,
     )
-    info.add_argument("--checkpoint", help="model folder, run folder or Hub id (default: the shipped model)")
+    info.add_argument(
+        "--checkpoint", help="model folder, run folder, shipped model by name or Hub id (default: the shipped model)"
+    )
     info.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     info.set_defaults(func=cmd_info)
 
@@ -492,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
-        "--checkpoint", help="model folder, run folder or Hub id (default: the shipped unconditional MNIST model)"
+        "--checkpoint",
+        help="model folder, run folder, shipped model by name or Hub id (default: the shipped unconditional model)",
     )
     ev.add_argument(
         "--data",

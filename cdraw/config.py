@@ -60,8 +60,9 @@ class TrainConfig:
     init_weights: str | None = field(
         default=None,
         metadata={
-            "help": "start from a trained model (a model folder or Hub id): each weight whose name and shape "
-            "match is copied, the text encoder's only when both use the same encoder and tokenizer"
+            "help": "start from a trained model (a model folder, a shipped model by name or a Hub id): each weight "
+            "whose name and shape match is copied, the text encoder's only when both use the same encoder and "
+            "tokenizer"
         },
     )
     max_minutes: float | None = field(

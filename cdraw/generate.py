@@ -22,19 +22,18 @@ from pathlib import Path
 import torch
 
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import unwritable_folder
+from cdraw.io import SHIPPED, unwritable_folder
 from cdraw.model import DRAW, Trace
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "models"
 #: The default models, by what they are conditioned on (``cdraw generate`` without --checkpoint).
 DEFAULT_MODELS = {
-    "none": ASSETS / "mnist",
-    "caption": ASSETS / "mnist_captions_minilm",
-    "label": ASSETS / "mnist_labels",
+    "none": SHIPPED / "mnist",
+    "caption": SHIPPED / "mnist_captions_minilm",
+    "label": SHIPPED / "mnist_labels",
 }
 #: The caption model drawn with when the default one's pretrained text encoder is not installed
 #: (the 'text' extra): a BiLSTM over its own words, which needs nothing beyond the core install.
-CAPTION_WITHOUT_TEXT_EXTRA = ASSETS / "mnist_captions"
+CAPTION_WITHOUT_TEXT_EXTRA = SHIPPED / "mnist_captions"
 #: Every model folder that ships inside the package.
 SHIPPED_MODELS = (*DEFAULT_MODELS.values(), CAPTION_WITHOUT_TEXT_EXTRA)
 #: The most images one command draws (a grid of them, and a GIF of every step).

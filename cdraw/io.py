@@ -115,13 +115,37 @@ def read_record(folder: str | os.PathLike, name: str = TRAINING_RECORD) -> dict[
 
 #: the folder of the installed cdraw package; its parent is where its paths are shown from
 PACKAGE = Path(__file__).resolve().parent
+#: the models that ship inside the package, a folder each, named after it (``mnist_captions``)
+SHIPPED = PACKAGE / "assets" / "models"
+
+
+def shipped_model(name: str) -> Path | None:
+    """The folder of a model that ships inside the package, from its name (``mnist_captions``) or
+    from the name records give it (``cdraw/assets/models/mnist_captions``, :func:`model_source`),
+    so that either works from any folder and any install; None for any other name."""
+    parts = Path(name).parts
+    if parts[:1] == (PACKAGE.name,) and len(parts) > 1:
+        folder = PACKAGE.joinpath(*parts[1:])
+    elif len(parts) == 1:
+        folder = SHIPPED / name
+    else:
+        return None
+    folder = folder.resolve()
+    return folder if folder.parent == SHIPPED and (folder / CONFIG_NAME).is_file() else None
+
+
+def shipped_model_names() -> list[str]:
+    """The names :func:`shipped_model` takes, for messages."""
+    return sorted(config.parent.name for config in SHIPPED.glob(f"*/{CONFIG_NAME}"))
 
 
 def model_source(name: str) -> str:
     """How a run's records name the model it started from (``--init-weights``): a model inside the
-    cdraw package (a shipped one) as ``cdraw/...``, whichever checkout or install it was read from,
-    anything else as given."""
+    cdraw package (a shipped one) as ``cdraw/...``, whichever checkout or install it was read from
+    and whether it was named by its path or its name, anything else as given."""
     path = Path(name).expanduser()
+    if not path.exists():
+        path = shipped_model(name) or path
     try:
         inside = path.resolve().relative_to(PACKAGE) if path.exists() else None
     except ValueError:

@@ -368,9 +368,9 @@ SHIPPED_SAMPLES = {
 
 @pytest.mark.parametrize("kind", SHIPPED_SAMPLES)
 def test_shipped_models_draw_what_they_drew_before_the_redesign(kind):
-    from cdraw.generate import ASSETS
+    from cdraw.io import SHIPPED
 
-    model = DRAW.from_pretrained(ASSETS / SHIPPED_FOLDERS[kind])
+    model = DRAW.from_pretrained(SHIPPED / SHIPPED_FOLDERS[kind])
     condition, sums = SHIPPED_SAMPLES[kind]
     for fused in (True, False):
         x = model.use_fused_step(fused).sample(4, condition, generator=torch.Generator().manual_seed(0))

@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from cdraw import DRAW, CDrawError, CDrawWarning
 from cdraw.cli import main as cdraw_main
+from cdraw.cli import resolve_checkpoint
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.io import PACKAGE, earlier_runs, model_source, read_record, run_length
+from cdraw.io import PACKAGE, SHIPPED, earlier_runs, model_source, read_record, run_length, shipped_model
 from cdraw.training import TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +261,7 @@ def test_records_name_a_shipped_model_they_started_from_as_cdraw_path(tmp_path):
     """A run started from a model inside the cdraw package (a shipped one, from any checkout or
     spelling of its path) records it as ``cdraw/...``, not as this machine's path; any other model
     as given. The shipped models' own records follow it."""
-    shipped = PACKAGE / "assets" / "models" / "mnist"
+    shipped = SHIPPED / "mnist"
     for spelling in (str(shipped), str(shipped) + "/", str(PACKAGE / "assets" / ".." / "assets" / "models" / "mnist")):
         assert model_source(spelling) == "cdraw/assets/models/mnist"
     assert model_source(str(tmp_path)) == str(tmp_path)  # a folder of the user's own
@@ -268,6 +269,27 @@ def test_records_name_a_shipped_model_they_started_from_as_cdraw_path(tmp_path):
     for folder in SHIPPED_MODELS:
         for name, _ in earlier_runs(read_record(folder)):
             assert not Path(name).is_absolute(), (folder.name, name)
+
+
+def test_a_shipped_model_is_found_by_its_name_or_recorded_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    """`--checkpoint mnist_labels`, `--init-weights mnist` and the ``cdraw/assets/models/...`` that
+    records and `cdraw info` print find the shipped folder from any working folder (an install has
+    no checkout to be in); a folder of the user's own of that name comes first."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("mnist_labels", "cdraw/assets/models/mnist_labels"):
+        assert shipped_model(name) == SHIPPED / "mnist_labels"
+        assert resolve_checkpoint(name) == SHIPPED / "mnist_labels"
+        assert model_source(name) == "cdraw/assets/models/mnist_labels"  # an --init-weights run's record
+    for other in ("nosuch", "someone/mnist", "cdraw/assets/models/../../io.py", "..", "cdraw", "cdraw/assets", ""):
+        assert shipped_model(other) is None, other
+    assert DRAW.from_pretrained("mnist").config == DRAW.from_pretrained(SHIPPED / "mnist").config
+    cdraw_main(["info", "--checkpoint", "mnist"])
+    assert "ships        with cdraw as mnist (--checkpoint mnist); also: mnist_captions" in capsys.readouterr().out
+    with pytest.raises(CDrawError, match="nosuch does not exist .nor is it a shipped model: mnist, mnist_captions"):
+        resolve_checkpoint("nosuch")
+    (tmp_path / "mnist_labels").mkdir()  # the user's own folder of that name
+    with pytest.raises(CDrawError, match="is not a cdraw checkpoint"):
+        resolve_checkpoint("mnist_labels")
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
