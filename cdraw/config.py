@@ -226,10 +226,13 @@ def train_arg_parser(
     )
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue from the latest checkpoint in --output-dir with the run's own settings (its "
-        "train_config.yaml; --config is not read, a warning names where it differs): flags given with it "
-        "change them, each change said",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue from the latest checkpoint in the run folder RUN (default: --output-dir) with the run's "
+        "own settings (its train_config.yaml; --config is not read, a warning names where it differs): flags "
+        "given with it change them, each change said",
     )
     shown = _settings(default_config)
     train_group = parser.add_argument_group("training")
@@ -276,6 +279,10 @@ def parse_train_args(
     config_file = args.pop("config")
     cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
+    if isinstance(resume, str):  # --resume RUN: the run folder, as --output-dir names it
+        if "output_dir" in args and Path(args["output_dir"]).expanduser() != Path(resume).expanduser():
+            raise CDrawError(f"--resume {resume} and --output-dir {args['output_dir']} name two runs: give one")
+        args["output_dir"], resume = resume, True
     d = _with_flags(cfg.to_dict(), args)
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)

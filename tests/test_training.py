@@ -152,6 +152,10 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_run
     cfg, resume = parse_train_args(["--resume", "--output-dir", str(out), *flags])
     assert resume and (cfg.model.enc_size, cfg.max_steps, cfg.checkpoint_every) == (32, 8, 2)  # the run's, not defaults
     assert (cfg.lr, cfg.adam_beta1, cfg.batch_size) == (5e-4, 0.9, 25)
+    assert parse_train_args(["--resume", str(out), *flags]) == (cfg, True)  # --resume RUN names the folder
+    assert parse_train_args([*flags, "--output-dir", str(out), "--resume", str(out)]) == (cfg, True)
+    with pytest.raises(CDrawError, match="name two runs: give one"):
+        parse_train_args(["--resume", str(out), "--output-dir", str(tmp_path / "other")])
     # --config is not read on resume: where a file given with it differs from the run (its own keys,
     # flags aside), one warning says so; the same settings, or no --config, say nothing
     mine = tmp_path / "mine.yaml"

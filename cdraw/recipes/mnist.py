@@ -4,7 +4,7 @@ Examples:
   cdraw train mnist                      # the paper's config, all epochs
   cdraw train mnist --max-steps 200      # a short run
   cdraw train mnist --no-attention       # the 87.40-nat baseline
-  cdraw train mnist --resume             # continue the run in --output-dir
+  cdraw train mnist --resume             # continue the run in --output-dir (or: --resume RUN)
   cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # 2 processes
 """
 
