@@ -284,6 +284,10 @@ def _describe(kind: str) -> str:
 def cmd_train(args: argparse.Namespace) -> None:
     from cdraw.launch import run_recipe
 
+    if args.recipe is None:  # argparse would also name the optional overrides as missing
+        raise CDrawError(
+            "which recipe? cdraw train RECIPE, with RECIPE one of mnist, mnist_labels, mnist_captions, coco"
+        )
     launch_args, overrides = _launch_args_after_recipe(args.overrides)
     sys.exit(run_recipe(args.recipe, args.launch_args + launch_args, overrides))
 
@@ -489,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  cdraw train --launch-args='--multi_gpu --num_processes 2' mnist   # 2 processes through accelerate",
         formatter_class=raw,
     )
-    tr.add_argument("recipe", help="mnist, mnist_labels, mnist_captions or coco")
+    tr.add_argument("recipe", nargs="?", help="mnist, mnist_labels, mnist_captions or coco")
     tr.add_argument("overrides", nargs=argparse.REMAINDER, help="flags for the recipe (see its --help)")
     tr.add_argument(
         "--launch-args",

@@ -247,6 +247,9 @@ def test_reconstruct_draws_read_and_write_windows_and_kl(data_dir, tmp_path):
 def test_train_forwards_to_a_recipe_and_names_the_recipes():
     proc = cdraw("train", "nosuch")
     one_line_error(proc, "no recipe 'nosuch'", "mnist_captions")
+    proc = cdraw("train")  # no recipe: which ones there are, not "required: recipe, overrides"
+    one_line_error(proc, "which recipe? cdraw train RECIPE", "mnist_captions")
+    assert "overrides" not in proc.stderr
 
 
 def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
