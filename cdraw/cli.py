@@ -283,11 +283,10 @@ def _describe(kind: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from cdraw.launch import run_recipe
+    from cdraw.recipes import NAMES
 
     if args.recipe is None:  # argparse would also name the optional overrides as missing
-        raise CDrawError(
-            "which recipe? cdraw train RECIPE, with RECIPE one of mnist, mnist_labels, mnist_captions, coco"
-        )
+        raise CDrawError(f"which recipe? cdraw train RECIPE, with RECIPE one of {', '.join(NAMES)}")
     launch_args, overrides = _launch_args_after_recipe(args.overrides)
     sys.exit(run_recipe(args.recipe, args.launch_args + launch_args, overrides))
 
