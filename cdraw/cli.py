@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from cdraw.errors import EXIT_USER_ERROR, CDrawError, OneLineParser
+from cdraw.errors import EXIT_USER_ERROR, CDrawError, OneLineParser, non_negative_int, positive_int, seed_int
 
 EXIT_INTERRUPTED = 130
 
@@ -66,26 +66,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             f"checkpoint {path} does not exist" + (f" (nor is it a shipped model: {names})" if names else "")
         )
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
-
-
-def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1)  # argparse types
-non_negative_int = _int_at_least(0)
-seed_int = _int_at_least(0, 2**32 - 1)  # as TrainConfig.seed (cdraw.config.MAX_SEED; not imported: torch)
 
 
 def pick_device(name: str | None):
@@ -289,6 +269,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CDrawError(f"which recipe? cdraw train RECIPE, with RECIPE one of {', '.join(NAMES)}")
     launch_args, overrides = _launch_args_after_recipe(args.overrides)
     sys.exit(run_recipe(args.recipe, args.launch_args + launch_args, overrides))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from cdraw.prepare import DATASETS, prepare
+
+    if args.dataset not in DATASETS:
+        which = "which data set?" if args.dataset is None else f"no data set {args.dataset!r} to prepare:"
+        raise CDrawError(f"{which} cdraw prepare DATASET, with DATASET one of {', '.join(DATASETS)}")
+    prepare(args.dataset, args.flags)
 
 
 def _launch_args_after_recipe(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -501,6 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="flags for accelerate launch, quoted (before RECIPE, or after it among its flags)",
     )
     tr.set_defaults(func=cmd_train)
+
+    from cdraw.prepare import DATASETS
+
+    prep = sub.add_parser(
+        "prepare",
+        help="make a data set ready: fetch binarized MNIST, make MNIST with captions, resize your COCO files",
+        description="Make a data set ready before training on it (MNIST data sets are also fetched or made when "
+        "a command first needs them; COCO is made only from files you have). `cdraw prepare DATASET --help` "
+        "lists its settings.",
+        epilog="examples:\n  cdraw prepare binarized-mnist --data-dir data/\n"
+        "  cdraw prepare mnist-captions --out data/mnist_captions\n"
+        "  cdraw prepare coco --captions ~/coco/annotations/captions_train2014.json --images ~/coco/train2014",
+        formatter_class=raw,
+    )
+    prep.add_argument("dataset", nargs="?", metavar="DATASET", help=", ".join(DATASETS))
+    prep.add_argument("flags", nargs=argparse.REMAINDER, help="flags for that data set (see its --help)")
+    prep.set_defaults(func=cmd_prepare)
 
     ev = sub.add_parser(
         "eval",

@@ -41,7 +41,7 @@ MAP_BATCH = 64  # images per call of the resize function: amortises Arrow overhe
 WARN_NAMES = 3  # how many skipped file names a warning lists
 CHECKED_NAMES = 10  # first images looked for before the pass, to catch a wrong --images folder early
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-SCRIPT = "data_scripts/prepare_coco.py"
+COMMAND = "cdraw prepare coco"  # what makes a split (cdraw.prepare)
 COLUMNS = ("image", "captions", "image_id", "file_name")  # parquet column order
 
 

@@ -140,7 +140,7 @@ T10K_TRAIN_DIGITS = 8_000  # of the 10,000 t10k digits, the first 8,000 of the p
 SUBDIR = "mnist_captions"  # its folder inside a data folder
 METADATA_NAME = "metadata.json"
 FORMAT = "cdraw-mnist-captions-2"
-MAKE_COMMAND = "python data_scripts/make_mnist_captions.py --out {folder}"
+MAKE_COMMAND = "cdraw prepare mnist-captions --out {folder}"
 
 
 class Caption(NamedTuple):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from cdraw.cli import positive_int, run_main
+from cdraw.cli import run_main
 from cdraw.data import binarize, load_labelled
+from cdraw.errors import positive_int
 from cdraw.fidelity import EMPTY_CLASS, SHIPPED, WINDOW, label_fidelity, predict, train_digit_classifier
 from cdraw.mnist_captions import source_pools
 

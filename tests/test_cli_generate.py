@@ -252,6 +252,16 @@ def test_train_forwards_to_a_recipe_and_names_the_recipes():
     assert "overrides" not in proc.stderr
 
 
+def test_prepare_checks_binarized_mnist_and_names_the_data_sets(data_dir):
+    done = cdraw("prepare", "binarized-mnist", "--data-dir", str(data_dir), "--no-download")
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["train", "valid", "test"]
+    assert "train: 50000 images" in done.stdout
+    one_line_error(cdraw("prepare"), "which data set? cdraw prepare DATASET", "binarized-mnist, mnist-captions, coco")
+    one_line_error(cdraw("prepare", "cifar"), "no data set 'cifar' to prepare")
+    one_line_error(cdraw("prepare", "coco", "--size", "0"), "--size: must be at least 1", "cdraw prepare coco --help")
+
+
 def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
     """One process runs the recipe directly with OMP_NUM_THREADS = the cores (accelerate launch
     alone would train on one thread); several go through accelerate launch with the thread flag

@@ -148,11 +148,13 @@ def test_caption_pairs_pair_every_caption_with_its_image():
     assert index.shape == (0,) and texts == []
 
 
-def test_script_runs_end_to_end_and_reports_user_errors_in_one_line(coco, tmp_path):
+def test_cdraw_prepare_coco_runs_end_to_end_and_reports_user_errors_in_one_line(coco, tmp_path):
+    """`cdraw prepare coco` (an install has no data_scripts/), and the checkout's script, which calls it."""
+    command = [sys.executable, "-m", "cdraw.cli", "prepare", "coco"]
     script = [sys.executable, str(REPO / "data_scripts" / "prepare_coco.py")]
     args = ["--captions", str(coco["json"]), "--images", str(coco["images"]), "--out", str(tmp_path)]
-    run = {"capture_output": True, "text": True, "timeout": 60, "cwd": REPO}
-    ok = subprocess.run([*script, *args, "--split", "val", "--limit", "6", "--size", "16", "--num-proc", "2"], **run)
+    run = {"capture_output": True, "text": True, "timeout": 60, "cwd": tmp_path}
+    ok = subprocess.run([*command, *args, "--split", "val", "--limit", "6", "--size", "16", "--num-proc", "2"], **run)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == f"wrote {tmp_path / 'val.parquet'}: 5 images (16x16), 13 captions; skipped 1 (1 missing)\n"
     assert "warning: skipped 1 images" in ok.stderr and "Traceback" not in ok.stderr
@@ -161,6 +163,10 @@ def test_script_runs_end_to_end_and_reports_user_errors_in_one_line(coco, tmp_pa
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: captions file") and "nope.json" in bad.stderr
     assert bad.stderr.count("\n") == 1
+    missing = subprocess.run([*command, "--images", str(tmp_path)], **run)
+    assert missing.returncode == 2 and missing.stderr == (
+        "error: the following arguments are required: --captions (see `cdraw prepare coco --help`)\n"
+    )
 
 
 def test_existing_split_is_kept_unless_overwrite_and_a_failed_write_leaves_nothing(coco, tmp_path, monkeypatch):
@@ -244,7 +250,7 @@ def test_missing_image_folder_or_no_readable_images_are_clear_errors(coco, tmp_p
 
 def test_load_coco_names_the_script_when_the_split_is_missing(tmp_path):
     # a validation or test split is made from val2014, never from the training images
-    val = "'val' not found.*data_scripts/prepare_coco.py --captions COCO/annotations/captions_val2014.json "
+    val = "'val' not found.*cdraw prepare coco --captions COCO/annotations/captions_val2014.json "
     with pytest.raises(CDrawError, match=val + "--images COCO/val2014 .*--split val"):
         load_coco("val", tmp_path)
     with pytest.raises(CDrawError, match="captions_train2014.json --images COCO/train2014 .*--split train"):

@@ -2,9 +2,10 @@
 
 The README, the docs pages and the shipped models' cards show ``cdraw`` and recipe command lines,
 in code blocks and in inline code. Each is parsed here (never run) by the parser of what it calls:
-``cdraw ...`` by cdraw's; a recipe's flags (``cdraw train NAME ...``, ``recipes/train_NAME.py ...``,
-``-m cdraw.recipes.NAME ...``) by that recipe's, up to the config it builds; ``accelerate launch``'s
-own flags and ``--launch-args`` by accelerate's. A line in a code block is a whole command: any
+``cdraw ...`` by cdraw's (``cdraw prepare DATASET ...`` by that data set's); a recipe's flags
+(``cdraw train NAME ...``, ``recipes/train_NAME.py ...``, ``-m cdraw.recipes.NAME ...``) by that
+recipe's, up to the config it builds; ``accelerate launch``'s own flags and ``--launch-args`` by
+accelerate's. A line in a code block is a whole command: any
 error counts. Inline code may be a fragment (`cdraw generate --caption`), so there a missing value
 or argument is fine; an unknown option or a bad value never is. tests/test_readme.py runs the
 README's commands; this test reaches the pages no test runs.
@@ -24,6 +25,7 @@ from test_readme import BLOCK, shell_lines
 
 from cdraw import cli
 from cdraw.errors import CDrawError
+from cdraw.prepare import DATASETS
 from cdraw.recipes import NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,14 +35,16 @@ PAGES = [
     *sorted(REPO.glob("cdraw/assets/models/*/README.md")),
 ]
 INLINE = re.compile(r"`([^`\n]+(?:\n[^`\n]+)?)`")  # inline code may wrap onto a second line
-CDRAW = r"cdraw (?:generate|reconstruct|info|train|eval)\b"
+CDRAW = r"cdraw (?:generate|reconstruct|info|train|eval|prepare)\b"
 START = re.compile(rf"^(?:{CDRAW}|accelerate launch\b|python3? (?:-m cdraw\.recipes\.|recipes/train_))")
 FRAGMENT = (
     "expected one argument",
     "expected at least one argument",
     "the following arguments are required",
+    "which recipe?",
+    "which data set?",
 )  # fine in inline code only
-PLACEHOLDERS = {"NAME", "RECIPE"}  # `cdraw train NAME`, `recipes/train_NAME.py`
+PLACEHOLDERS = {"NAME", "RECIPE", "DATASET"}  # `cdraw train NAME`, `recipes/train_NAME.py`, `cdraw prepare DATASET`
 
 
 def commands() -> list[tuple[str, str, bool]]:
@@ -111,8 +115,16 @@ def command_error(line: str, monkeypatch) -> str | None:
         words = words[: words.index(stop)] if stop in words else words
     if words[0] == "cdraw":
         args, error = parsed(cli.build_parser(), words[1:])
-        if error or args is None or args.command != "train":
+        if error or args is None or args.command not in ("train", "prepare"):
             return error
+        if args.command == "prepare":
+            if args.dataset in PLACEHOLDERS:
+                return None
+            if args.dataset not in DATASETS:
+                return parse_error(lambda: cli.cmd_prepare(args))
+            return parsed(DATASETS[args.dataset][0](), args.flags)[1]
+        if args.recipe is None:
+            return parse_error(lambda: cli.cmd_train(args))
         launch, overrides = cli._launch_args_after_recipe(args.overrides)
         launch = args.launch_args + launch
         error = parsed(launch_command_parser(), [*launch, "x.py"])[1] if launch else None
@@ -130,7 +142,14 @@ def command_error(line: str, monkeypatch) -> str | None:
 
 def test_the_docs_show_commands_of_every_kind():
     lines = [c for _, c, _ in commands()]
-    for start in ("cdraw generate", "cdraw eval", "cdraw train", "accelerate launch", "python recipes/train_"):
+    for start in (
+        "cdraw generate",
+        "cdraw eval",
+        "cdraw train",
+        "cdraw prepare",
+        "accelerate launch",
+        "python recipes/train_",
+    ):
         assert any(c.startswith(start) for c in lines), start
     assert len(lines) > 100
 
@@ -146,6 +165,10 @@ def test_every_command_the_docs_show_parses(where, line, whole, monkeypatch):
 def test_a_wrong_option_in_the_docs_would_be_found(monkeypatch):
     assert "unrecognized arguments" in command_error("cdraw generate --num 4 --colour red", monkeypatch)
     assert "lr_schedule must be" in command_error("cdraw train mnist --lr-schedule steep", monkeypatch)
+    assert "unrecognized arguments: --colour" in command_error(
+        "cdraw prepare coco --captions c.json --images i --colour red", monkeypatch
+    )
+    assert "no data set 'cifar'" in command_error("cdraw prepare cifar", monkeypatch)
     assert "unrecognized arguments" in command_error("python recipes/train_mnist.py --colour red", monkeypatch)
     assert (
         command_error("accelerate launch --num_processes 2 recipes/train_mnist.py --max-steps 2", monkeypatch) is None

@@ -256,7 +256,7 @@ def test_parquet_files_load_back_and_with_hf_datasets(mnist_idx_dir, tmp_path):
 
 
 def test_missing_split_old_form_and_non_empty_folder_are_clear_errors(tmp_path):
-    with pytest.raises(CDrawError, match="make_mnist_captions.py --out"):
+    with pytest.raises(CDrawError, match="make it with `cdraw prepare mnist-captions --out "):
         load_mnist_captions("valid", tmp_path)
     with pytest.raises(CDrawError, match="unknown split"):
         load_mnist_captions("test", tmp_path)
@@ -271,12 +271,13 @@ def test_missing_split_old_form_and_non_empty_folder_are_clear_errors(tmp_path):
         generate_mnist_captions(tmp_path, sizes={"train": -1})
 
 
-def test_script_writes_the_dataset_and_refuses_to_overwrite(mnist_idx_dir, tmp_path):
+def test_cdraw_prepare_mnist_captions_writes_the_dataset_and_the_script_refuses_to_overwrite(mnist_idx_dir, tmp_path):
     out = tmp_path / "mc"
-    cmd = [sys.executable, str(REPO / "data_scripts" / "make_mnist_captions.py"), "--data-dir", str(mnist_idx_dir)]
-    cmd += ["--out", str(out), "--train", "30", "--valid", "5", "--test-seen", "5", "--test-heldout", "5"]
-    cmd += ["--test-paraphrase", "5"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    flags = ["--data-dir", str(mnist_idx_dir), "--out", str(out), "--train", "30", "--valid", "5", "--test-seen", "5"]
+    flags += ["--test-heldout", "5", "--test-paraphrase", "5"]
+    done = subprocess.run([sys.executable, "-m", "cdraw.cli", "prepare", "mnist-captions", *flags],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    cmd = [sys.executable, str(REPO / "data_scripts" / "make_mnist_captions.py"), *flags]  # the checkout's script
     assert done.returncode == 0, done.stderr
     assert f"{out}/valid.parquet: 5 examples" in done.stdout and "composes 30 new images per epoch" in done.stdout
     assert len(load_mnist_captions("test_paraphrase", out)) == 5

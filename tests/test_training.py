@@ -341,8 +341,8 @@ def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
             parse_train_args(["--config", str(yaml_file)])
     with pytest.raises(CDrawError, match="must be positive"):
         parse_train_args(["--lr", "-1"])
-    from cdraw.cli import seed_int
     from cdraw.config import MAX_SEED
+    from cdraw.errors import seed_int
 
     assert parse_train_args(["--seed", str(MAX_SEED)])[0].seed == seed_int(str(MAX_SEED))  # generate/eval: the same
     for seed in (MAX_SEED + 1, 10**23, -1):  # 10**23 overflowed torch's generator in a traceback

@@ -91,7 +91,7 @@ def warn_unknown(words: Iterable[str], known: Iterable[str] | None = None) -> No
             f"words the model never saw in training: {', '.join(unknown[:MAX_NAMED])}{more} "
             f"(it still draws, but these words carry little meaning for it){knows}. "
             "For other subjects train a model on captions that use them, e.g. COCO: "
-            "python data_scripts/prepare_coco.py --help, then cdraw train coco",
+            "cdraw prepare coco --help, then cdraw train coco",
             CDrawWarning,
             stacklevel=3,
         )

