@@ -49,7 +49,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     shipped model's name (``mnist_labels``; a folder of that name comes first), or a Hugging Face Hub
     id (``owner/name``, downloaded when online, else from the local cache)."""
     from cdraw.hub import HUB_ID, snapshot
-    from cdraw.io import shipped_model, shipped_model_names
+    from cdraw.io import model_source, shipped_model, shipped_model_names
 
     given = str(path)
     path = Path(path).expanduser()
@@ -65,7 +65,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise CDrawError(
             f"checkpoint {path} does not exist" + (f" (nor is it a shipped model: {names})" if names else "")
         )
-    raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'})")
+    shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
+    also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
+    raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'}){also}")
 
 
 def pick_device(name: str | None):
@@ -193,10 +195,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     h, w = cfg.image_size
     print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
     if folder.resolve().parent == SHIPPED:
-        others = ", ".join(name for name in shipped_model_names() if name != folder.resolve().name)
-        print(
-            f"ships        with cdraw as {folder.resolve().name} (--checkpoint {folder.resolve().name}); also: {others}"
-        )
+        name = folder.resolve().name
+        others = ", ".join(other for other in shipped_model_names() if other != name)
+        print(f"ships        with cdraw as {name} (--checkpoint {name}); also: {others}")
     print(f"model        DRAW, {parameters}; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")
     print(f"glimpses     T = {cfg.glimpses}; encoder LSTM {cfg.enc_size}, decoder LSTM {cfg.dec_size}, z {cfg.z_size}")
     if cfg.attention:

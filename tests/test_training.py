@@ -291,9 +291,10 @@ def test_a_shipped_model_is_found_by_its_name_or_recorded_name_from_any_folder(t
     assert "ships        with cdraw as mnist (--checkpoint mnist); also: mnist_captions" in capsys.readouterr().out
     with pytest.raises(CDrawError, match="nosuch does not exist .nor is it a shipped model: mnist, mnist_captions"):
         resolve_checkpoint("nosuch")
-    (tmp_path / "mnist_labels").mkdir()  # the user's own folder of that name
-    with pytest.raises(CDrawError, match="is not a cdraw checkpoint"):
+    (tmp_path / "mnist_labels").mkdir()  # the user's own folder of that name comes first
+    with pytest.raises(CDrawError, match="is not a cdraw checkpoint .*; the shipped model mnist_labels is "):
         resolve_checkpoint("mnist_labels")
+    assert resolve_checkpoint("cdraw/assets/models/mnist_labels") == SHIPPED / "mnist_labels"  # as that says
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
