@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from cdraw.errors import OneLineParser, non_negative_int, positive_int
 
+DATA_DIR = "$CDRAW_DATA_DIR or ~/.cache/cdraw/data"  # the default data folder, as help says it (cdraw.data)
+
 
 def _parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:
     return OneLineParser(
@@ -29,8 +31,6 @@ def _parser(name: str, description: str, examples: str) -> argparse.ArgumentPars
 
 
 def binarized_mnist_parser() -> argparse.ArgumentParser:
-    from cdraw.data import default_data_dir
-
     parser = _parser(
         "binarized-mnist",
         "Fetch (or check) binarized MNIST, the data set of DRAW's likelihood table, and cache its parsed form.",
@@ -38,7 +38,7 @@ def binarized_mnist_parser() -> argparse.ArgumentParser:
         "  cdraw prepare binarized-mnist --data-dir data/      # into a folder of yours\n"
         "  CDRAW_DATA_DIR=/datasets cdraw prepare binarized-mnist --no-download   # check only",
     )
-    parser.add_argument("--data-dir", help=f"folder for the files (default: {default_data_dir()})")
+    parser.add_argument("--data-dir", help=f"folder for the files (default: {DATA_DIR})")
     parser.add_argument("--no-download", action="store_true", help="only check and cache files already there")
     return parser
 
@@ -53,7 +53,6 @@ def binarized_mnist(args: argparse.Namespace) -> None:
 
 
 def mnist_captions_parser() -> argparse.ArgumentParser:
-    from cdraw.datasets.mnist_captions import default_folder
     from cdraw.mnist_captions import DEFAULT_SIZES, SOURCES, SPLITS
 
     parser = _parser(
@@ -66,10 +65,11 @@ def mnist_captions_parser() -> argparse.ArgumentParser:
         "  cdraw prepare mnist-captions --out data/mnist_captions\n"
         "  cdraw prepare mnist-captions --data-dir ../shared/data --out /tmp/mc --test-seen 500 --seed 3",
     )
+    parser.add_argument("--data-dir", help=f"folder with mnist/ idx files (default: {DATA_DIR})")
     parser.add_argument(
-        "--data-dir", help="folder with mnist/ idx files (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)"
+        "--out",
+        help="output folder (default: mnist_captions in the data folder, where cdraw train mnist_captions looks)",
     )
-    parser.add_argument("--out", help=f"output folder (default: {default_folder()})")
     for split in SPLITS:
         flag = "--" + split.replace("_", "-")
         what = "composites per training epoch" if split == "train" else f"{split} examples"
@@ -91,10 +91,10 @@ def mnist_captions_parser() -> argparse.ArgumentParser:
 
 
 def mnist_captions(args: argparse.Namespace) -> None:
-    from cdraw.datasets.mnist_captions import default_folder
+    from cdraw.datasets.mnist_captions import captions_folder
     from cdraw.mnist_captions import EVAL_SPLITS, SPLITS, make_mnist_captions
 
-    out = args.out or default_folder()
+    out = captions_folder(args.out, args.data_dir)
     meta = make_mnist_captions(
         out,
         args.data_dir,
@@ -114,7 +114,6 @@ def mnist_captions(args: argparse.Namespace) -> None:
 
 def coco_parser() -> argparse.ArgumentParser:
     from cdraw.coco import IMAGE_SIZE, SUBDIR
-    from cdraw.data import default_data_dir
 
     parser = _parser(
         "coco",
@@ -132,7 +131,7 @@ def coco_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--captions", required=True, help="COCO captions_{train,val}{2014,2017}.json")
     parser.add_argument("--images", required=True, help="folder of that split's images, e.g. ~/coco/train2014")
-    parser.add_argument("--out", help=f"output folder (default: {default_data_dir() / SUBDIR})")
+    parser.add_argument("--out", help=f"output folder (default: {SUBDIR} in {DATA_DIR})")
     parser.add_argument("--split", default="train", help="name of the split file to write (default: train)")
     parser.add_argument("--size", type=positive_int, default=IMAGE_SIZE, help="output side in pixels (default: 32)")
     parser.add_argument("--num-proc", type=positive_int, default=1, help="worker processes (default: 1)")

@@ -272,15 +272,19 @@ def test_missing_split_old_form_and_non_empty_folder_are_clear_errors(tmp_path):
 
 
 def test_cdraw_prepare_mnist_captions_writes_the_dataset_and_the_script_refuses_to_overwrite(mnist_idx_dir, tmp_path):
-    out = tmp_path / "mc"
-    flags = ["--data-dir", str(mnist_idx_dir), "--out", str(out), "--train", "30", "--valid", "5", "--test-seen", "5"]
+    """Without --out, into the data folder, where the recipe and cdraw eval look with that --data-dir."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mnist").symlink_to(mnist_idx_dir / "mnist")
+    out = data / "mnist_captions"
+    flags = ["--data-dir", str(data), "--train", "30", "--valid", "5", "--test-seen", "5"]
     flags += ["--test-heldout", "5", "--test-paraphrase", "5"]
     done = subprocess.run([sys.executable, "-m", "cdraw.cli", "prepare", "mnist-captions", *flags],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     cmd = [sys.executable, str(REPO / "data_scripts" / "make_mnist_captions.py"), *flags]  # the checkout's script
     assert done.returncode == 0, done.stderr
     assert f"{out}/valid.parquet: 5 examples" in done.stdout and "composes 30 new images per epoch" in done.stdout
-    assert len(load_mnist_captions("test_paraphrase", out)) == 5
+    assert len(load_mnist_captions("test_paraphrase", data_dir=data)) == 5
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
     for bad, words in (

@@ -145,8 +145,10 @@ def _subcommands(parser: argparse.ArgumentParser) -> tuple[argparse._SubParsersA
 
 
 def cli_reference() -> str:
-    """Every `cdraw` command: what it does, its usage, its options and its examples."""
+    """Every `cdraw` command: what it does, its usage, its options and its examples (for `cdraw
+    prepare`, those of each data set, whose parsers are built only when one runs)."""
     from cdraw.cli import build_parser
+    from cdraw.prepare import DATASETS
 
     with _columns():
         parser = build_parser()
@@ -163,17 +165,27 @@ def cli_reference() -> str:
             _examples(parser.epilog),
         ]
         for name, p in sub.choices.items():
-            positionals = [a for a in p._actions if not a.option_strings]
-            options = [a for a in p._actions if a.option_strings]
-            out += [f"## cdraw {name}", "", _text(p.description or helps[name]), ""]
-            out += ["```text\n" + p.format_usage().strip() + "\n```", ""]
-            if positionals:
-                out += ["**Arguments**", "", actions_table(p, positionals), ""]
-            out += ["**Options**", "", actions_table(p, options), ""]
-            examples = _examples(p.epilog)
-            if examples:
-                out += ["**Examples**", "", examples, ""]
+            out += _command(f"## cdraw {name}", p, helps[name])
+            if name == "prepare":
+                for dataset, (make_parser, _) in DATASETS.items():
+                    out += _command(f"### cdraw prepare {dataset}", make_parser(), "")
     return "\n".join(out)
+
+
+def _command(title: str, p: argparse.ArgumentParser, summary: str) -> list[str]:
+    """One command's section: title, description, usage, arguments, options, examples."""
+    positionals = [a for a in p._actions if not a.option_strings]
+    options = [a for a in p._actions if a.option_strings]
+    out = [title, "", _text(p.description or summary), ""]
+    out += ["```text\n" + p.format_usage().strip() + "\n```", ""]
+    if positionals:
+        out += ["**Arguments**", "", actions_table(p, positionals), ""]
+    table = actions_table(p, options)  # empty where --help is the only option
+    out += ["**Options**", "", table, ""] if table else []
+    examples = _examples(p.epilog)
+    if examples:
+        out += ["**Examples**", "", examples, ""]
+    return out
 
 
 def train_flags() -> str:
