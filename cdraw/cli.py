@@ -147,7 +147,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from cdraw.generate import reconstruct
 
     folder, model = _load_model(args)
-    dataset, split, _ = measured_on(model, folder, args.data, args.split, stacklevel=3)
+    dataset, split, _ = measured_on(model, folder, args.data, args.split, 3, args.data_dir, args.data_folder)
     data = evaluation_data(model, dataset, split, args.data_dir, args.data_folder)
     rows = slice(0, args.num)
     from cdraw.generate import output_dir

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import figures_include_training, read_record
+from cdraw.io import DigitPool, data_source, earlier_runs, figures_include_training, read_record
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -301,14 +301,21 @@ def caption_fidelity_splits(
 
 
 def measured_on(
-    model: DRAW, folder: str | Path, dataset: str | None = None, split: str | None = None, stacklevel: int = 2
+    model: DRAW,
+    folder: str | Path,
+    dataset: str | None = None,
+    split: str | None = None,
+    stacklevel: int = 2,
+    data_dir: str | None = None,
+    data_folder: str | None = None,
 ) -> tuple[str, str, bool]:
     """The data set and split that ``cdraw eval`` and ``cdraw reconstruct`` run the model in ``folder`` on:
     as asked, else the data set its ``training.json`` records (or the first that fits it) and that data
     set's evaluation split. A warning (one line) for each way the result could mislead: a data set other
-    than the one it trained on, or a test split whose images it trained on (``--source t10k``); they
-    point ``stacklevel`` frames up, as :func:`warnings.warn` counts. Returns
-    ``(dataset, split, test_includes_training)``."""
+    than the one it trained on, a test split whose images it trained on (``--source t10k``; for MNIST
+    with captions, a data set in ``data_folder`` / ``data_dir`` composed from digits it trained on), or
+    held-out roles it was not held out from; they point ``stacklevel`` frames up, as
+    :func:`warnings.warn` counts. Returns ``(dataset, split, test_includes_training)``."""
     from cdraw import datasets
 
     dataset = dataset or datasets.for_model(model.config, folder, stacklevel=stacklevel + 1).name
@@ -328,7 +335,54 @@ def measured_on(
             CDrawWarning,
             stacklevel=stacklevel + 1,
         )
+    if dataset == "mnist-captions":
+        unlike = _captions_unlike_training(folder, training, split, data_dir, data_folder)
+        for said in unlike.values():
+            warnings.warn(said, CDrawWarning, stacklevel=stacklevel + 1)
+        test_includes_training = test_includes_training or "digits" in unlike
     return dataset, split, test_includes_training
+
+
+def _captions_unlike_training(
+    folder: str | Path, training: dict, split: str, data_dir: str | None, data_folder: str | None
+) -> dict[str, str]:
+    """How the MNIST with captions a caption model is measured on differs from what it (or a run it
+    continued) trained on, in ways that make figures mislead, each in words: ``digits``, a test split
+    composed of digits it trained on (data made from MNIST's train file hold all of t10k for the
+    tests; a model trained on t10k's 8,000 has seen most of them); ``bans``, other held-out roles (the
+    data set's seed), so test_heldout holds captions it trained on. {} when the data set is not there
+    yet (reading it says so) or a record is silent."""
+    from cdraw.datasets.mnist_captions import captions_folder, read_metadata
+    from cdraw.mnist_captions import METADATA_NAME
+
+    where = captions_folder(data_folder, data_dir)
+    if not (where / METADATA_NAME).is_file():
+        return {}
+    meta = read_metadata(where)
+    runs = [r for r in (training, *(r for _, r in earlier_runs(training))) if r.get("dataset") == "mnist-captions"]
+    unlike = {}
+    pool = DigitPool.read(meta.get("source", {}).get(split))  # the digits of the split measured
+
+    def trained_on_them(run: dict) -> bool:
+        trained = DigitPool.read(run.get("source"))
+        return pool is not None and trained is not None and trained.shares_digits_with(pool)
+
+    seen = [r for r in runs if trained_on_them(r)]
+    if split.startswith("test") and seen:
+        unlike["digits"] = (
+            f"{folder} was trained on {data_source(seen[0])}, and the {split} split of {where} is drawn from "
+            f"{data_source({'source': meta['source'][split]})}: it includes digits the model trained on, so its "
+            "figures are not held-out figures (for those, make the data set with `cdraw prepare mnist-captions "
+            "--source t10k-split --out DIR` and pass --captions-dir DIR)"
+        )
+    other = [r for r in runs if "bans" in r and r["bans"] != meta.get("bans")]
+    if other:
+        unlike["bans"] = (
+            f"the held-out roles of {where} (data seed {meta.get('seed')}) are not the ones {folder} trained without "
+            f"(data seed {other[0].get('data_seed')}): its test_heldout captions are not held out from it (make the "
+            f"data set with `cdraw prepare mnist-captions --seed {other[0].get('data_seed')}`)"
+        )
+    return unlike
 
 
 def evaluate(
@@ -362,7 +416,9 @@ def evaluate(
     if retrieval and model.config.condition.kind == "label":
         raise CDrawError("--retrieval ranks captions; this is a label model")
     device = model.h_dec0.device
-    dataset, split, test_includes_training = measured_on(model, folder, dataset, split, stacklevel=3)
+    dataset, split, test_includes_training = measured_on(
+        model, folder, dataset, split, stacklevel=3, data_dir=data_dir, data_folder=data_folder
+    )
     if fidelity:  # before the bound and IWAE, not after them
         _check_fidelity_data(model, dataset)
     full = data = evaluation_data(model, dataset, split, data_dir, data_folder)

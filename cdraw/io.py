@@ -188,19 +188,46 @@ def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
     return None
 
 
+class DigitPool(typing.NamedTuple):
+    """Which MNIST digits a caption data set's split was composed of, read from the words
+    :func:`cdraw.mnist_captions.source_pools` records (in its ``metadata.json`` and a run's
+    ``training.json``): a file (``train``, ``t10k``) and, of t10k, a part of its seeded split."""
+
+    file: str
+    part: int | None = None  # 0: the 8,000 training digits, 1: the 2,000 held out; None: the whole file
+    digits: int | None = None
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, source: object) -> DigitPool | None:
+        """The pool ``source`` names; None for anything else (a label recipe's ``t10k``, nothing)."""
+        if not isinstance(source, str):
+            return None
+        part = re.fullmatch(r"mnist t10k: the (\d+) digits of t10k_split\(\)\[(\d)\] \(seed (\d+)\)", source)
+        if part:
+            digits, which, seed = (int(g) for g in part.groups())
+            return cls("t10k", which, digits, seed)
+        file = source.removeprefix("mnist ")  # a whole file: "mnist train", "mnist t10k"
+        return cls(file) if source.startswith("mnist ") and file in ("train", "t10k") else None
+
+    def shares_digits_with(self, other: DigitPool) -> bool:
+        """Whether the two pools have digits in common: the same file, unless they are the two
+        parts of one split."""
+        apart = self.part is not None and other.part is not None and self.part != other.part
+        return self.file == other.file and not (apart and self.seed == other.seed)
+
+
 def data_source(training: dict[str, Any]) -> str:
     """Which file a run's images came from, in words (``cdraw info``, model cards), from the
     ``source`` its ``training.json`` records: ``t10k`` / ``train`` (the class-label recipe's
-    ``--source``), or the caption recipe's digit pool (:func:`cdraw.mnist_captions.source_pools`);
-    "" when not recorded."""
+    ``--source``), or the caption recipe's digit pool (:class:`DigitPool`); "" when not recorded."""
     source = training.get("source")
     if not isinstance(source, str):
         return ""
-    pool = re.fullmatch(r"mnist t10k: the (\d+) digits of t10k_split\(\)\[(\d)\] \(seed (\d+)\)", source)
-    if pool:
-        digits, part, seed = (int(g) for g in pool.groups())
-        which = "the training part" if part == 0 else "the held-out part"
-        return f"{digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {seed}"
+    pool = DigitPool.read(source)
+    if pool is not None and pool.part is not None:
+        which = "the training part" if pool.part == 0 else "the held-out part"
+        return f"{pool.digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {pool.seed}"
     source = source.removeprefix("mnist ")  # a whole file of MNIST: "mnist train", "mnist t10k"
     return f"MNIST's {source} file" if source in ("train", "t10k") else source
 

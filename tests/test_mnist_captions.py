@@ -307,3 +307,50 @@ def test_info_and_cards_say_which_digits_a_caption_model_trained_on_in_words(mni
     assert data_source({"source": "t10k"}) == "MNIST's t10k file"  # the class-label recipe's --source
     assert data_source({"source": "mnist train"}) == "MNIST's train file"
     assert data_source({}) == ""
+
+
+def test_digit_pools_share_digits_unless_they_are_the_two_parts_of_one_split():
+    from cdraw.io import DigitPool
+
+    part = lambda i, n: DigitPool.read(f"mnist t10k: the {n} digits of t10k_split()[{i}] (seed 0)")  # noqa: E731
+    train, t10k = DigitPool.read("mnist train"), DigitPool.read("mnist t10k")
+    assert part(0, 8000) == DigitPool("t10k", 0, 8000, 0) and t10k == DigitPool("t10k")
+    assert not part(0, 8000).shares_digits_with(part(1, 2000))  # the t10k-split protocol: apart
+    assert part(0, 8000).shares_digits_with(t10k) and t10k.shares_digits_with(part(1, 2000))
+    assert part(0, 8000).shares_digits_with(part(0, 8000)) and train.shares_digits_with(train)
+    assert not train.shares_digits_with(t10k) and not train.shares_digits_with(part(1, 2000))
+    assert DigitPool.read("t10k") is None and DigitPool.read(None) is None  # a label run's --source; nothing
+
+
+def test_eval_warns_of_caption_data_made_from_digits_or_roles_the_model_trained_on(mnist_idx_dir, tmp_path):
+    """The shipped caption model trained on t10k's 8,000 (seed 0 bans): measured on data made the
+    same way, nothing to say; on tests drawn from all of t10k (data made from MNIST's train file) or
+    with other held-out roles, one warning each, and the figures are marked as not held out."""
+    import warnings
+
+    from cdraw import DRAW, CDrawWarning
+    from cdraw.evaluate import measured_on
+    from cdraw.io import SHIPPED
+
+    folder = SHIPPED / "mnist_captions"
+    model = DRAW.from_pretrained(folder)
+    sizes = {"train": 10, "valid": 5, "test_seen": 5, "test_heldout": 5, "test_paraphrase": 5}
+    data = tmp_path / "mc"
+    make_mnist_captions(data, mnist_idx_dir, sizes=sizes, seed=0, source="t10k-split", download=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert measured_on(model, folder, data_folder=str(data)) == ("mnist-captions", "test_seen", False)
+    meta = json.loads((data / "metadata.json").read_text())
+    meta["source"]["test_seen"] = "mnist t10k"  # as --source mnist-train makes it
+    (data / "metadata.json").write_text(json.dumps(meta))
+    with pytest.warns(CDrawWarning, match=r"test_seen split of .* is drawn from MNIST's t10k file: it includes"):
+        assert measured_on(model, folder, data_folder=str(data))[2]
+    with warnings.catch_warnings():  # the valid split is made from the training digits by design
+        warnings.simplefilter("error")
+        assert not measured_on(model, folder, split="valid", data_folder=str(data))[2]
+    other = make_mnist_captions(
+        tmp_path / "s3", mnist_idx_dir, sizes=sizes, seed=3, source="t10k-split", download=False
+    )
+    assert other["bans"] != meta["bans"]
+    with pytest.warns(CDrawWarning, match=r"\(data seed 3\) are not the ones .* trained without \(data seed 0\)"):
+        measured_on(model, folder, data_folder=str(tmp_path / "s3"))
