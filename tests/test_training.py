@@ -297,6 +297,20 @@ def test_a_shipped_model_is_found_by_its_name_or_recorded_name_from_any_folder(t
     assert resolve_checkpoint("cdraw/assets/models/mnist_labels") == SHIPPED / "mnist_labels"  # as that says
 
 
+def test_a_run_that_has_not_written_its_model_yet_is_read_from_its_best_so_far(tmp_path):
+    """`cdraw generate --checkpoint runs/x` while x trains (or after it was stopped): its best/, said."""
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "config.json").write_text("{}")
+    with pytest.warns(CDrawWarning, match="run has no model/ yet .*: using its best model so far, .*run/best"):
+        assert resolve_checkpoint(run) == run / "best"
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_checkpoint(run) == run / "model"
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
     train_set, valid_set = small_sets
     cfg = tiny_train_config(tmp_path / "run", max_steps=10, checkpoint_every=10)
