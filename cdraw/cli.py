@@ -601,7 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cdraw`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # as parse_args says it; a recipe's flag before the recipe's name says where it goes
+        where = "; a recipe's flags go after its name: cdraw train RECIPE --flag" if args.command == "train" else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{where}")
     run_main(lambda: args.func(args), training=args.func is cmd_train)
 
 

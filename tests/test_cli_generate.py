@@ -250,6 +250,8 @@ def test_train_forwards_to_a_recipe_and_names_the_recipes():
     proc = cdraw("train")  # no recipe: which ones there are, not "required: recipe, overrides"
     one_line_error(proc, "which recipe? cdraw train RECIPE", "mnist_captions")
     assert "overrides" not in proc.stderr
+    proc = cdraw("train", "--max-steps", "5", "mnist")  # the recipe's flag before its name
+    one_line_error(proc, "unrecognized arguments: --max-steps; a recipe's flags go after its name")
 
 
 def test_prepare_checks_binarized_mnist_and_names_the_data_sets(data_dir):
