@@ -263,7 +263,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         bound = f"bound {e['bound']:.2f} nats{on('bound')}"
         print(f"evaluated    {e.get('dataset')} {e.get('split')}: {bound}{extra} ({EVAL_RECORD})")
         if figures_include_training(r, e):
-            print("             (not a test figure: the model trained on images of the test file, --source t10k)")
+            why = "images of the test file, --source t10k" if e.get("split") == "test" else "digits of that split"
+            print(f"             (not a test figure: the model trained on {why})")
     card = folder / "README.md"
     if card.is_file():
         print(f"model card   {card}")

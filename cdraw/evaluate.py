@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import DigitPool, data_source, earlier_runs, figures_include_training, read_record
+from cdraw.io import DigitSource, data_source, earlier_runs, figures_include_training, read_record
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -361,28 +361,37 @@ def _captions_unlike_training(
     meta = read_metadata(where)
     runs = [r for r in (training, *(r for _, r in earlier_runs(training))) if r.get("dataset") == "mnist-captions"]
     unlike = {}
-    pool = DigitPool.read(meta.get("source", {}).get(split))  # the digits of the split measured
+    measured = DigitSource.read(meta.get("source", {}).get(split))  # the digits of the split measured
 
     def trained_on_them(run: dict) -> bool:
-        trained = DigitPool.read(run.get("source"))
-        return pool is not None and trained is not None and trained.shares_digits_with(pool)
+        trained = DigitSource.read(run.get("source"))
+        return measured is not None and trained is not None and trained.shares_digits_with(measured)
 
     seen = [r for r in runs if trained_on_them(r)]
     if split.startswith("test") and seen:
         unlike["digits"] = (
             f"{folder} was trained on {data_source(seen[0])}, and the {split} split of {where} is drawn from "
             f"{data_source({'source': meta['source'][split]})}: it includes digits the model trained on, so its "
-            "figures are not held-out figures (for those, make the data set with `cdraw prepare mnist-captions "
-            "--source t10k-split --out DIR` and pass --captions-dir DIR)"
+            f"figures are not held-out figures; {_remake(seen[0])}"
         )
     other = [r for r in runs if "bans" in r and r["bans"] != meta.get("bans")]
     if other:
         unlike["bans"] = (
             f"the held-out roles of {where} (data seed {meta.get('seed')}) are not the ones {folder} trained without "
-            f"(data seed {other[0].get('data_seed')}): its test_heldout captions are not held out from it (make the "
-            f"data set with `cdraw prepare mnist-captions --seed {other[0].get('data_seed')}`)"
+            f"(data seed {other[0].get('data_seed', 'not recorded')}): its test_heldout captions are not held out "
+            f"from it; {_remake(other[0])}"
         )
     return unlike
+
+
+def _remake(run: dict) -> str:
+    """How to make MNIST with captions as a caption run's ``training.json`` says it was made."""
+    trained = DigitSource.read(run.get("source"))
+    flags = " --source t10k-split" if trained and trained.part is not None else ""
+    flags += " --source mnist-train" if trained and trained.file == "train" else ""
+    flags += f" --seed {run['data_seed']}" if isinstance(run.get("data_seed"), int) else ""
+    command = f"cdraw prepare mnist-captions{flags} --out DIR"
+    return f"make the data set as its training data was made, `{command}`, and pass --captions-dir DIR"
 
 
 def evaluate(

@@ -168,12 +168,14 @@ def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) 
     """Whether figures on ``figures``' data set and split (an ``eval.json``, or one about to be measured)
     are on a test split that the model trained on: as ``cdraw eval`` recorded it, or because the model,
     or a run it continued, trained on that data set's test file (``--source t10k``). ``cdraw eval``
-    and ``cdraw reconstruct`` warn of it, ``cdraw info`` and model cards say so."""
+    and ``cdraw reconstruct`` warn of it, ``cdraw info`` and model cards say so. (Recorded also for
+    MNIST with captions' test splits drawn from digits the model trained on, see cdraw.evaluate.)"""
+    if figures.get("test_includes_training"):
+        return True
     if figures.get("split") != "test":
         return False
     runs = [training, *(r for _, r in earlier_runs(training))]
-    on_test_file = any(r.get("source") == "t10k" and r.get("dataset") == figures.get("dataset") for r in runs)
-    return bool(figures.get("test_includes_training")) or on_test_file
+    return any(r.get("source") == "t10k" and r.get("dataset") == figures.get("dataset") for r in runs)
 
 
 def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
@@ -188,31 +190,37 @@ def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
     return None
 
 
-class DigitPool(typing.NamedTuple):
-    """Which MNIST digits a caption data set's split was composed of, read from the words
-    :func:`cdraw.mnist_captions.source_pools` records (in its ``metadata.json`` and a run's
-    ``training.json``): a file (``train``, ``t10k``) and, of t10k, a part of its seeded split."""
+class DigitSource(typing.NamedTuple):
+    """Which MNIST digits a caption data set's split is composed of: a file (``train``, ``t10k``)
+    and, of t10k, a part of its seeded split. :meth:`words` is how the data set's ``metadata.json``
+    and a run's ``training.json`` record it (:func:`cdraw.mnist_captions.source_pools`), :meth:`read`
+    reads that back."""
 
     file: str
     part: int | None = None  # 0: the 8,000 training digits, 1: the 2,000 held out; None: the whole file
     digits: int | None = None
     seed: int | None = None
 
+    def words(self) -> str:
+        if self.part is None:
+            return f"mnist {self.file}"
+        return f"mnist t10k: the {self.digits} digits of t10k_split()[{self.part}] (seed {self.seed})"
+
     @classmethod
-    def read(cls, source: object) -> DigitPool | None:
-        """The pool ``source`` names; None for anything else (a label recipe's ``t10k``, nothing)."""
-        if not isinstance(source, str):
+    def read(cls, words: object) -> DigitSource | None:
+        """The source ``words`` name; None for anything else (a label recipe's ``t10k``, nothing)."""
+        if not isinstance(words, str):
             return None
-        part = re.fullmatch(r"mnist t10k: the (\d+) digits of t10k_split\(\)\[(\d)\] \(seed (\d+)\)", source)
+        part = re.fullmatch(r"mnist t10k: the (\d+) digits of t10k_split\(\)\[(\d)\] \(seed (\d+)\)", words)
         if part:
             digits, which, seed = (int(g) for g in part.groups())
             return cls("t10k", which, digits, seed)
-        file = source.removeprefix("mnist ")  # a whole file: "mnist train", "mnist t10k"
-        return cls(file) if source.startswith("mnist ") and file in ("train", "t10k") else None
+        file = words.removeprefix("mnist ")
+        return cls(file) if words.startswith("mnist ") and file in ("train", "t10k") else None
 
-    def shares_digits_with(self, other: DigitPool) -> bool:
-        """Whether the two pools have digits in common: the same file, unless they are the two
-        parts of one split."""
+    def shares_digits_with(self, other: DigitSource) -> bool:
+        """Whether the two have digits in common: the same file, unless they are the two parts of
+        one split."""
         apart = self.part is not None and other.part is not None and self.part != other.part
         return self.file == other.file and not (apart and self.seed == other.seed)
 
@@ -220,16 +228,17 @@ class DigitPool(typing.NamedTuple):
 def data_source(training: dict[str, Any]) -> str:
     """Which file a run's images came from, in words (``cdraw info``, model cards), from the
     ``source`` its ``training.json`` records: ``t10k`` / ``train`` (the class-label recipe's
-    ``--source``), or the caption recipe's digit pool (:class:`DigitPool`); "" when not recorded."""
+    ``--source``), or the caption recipe's digits (:class:`DigitSource`); "" when not recorded."""
     source = training.get("source")
     if not isinstance(source, str):
         return ""
-    pool = DigitPool.read(source)
-    if pool is not None and pool.part is not None:
-        which = "the training part" if pool.part == 0 else "the held-out part"
-        return f"{pool.digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {pool.seed}"
-    source = source.removeprefix("mnist ")  # a whole file of MNIST: "mnist train", "mnist t10k"
-    return f"MNIST's {source} file" if source in ("train", "t10k") else source
+    digits = DigitSource.read(source)
+    if digits is None:
+        return f"MNIST's {source} file" if source in ("train", "t10k") else source
+    if digits.part is None:
+        return f"MNIST's {digits.file} file"
+    which = "the training part" if digits.part == 0 else "the held-out part"
+    return f"{digits.digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {digits.seed}"
 
 
 def run_length(training: dict[str, Any]) -> str:

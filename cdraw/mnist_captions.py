@@ -72,7 +72,7 @@ from cdraw.data import (
     load_labelled,
 )
 from cdraw.errors import CDrawError
-from cdraw.io import atomic_write
+from cdraw.io import DigitSource, atomic_write
 
 CANVAS_SIZE = 60
 DIGIT_SIZE = 28
@@ -278,11 +278,13 @@ def source_pools(
     if source == "mnist-train":
         train_images, train_labels = load_labelled("mnist", "train", folder, download=download)
         return {
-            "train": DigitPool(train_images, train_labels, torch.arange(len(train_images)), "mnist train"),
-            "test": DigitPool(images, labels, torch.arange(len(images)), "mnist t10k"),
+            "train": DigitPool(
+                train_images, train_labels, torch.arange(len(train_images)), DigitSource("train").words()
+            ),
+            "test": DigitPool(images, labels, torch.arange(len(images)), DigitSource("t10k").words()),
         }
     train, test = t10k_split()
-    where = lambda i, part: f"mnist t10k: the {len(part)} digits of t10k_split()[{i}] (seed {T10K_SPLIT_SEED})"
+    where = lambda i, part: DigitSource("t10k", i, len(part), T10K_SPLIT_SEED).words()
     return {
         "train": DigitPool(images[train], labels[train], train, where(0, train)),
         "test": DigitPool(images[test], labels[test], test, where(1, test)),

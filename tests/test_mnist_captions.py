@@ -310,19 +310,21 @@ def test_info_and_cards_say_which_digits_a_caption_model_trained_on_in_words(mni
 
 
 def test_digit_pools_share_digits_unless_they_are_the_two_parts_of_one_split():
-    from cdraw.io import DigitPool
+    from cdraw.io import DigitSource
 
-    part = lambda i, n: DigitPool.read(f"mnist t10k: the {n} digits of t10k_split()[{i}] (seed 0)")  # noqa: E731
-    train, t10k = DigitPool.read("mnist train"), DigitPool.read("mnist t10k")
-    assert part(0, 8000) == DigitPool("t10k", 0, 8000, 0) and t10k == DigitPool("t10k")
+    part = lambda i, n: DigitSource.read(f"mnist t10k: the {n} digits of t10k_split()[{i}] (seed 0)")  # noqa: E731
+    train, t10k = DigitSource.read("mnist train"), DigitSource.read("mnist t10k")
+    assert part(0, 8000) == DigitSource("t10k", 0, 8000, 0) and t10k == DigitSource("t10k")
     assert not part(0, 8000).shares_digits_with(part(1, 2000))  # the t10k-split protocol: apart
     assert part(0, 8000).shares_digits_with(t10k) and t10k.shares_digits_with(part(1, 2000))
     assert part(0, 8000).shares_digits_with(part(0, 8000)) and train.shares_digits_with(train)
     assert not train.shares_digits_with(t10k) and not train.shares_digits_with(part(1, 2000))
-    assert DigitPool.read("t10k") is None and DigitPool.read(None) is None  # a label run's --source; nothing
+    assert DigitSource.read("t10k") is None and DigitSource.read(None) is None  # a label run's --source; nothing
+    for source in (part(0, 8000), part(1, 2000), train, t10k):  # what source_pools records reads back
+        assert DigitSource.read(source.words()) == source
 
 
-def test_eval_warns_of_caption_data_made_from_digits_or_roles_the_model_trained_on(mnist_idx_dir, tmp_path):
+def test_eval_warns_of_caption_data_made_from_digits_or_roles_the_model_trained_on(mnist_idx_dir, tmp_path, capsys):
     """The shipped caption model trained on t10k's 8,000 (seed 0 bans): measured on data made the
     same way, nothing to say; on tests drawn from all of t10k (data made from MNIST's train file) or
     with other held-out roles, one warning each, and the figures are marked as not held out."""
@@ -343,7 +345,8 @@ def test_eval_warns_of_caption_data_made_from_digits_or_roles_the_model_trained_
     meta = json.loads((data / "metadata.json").read_text())
     meta["source"]["test_seen"] = "mnist t10k"  # as --source mnist-train makes it
     (data / "metadata.json").write_text(json.dumps(meta))
-    with pytest.warns(CDrawWarning, match=r"test_seen split of .* is drawn from MNIST's t10k file: it includes"):
+    said = r"test_seen split of .* is drawn from MNIST's t10k file: it includes .* --source t10k-split --seed 0 --out"
+    with pytest.warns(CDrawWarning, match=said):
         assert measured_on(model, folder, data_folder=str(data))[2]
     with warnings.catch_warnings():  # the valid split is made from the training digits by design
         warnings.simplefilter("error")
@@ -354,3 +357,13 @@ def test_eval_warns_of_caption_data_made_from_digits_or_roles_the_model_trained_
     assert other["bans"] != meta["bans"]
     with pytest.warns(CDrawWarning, match=r"\(data seed 3\) are not the ones .* trained without \(data seed 0\)"):
         measured_on(model, folder, data_folder=str(tmp_path / "s3"))
+    # figures marked so (as `cdraw eval --json` writes them into eval.json): cdraw info says so
+    import shutil
+
+    from cdraw.cli import main as cdraw_main
+
+    shutil.copytree(folder, tmp_path / "model")
+    figures = json.loads((folder / "eval.json").read_text())
+    (tmp_path / "model" / "eval.json").write_text(json.dumps({**figures, "test_includes_training": True}))
+    cdraw_main(["info", "--checkpoint", str(tmp_path / "model")])
+    assert "(not a test figure: the model trained on digits of that split)" in capsys.readouterr().out
