@@ -19,7 +19,6 @@ from pathlib import Path
 from cdraw.errors import (
     EXIT_USER_ERROR,
     CDrawError,
-    CDrawWarning,
     OneLineParser,
     non_negative_int,
     positive_int,
@@ -53,27 +52,16 @@ def run_main(main: Callable[[], object], training: bool = True) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A model folder from what a user points at: the folder itself, a training run's ``model/`` (or,
-    before the run has written it, its ``best/`` so far, with a warning), a shipped model's name
-    (``mnist_labels``; a folder of that name comes first), or a Hugging Face Hub id (``owner/name``,
-    downloaded when online, else from the local cache)."""
+    """A model folder from what a user points at: one on this machine (a model or run folder, a
+    shipped model's name: :func:`cdraw.io.local_model`) or a Hugging Face Hub id (``owner/name``,
+    downloaded when online, else from the local cache); else a one-line error saying why not."""
     from cdraw.hub import HUB_ID, snapshot
-    from cdraw.io import model_source, shipped_model, shipped_model_names
+    from cdraw.io import local_model, model_source, shipped_model, shipped_model_names
 
     given = str(path)
     path = Path(path).expanduser()
-    for candidate in (path, path / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if (path / "best" / "config.json").is_file():  # a run still training, or stopped before its end
-        warnings.warn(
-            f"{path} has no model/ yet (its training has not finished): using its best model so far, {path / 'best'}",
-            CDrawWarning,
-            stacklevel=2,
-        )
-        return path / "best"
-    if not path.exists() and (shipped := shipped_model(given)):
-        return shipped
+    if found := local_model(given):
+        return found
     if not path.exists() and HUB_ID.fullmatch(given):
         return snapshot(given)
     if not path.exists():

@@ -279,10 +279,13 @@ def parse_train_args(
     config_file = args.pop("config")
     cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
+    if "output_dir" in args:  # `--output-dir=~/runs/x` reaches us unexpanded
+        args["output_dir"] = str(Path(args["output_dir"]).expanduser())
     if isinstance(resume, str):  # --resume RUN: the run folder, as --output-dir names it
-        if "output_dir" in args and Path(args["output_dir"]).expanduser() != Path(resume).expanduser():
+        run = str(Path(resume).expanduser())
+        if "output_dir" in args and Path(args["output_dir"]).resolve() != Path(run).resolve():
             raise CDrawError(f"--resume {resume} and --output-dir {args['output_dir']} name two runs: give one")
-        args["output_dir"], resume = resume, True
+        args["output_dir"], resume = run, True
     d = _with_flags(cfg.to_dict(), args)
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)

@@ -16,7 +16,7 @@ from typing import Any
 from cdraw.errors import CDrawError
 from cdraw.io import CONFIG_NAME, figures_include_training, measured_on_part
 
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name (./name and ../name are paths)
 LIBRARY = "cdraw"
 TAGS = ["draw", "image-generation", "variational-autoencoder", "pytorch"]
 #: what each data set's model does, as the Hub names tasks

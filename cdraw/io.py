@@ -16,12 +16,13 @@ import os
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from cdraw.errors import CDrawError
+from cdraw.errors import CDrawError, CDrawWarning
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -122,16 +123,36 @@ SHIPPED = PACKAGE / "assets" / "models"
 def shipped_model(name: str) -> Path | None:
     """The folder of a model that ships inside the package, from its name (``mnist_captions``) or
     from the name records give it (``cdraw/assets/models/mnist_captions``, :func:`model_source`),
-    so that either works from any folder and any install; None for any other name."""
+    so that either works from any folder and any install; None for any other name (``./mnist`` is
+    a path)."""
     parts = Path(name).parts
     if parts[:1] == (PACKAGE.name,) and len(parts) > 1:
         folder = PACKAGE.joinpath(*parts[1:])
-    elif len(parts) == 1:
+    elif re.fullmatch(r"[\w-]+", name):
         folder = SHIPPED / name
     else:
         return None
     folder = folder.resolve()
     return folder if folder.parent == SHIPPED and (folder / CONFIG_NAME).is_file() else None
+
+
+def local_model(name: str | os.PathLike) -> Path | None:
+    """The model folder ``name`` points at on this machine: a model folder, a training run's
+    ``model/`` (before the run has written it: its ``best/`` so far, with a warning), or a shipped
+    model by name (:func:`shipped_model`; a folder of the user's of that name comes first); None
+    for anything else (a Hub id, a folder that holds no model, a typo)."""
+    path = Path(name).expanduser()
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    if (path / "best" / CONFIG_NAME).is_file():  # a run still training, or stopped before its end
+        warnings.warn(
+            f"{path} has no model/ yet (its training has not finished): using its best model so far, {path / 'best'}",
+            CDrawWarning,
+            stacklevel=3,
+        )
+        return path / "best"
+    return None if path.exists() else shipped_model(str(name))
 
 
 def shipped_model_names() -> list[str]:

@@ -63,10 +63,10 @@ from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported 
     WEIGHTS_NAME,
     atomic_write,
     load_weights,
+    local_model,
     read_config,
     read_record,
     save_folder,
-    shipped_model,
     typed_fields,
 )
 from cdraw.likelihoods import LIKELIHOODS, make_likelihood
@@ -748,14 +748,13 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         token: str | bool | None = None,
         **unused: Any,
     ) -> DRAW:
-        """Load a folder written by :meth:`save_pretrained`, a model that ships with cdraw by its name
+        """Load a folder written by :meth:`save_pretrained` (or a training run's, see
+        :func:`cdraw.io.local_model`), a model that ships with cdraw by its name
         (``"mnist_captions"``), or a Hugging Face Hub repository (``"owner/name"``, at
         ``revision``; served from the local cache when offline), onto
         ``device`` (CPU by default), in eval mode (as Hugging Face models load: training-only
         behaviour such as state noise is off; ``.train()`` before training it further)."""
-        folder = Path(pretrained_model_name_or_path).expanduser()
-        if not folder.exists():
-            folder = shipped_model(str(pretrained_model_name_or_path)) or folder
+        folder = local_model(pretrained_model_name_or_path) or Path(pretrained_model_name_or_path).expanduser()
         if not folder.exists() and HUB_ID.fullmatch(str(pretrained_model_name_or_path)):
             from cdraw.hub import snapshot
 

@@ -182,7 +182,7 @@ class Trainer:
         record: dict | None = None,
     ):
         self.cfg, self.dataset, self.record = cfg, dataset, record or {}
-        self.out = Path(cfg.output_dir)
+        self.out = Path(cfg.output_dir).expanduser()
         self.ckpt_dir = self.out / "checkpoints"
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -289,12 +289,13 @@ class Trainer:
 
     def _say_changed_settings(self) -> None:
         """One warning naming each setting this resume changes from the run's own (its train_config.yaml):
-        flags given with --resume change them, any other setting is the run's."""
+        flags given with --resume change them, any other setting is the run's (the folder is the run's,
+        however it was spelt)."""
         saved = self.out / RUN_CONFIG
         if not saved.is_file():
             return
         before, now = hyperparameters(TrainConfig.from_yaml(saved)), hyperparameters(self.cfg)
-        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v and k != "output_dir"]
         if changed:
             tqdm.write(f"warning: --resume changes the run's settings: {', '.join(changed)}")
 
@@ -877,8 +878,8 @@ def condition_tokenizer(cfg: TrainConfig, conditions: Sequence, *, resume: bool 
     if cond is None:
         raise CDrawError("this config has no condition encoder (model.condition); use an unconditional recipe")
     if cond.kind == "bilstm" and cond.tokenizer is None:
-        check_output_dir(Path(cfg.output_dir), resume)  # before touching an existing run's tokenizer
-        folder = Path(cfg.output_dir) / "tokenizer"
+        check_output_dir(Path(cfg.output_dir).expanduser(), resume)  # before touching an existing run's tokenizer
+        folder = Path(cfg.output_dir).expanduser() / "tokenizer"
         state = PartialState()
         with state.local_main_process_first():
             have = (folder / SentencePieceTokenizer.MODEL_FILE).is_file()

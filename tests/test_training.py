@@ -136,7 +136,7 @@ def test_resume_continues_exactly(small_sets, tmp_path, layout):
 
 
 def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_runs_settings(
-    small_sets, tmp_path, capsys
+    small_sets, tmp_path, capsys, monkeypatch
 ):
     """`latest` pointed back at step 4 of 8 (to redo a stretch at a lower rate): the later checkpoints
     move to checkpoints/superseded/ (they were kept as `latest` while the new ones were pruned); the
@@ -153,7 +153,11 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside_and_keeps_the_run
     assert resume and (cfg.model.enc_size, cfg.max_steps, cfg.checkpoint_every) == (32, 8, 2)  # the run's, not defaults
     assert (cfg.lr, cfg.adam_beta1, cfg.batch_size) == (5e-4, 0.9, 25)
     assert parse_train_args(["--resume", str(out), *flags]) == (cfg, True)  # --resume RUN names the folder
-    assert parse_train_args([*flags, "--output-dir", str(out), "--resume", str(out)]) == (cfg, True)
+    assert parse_train_args([*flags, "--output-dir", str(out), "--resume", str(out) + "/"]) == (cfg, True)
+    monkeypatch.chdir(tmp_path)  # the same folder, spelt relative and absolute
+    assert parse_train_args(["--resume", "run", *flags, "--output-dir", str(out)])[0].output_dir == "run"
+    monkeypatch.setenv("HOME", str(tmp_path))  # `--resume=~/run`: no shell expands that ~
+    assert parse_train_args(["--resume=~/run", *flags]) == (cfg, True)
     with pytest.raises(CDrawError, match="name two runs: give one"):
         parse_train_args(["--resume", str(out), "--output-dir", str(tmp_path / "other")])
     # --config is not read on resume: where a file given with it differs from the run (its own keys,
@@ -284,13 +288,24 @@ def test_a_shipped_model_is_found_by_its_name_or_recorded_name_from_any_folder(t
         assert shipped_model(name) == SHIPPED / "mnist_labels"
         assert resolve_checkpoint(name) == SHIPPED / "mnist_labels"
         assert model_source(name) == "cdraw/assets/models/mnist_labels"  # an --init-weights run's record
-    for other in ("nosuch", "someone/mnist", "cdraw/assets/models/../../io.py", "..", "cdraw", "cdraw/assets", ""):
+    for other in (
+        "nosuch",
+        "someone/mnist",
+        "cdraw/assets/models/../../io.py",
+        "..",
+        "cdraw",
+        "cdraw/assets",
+        "",
+        "./mnist",
+    ):
         assert shipped_model(other) is None, other
     assert DRAW.from_pretrained("mnist").config == DRAW.from_pretrained(SHIPPED / "mnist").config
     cdraw_main(["info", "--checkpoint", "mnist"])
     assert "ships        with cdraw as mnist (--checkpoint mnist); also: mnist_captions" in capsys.readouterr().out
     with pytest.raises(CDrawError, match="nosuch does not exist .nor is it a shipped model: mnist, mnist_captions"):
         resolve_checkpoint("nosuch")
+    with pytest.raises(CDrawError, match="mnist does not exist"):  # a path, as troubleshooting.md says
+        resolve_checkpoint("./mnist")
     (tmp_path / "mnist_labels").mkdir()  # the user's own folder of that name comes first
     with pytest.raises(CDrawError, match="is not a cdraw checkpoint .*; the shipped model mnist_labels is "):
         resolve_checkpoint("mnist_labels")
@@ -304,11 +319,12 @@ def test_a_run_that_has_not_written_its_model_yet_is_read_from_its_best_so_far(t
     (run / "best" / "config.json").write_text("{}")
     with pytest.warns(CDrawWarning, match="run has no model/ yet .*: using its best model so far, .*run/best"):
         assert resolve_checkpoint(run) == run / "best"
-    (run / "model").mkdir()
-    (run / "model" / "config.json").write_text("{}")
+    shutil.copytree(SHIPPED / "mnist", run / "model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_checkpoint(run) == run / "model"
+        # the library and --init-weights read a run folder as the CLI does
+        assert DRAW.from_pretrained(run).folder == run / "model"
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
