@@ -358,7 +358,7 @@ def _add_data_places(p: argparse.ArgumentParser) -> None:
         dest="data_folder",
         metavar="FOLDER",
         help="a data set made in a folder of its own elsewhere, as given to the training recipe: "
-        "prepare_coco.py --out or make_mnist_captions.py --out (default: inside --data-dir)",
+        "cdraw prepare coco/mnist-captions --out (default: inside --data-dir)",
     )
 
 
@@ -592,8 +592,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cdraw`` console script."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # as parse_args says it; a recipe's flag before the recipe's name says where it goes
-        where = "; a recipe's flags go after its name: cdraw train RECIPE --flag" if args.command == "train" else ""
+    if unknown:  # as parse_args says it; a recipe's (data set's) flag before its name says where it goes
+        words = list(sys.argv[1:] if argv is None else argv)
+        after = words[words.index(args.command) + 1 :] if args.command in words else []
+        goes = {"train": "a recipe's flags go after its name: cdraw train RECIPE --flag",
+                "prepare": "a data set's flags go after its name: cdraw prepare DATASET --flag"}  # fmt: skip
+        where = f"; {goes[args.command]}" if args.command in goes and set(unknown) <= set(after) else ""
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{where}")
     run_main(lambda: args.func(args), training=args.func is cmd_train)
 

@@ -181,7 +181,7 @@ def evaluation_data(
 ) -> ImageData:
     """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
     captions encoded by the model's tokenizer. ``folder``: the data set's own folder where it was made
-    elsewhere than in ``data_dir`` (COCO's ``prepare_coco.py --out``, ``make_mnist_captions.py --out``)."""
+    elsewhere than in ``data_dir`` (``cdraw prepare coco --out``, ``cdraw prepare mnist-captions --out``)."""
     from cdraw import datasets
     from cdraw.datasets.base import conditioned_on
 

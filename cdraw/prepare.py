@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from cdraw.errors import OneLineParser, non_negative_int, positive_int
 
@@ -65,7 +66,10 @@ def mnist_captions_parser() -> argparse.ArgumentParser:
         "  cdraw prepare mnist-captions --out data/mnist_captions\n"
         "  cdraw prepare mnist-captions --data-dir ../shared/data --out /tmp/mc --test-seen 500 --seed 3",
     )
-    parser.add_argument("--data-dir", help=f"folder with mnist/ idx files (default: {DATA_DIR})")
+    parser.add_argument(
+        "--data-dir",
+        help=f"folder with mnist/ idx files, and where the data set goes without --out (default: {DATA_DIR})",
+    )
     parser.add_argument(
         "--out",
         help="output folder (default: mnist_captions in the data folder, where cdraw train mnist_captions looks)",
@@ -131,7 +135,8 @@ def coco_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--captions", required=True, help="COCO captions_{train,val}{2014,2017}.json")
     parser.add_argument("--images", required=True, help="folder of that split's images, e.g. ~/coco/train2014")
-    parser.add_argument("--out", help=f"output folder (default: {SUBDIR} in {DATA_DIR})")
+    parser.add_argument("--data-dir", help=f"data folder: the data set goes into its {SUBDIR}/ (default: {DATA_DIR})")
+    parser.add_argument("--out", help=f"output folder (default: {SUBDIR} in --data-dir, where cdraw train coco looks)")
     parser.add_argument("--split", default="train", help="name of the split file to write (default: train)")
     parser.add_argument("--size", type=positive_int, default=IMAGE_SIZE, help="output side in pixels (default: 32)")
     parser.add_argument("--num-proc", type=positive_int, default=1, help="worker processes (default: 1)")
@@ -150,12 +155,13 @@ def coco_parser() -> argparse.ArgumentParser:
 
 
 def coco(args: argparse.Namespace) -> None:
-    from cdraw.coco import METADATA, prepare_coco
+    from cdraw.coco import METADATA, SUBDIR, prepare_coco
 
+    out = args.out or (Path(args.data_dir).expanduser() / SUBDIR if args.data_dir else None)  # None: the default
     path = prepare_coco(
         args.captions,
         args.images,
-        args.out,
+        out,
         size=args.size,
         split_name=args.split,
         num_proc=args.num_proc,

@@ -1,4 +1,4 @@
-"""Train alignDRAW on COCO captions at 32x32 RGB (prepare it first: data_scripts/prepare_coco.py).
+"""Train alignDRAW on COCO captions at 32x32 RGB (prepare it first: cdraw prepare coco).
 
 The recipe lives in the package (cdraw/recipes/coco.py, its config in cdraw/recipes/configs/); this
 file runs it from a source checkout: `accelerate launch recipes/train_coco.py --help`. The same:

@@ -1,4 +1,4 @@
-"""Train alignDRAW on "MNIST with captions" (make it first: data_scripts/make_mnist_captions.py).
+"""Train alignDRAW on "MNIST with captions" (made when missing, or first: cdraw prepare mnist-captions).
 
 The recipe lives in the package (cdraw/recipes/mnist_captions.py, its config in cdraw/recipes/configs/); this
 file runs it from a source checkout: `accelerate launch recipes/train_mnist_captions.py --help`. The same:

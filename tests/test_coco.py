@@ -163,6 +163,12 @@ def test_cdraw_prepare_coco_runs_end_to_end_and_reports_user_errors_in_one_line(
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: captions file") and "nope.json" in bad.stderr
     assert bad.stderr.count("\n") == 1
+    into = subprocess.run(
+        [*command, *args[:4], "--data-dir", str(tmp_path / "d"), "--split", "t", "--limit", "2"], **run
+    )
+    assert into.returncode == 0 and (tmp_path / "d" / "coco32" / "t.parquet").is_file(), (
+        into.stderr
+    )  # where train looks
     missing = subprocess.run([*command, "--images", str(tmp_path)], **run)
     assert missing.returncode == 2 and missing.stderr == (
         "error: the following arguments are required: --captions (see `cdraw prepare coco --help`)\n"

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = train_arg_parser(CONFIGS / "coco.yaml", __doc__, conditional=True)
     parser.add_argument("--coco-dir", help="folder made by cdraw prepare coco (default: DATA_DIR/coco32)")
-    parser.add_argument("--train-split", default="train", help="split name given to prepare_coco.py (default: train)")
-    parser.add_argument("--valid-split", default="val", help="split name given to prepare_coco.py (default: val)")
+    parser.add_argument(
+        "--train-split", default="train", help="split name given to cdraw prepare coco --split (default: train)"
+    )
+    parser.add_argument(
+        "--valid-split", default="val", help="split name given to cdraw prepare coco --split (default: val)"
+    )
     args = parser.parse_args(argv)
     cfg, resume = parse_train_args(argv, parser=parser)
     # both splits there before minutes of tokenizing the first; the folder recorded for `cdraw eval --coco-dir`
