@@ -151,7 +151,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from cdraw.generate import reconstruct
 
     folder, model = _load_model(args)
-    dataset, split, _ = measured_on(model, folder, args.data, args.split, 3, args.data_dir, args.data_folder)
+    dataset, split, _ = measured_on(
+        model, folder, args.data, args.split, stacklevel=3, data_dir=args.data_dir, data_folder=args.data_folder
+    )
     data = evaluation_data(model, dataset, split, args.data_dir, args.data_folder)
     rows = slice(0, args.num)
     from cdraw.generate import output_dir
@@ -198,8 +200,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     h, w = cfg.image_size
     print(f"checkpoint   {folder} ({size / 1e6:.1f} MB on disk)")
-    if folder.resolve().parent == SHIPPED:
-        name = folder.resolve().name
+    if (where := folder.resolve()).parent == SHIPPED:
+        name = where.name
         others = ", ".join(other for other in shipped_model_names() if other != name)
         print(f"ships        with cdraw as {name} (--checkpoint {name}); also: {others}")
     print(f"model        DRAW, {parameters}; {cfg.channels}x{h}x{w} images, {cfg.likelihood} likelihood")

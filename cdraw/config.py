@@ -100,6 +100,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        self.output_dir = str(Path(self.output_dir).expanduser())  # `--output-dir=~/runs/x`: no shell expands it
         if isinstance(self.model, dict):
             self.model = DRAWConfig.from_dict(self.model)
         if not isinstance(self.model, DRAWConfig):
@@ -279,13 +280,11 @@ def parse_train_args(
     config_file = args.pop("config")
     cfg = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
     resume = args.pop("resume")
-    if "output_dir" in args:  # `--output-dir=~/runs/x` reaches us unexpanded
-        args["output_dir"] = str(Path(args["output_dir"]).expanduser())
     if isinstance(resume, str):  # --resume RUN: the run folder, as --output-dir names it
-        run = str(Path(resume).expanduser())
-        if "output_dir" in args and Path(args["output_dir"]).resolve() != Path(run).resolve():
+        folder = lambda name: Path(name).expanduser().resolve()  # noqa: E731
+        if "output_dir" in args and folder(args["output_dir"]) != folder(resume):
             raise CDrawError(f"--resume {resume} and --output-dir {args['output_dir']} name two runs: give one")
-        args["output_dir"], resume = run, True
+        args["output_dir"], resume = resume, True
     d = _with_flags(cfg.to_dict(), args)
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)

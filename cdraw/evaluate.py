@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cdraw.data import ImageData
 from cdraw.errors import CDrawError, CDrawWarning
-from cdraw.io import DigitSource, data_source, earlier_runs, figures_include_training, read_record
+from cdraw.io import DigitSource, all_runs, data_source, figures_include_training, read_record
 from cdraw.model import DRAW
 
 #: Images per forward pass when evaluating with importance samples (batch * samples per chunk).
@@ -359,7 +359,7 @@ def _captions_unlike_training(
     if not (where / METADATA_NAME).is_file():
         return {}
     meta = read_metadata(where)
-    runs = [r for r in (training, *(r for _, r in earlier_runs(training))) if r.get("dataset") == "mnist-captions"]
+    runs = [r for r in all_runs(training) if r.get("dataset") == "mnist-captions"]
     unlike = {}
     measured = DigitSource.read(meta.get("source", {}).get(split))  # the digits of the split measured
 

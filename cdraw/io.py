@@ -185,6 +185,11 @@ def earlier_runs(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
+def all_runs(training: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of a model's run and of every run it continued, latest first."""
+    return [training, *(r for _, r in earlier_runs(training))]
+
+
 def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) -> bool:
     """Whether figures on ``figures``' data set and split (an ``eval.json``, or one about to be measured)
     are on a test split that the model trained on: as ``cdraw eval`` recorded it, or because the model,
@@ -195,8 +200,7 @@ def figures_include_training(training: dict[str, Any], figures: dict[str, Any]) 
         return True
     if figures.get("split") != "test":
         return False
-    runs = [training, *(r for _, r in earlier_runs(training))]
-    return any(r.get("source") == "t10k" and r.get("dataset") == figures.get("dataset") for r in runs)
+    return any(r.get("source") == "t10k" and r.get("dataset") == figures.get("dataset") for r in all_runs(training))
 
 
 def measured_on_part(figures: dict[str, Any], key: str) -> int | None:
@@ -277,7 +281,7 @@ def run_length(training: dict[str, Any]) -> str:
 
 def training_seconds(training: dict[str, Any]) -> float:
     """The training time of a model's run and of every run it continued, from its ``training.json``."""
-    return sum(r.get("training_s", 0.0) for r in [training, *(r for _, r in earlier_runs(training))])
+    return sum(r.get("training_s", 0.0) for r in all_runs(training))
 
 
 def save_folder(path: Path, model_type: str, config: dict[str, Any], state: dict[str, Tensor]) -> None:

@@ -182,7 +182,7 @@ class Trainer:
         record: dict | None = None,
     ):
         self.cfg, self.dataset, self.record = cfg, dataset, record or {}
-        self.out = Path(cfg.output_dir).expanduser()
+        self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -878,8 +878,8 @@ def condition_tokenizer(cfg: TrainConfig, conditions: Sequence, *, resume: bool 
     if cond is None:
         raise CDrawError("this config has no condition encoder (model.condition); use an unconditional recipe")
     if cond.kind == "bilstm" and cond.tokenizer is None:
-        check_output_dir(Path(cfg.output_dir).expanduser(), resume)  # before touching an existing run's tokenizer
-        folder = Path(cfg.output_dir).expanduser() / "tokenizer"
+        check_output_dir(Path(cfg.output_dir), resume)  # before touching an existing run's tokenizer
+        folder = Path(cfg.output_dir) / "tokenizer"
         state = PartialState()
         with state.local_main_process_first():
             have = (folder / SentencePieceTokenizer.MODEL_FILE).is_file()
