@@ -600,7 +600,8 @@ def main(argv: list[str] | None = None) -> None:
         goes = {"train": "a recipe's flags go after its name: cdraw train RECIPE --flag",
                 "prepare": "a data set's flags go after its name: cdraw prepare DATASET --flag"}  # fmt: skip
         where = f"; {goes[args.command]}" if args.command in goes and set(unknown) <= set(after) else ""
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}{where}")
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].unrecognized(unknown, where)  # `cdraw COMMAND --help`, its flags guessed
     run_main(lambda: args.func(args), training=args.func is cmd_train)
 
 

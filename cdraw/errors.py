@@ -2,7 +2,8 @@
 the command-line parser and argument types that report a mistyped command as one line too."""
 
 import argparse
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 
 EXIT_USER_ERROR = 2  # the exit status of a command stopped by a CDrawError
 
@@ -27,6 +28,34 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.unrecognized(unknown)
+        return namespace
+
+    def unrecognized(self, words: list[str], hint: str = "") -> None:
+        """Stop on words this parser does not know, naming the flag each misspelt one may have meant
+        (``--max_steps``: the YAML key's spelling; ``--nmu``) and then ``hint``."""
+        guesses = did_you_mean(words, self._option_string_actions)
+        guess = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+        self.error(f"unrecognized arguments: {' '.join(words)}{guess}{hint}")
+
+
+def did_you_mean(words: Iterable[str], flags: Iterable[str]) -> list[str]:
+    """The flags among ``flags`` closest to the unknown ``--long`` flags among ``words``, in order, once each:
+    the same with ``-`` for ``_`` first, else the nearest spelling, else none."""
+    flags = [flag for flag in flags if flag.startswith("--")]
+    guesses: list[str] = []
+    for word in words:
+        if not word.startswith("--"):
+            continue  # a value, or a short flag (too short to guess from)
+        flag = word.split("=", 1)[0]
+        dashed = flag.replace("_", "-")
+        near = [dashed] if dashed in flags else difflib.get_close_matches(dashed, flags, n=1, cutoff=0.75)
+        guesses += [match for match in near if match not in guesses]
+    return guesses
 
 
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

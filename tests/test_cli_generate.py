@@ -263,6 +263,8 @@ def test_prepare_checks_binarized_mnist_and_names_the_data_sets(data_dir):
     one_line_error(cdraw("prepare", "cifar"), "no data set 'cifar' to prepare")
     one_line_error(cdraw("prepare", "coco", "--size", "0"), "--size: must be at least 1", "cdraw prepare coco --help")
     one_line_error(cdraw("prepare", "--no-download", "binarized-mnist"), "a data set's flags go after its name")
+    proc = cdraw("generate", "--nmu", "3")  # a command's misspelt flag: that command's help, and the guess
+    one_line_error(proc, "unrecognized arguments: --nmu 3; did you mean --num?", "see `cdraw generate --help`")
     proc = cdraw("--bogus", "train", "mnist")  # not a recipe's flag: no advice about where those go
     one_line_error(proc, "unrecognized arguments: --bogus")
     assert "go after" not in proc.stderr

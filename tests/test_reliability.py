@@ -380,3 +380,11 @@ def test_sweep_a_failure_at_every_write_of_generate(tmp_path, monkeypatch, capsy
         assert now == good  # the folder exactly as the earlier call left it
     assert code == 0 and fail_at > 5 and set(now) == set(good)
     print(f"generate sweep: failures at writes 1..{fail_at - 1} held")
+
+
+def test_did_you_mean_guesses_long_flags_only_and_each_once():
+    from cdraw.errors import did_you_mean
+
+    flags = ["-h", "--help", "--max-steps", "--batch-size", "--num"]
+    assert did_you_mean(["--max_steps", "5", "--max-stesp=2", "--nmu"], flags) == ["--max-steps", "--num"]
+    assert did_you_mean(["--colour", "red", "-x", "--max_steps_per_epoch"], flags) == []  # nothing near: no guess

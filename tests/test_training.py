@@ -351,7 +351,11 @@ def test_a_recipe_run_by_cdraw_train_names_itself_so(monkeypatch, capsys):
         parse_train_args(["--max-stesp", "2"])
     said = capsys.readouterr().err
     assert stopped.value.code == 2 and said.count("\n") == 1
-    assert said == "error: unrecognized arguments: --max-stesp 2 (see `cdraw train mnist --help`)\n"
+    guess = "did you mean --max-steps?"
+    assert said == f"error: unrecognized arguments: --max-stesp 2; {guess} (see `cdraw train mnist --help`)\n"
+    with pytest.raises(SystemExit):  # the YAML key's spelling, value joined or not: the flag it means
+        parse_train_args(["--batch_size=3", "--glimpses", "4", "--read_size", "2"])
+    assert "did you mean --batch-size, --read-size?" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", [str(RECIPE)])
     assert train_arg_parser().prog == RECIPE.name
 
