@@ -159,7 +159,9 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
         raise CDrawError(f"cannot read config file {path}: {e.strerror} (shipped configs: {names})") from None
     except yaml.YAMLError as e:
-        raise CDrawError(f"config file {path} is not valid YAML: {e}") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise CDrawError(f"config file {path} is not valid YAML{where}: {' '.join(problem.split())}") from None
     if not isinstance(raw, dict):
         raise CDrawError(f"config file {path} must hold a mapping of field: value")
     return raw

@@ -43,21 +43,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(words)}{guess}{hint}")
 
 
-def did_you_mean(words: Iterable[str], flags: Iterable[str]) -> list[str]:
-    """The flags among ``flags`` closest to the unknown ``--long`` flags among ``words``, in order, once each:
-    the same with ``-`` for ``_`` first, else the nearest spelling, else none."""
-    flags = [flag for flag in flags if flag.startswith("--")]
-    guesses: list[str] = []
-    for word in words:
-        if not word.startswith("--"):
-            continue  # a value, or a short flag (too short to guess from)
-        flag = word.split("=", 1)[0]
-        dashed = flag.replace("_", "-")
-        near = [dashed] if dashed in flags else difflib.get_close_matches(dashed, flags, n=1, cutoff=0.75)
-        guesses += [match for match in near if match not in guesses]
-    return guesses
-
-
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -76,3 +61,25 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
 positive_int = _int_at_least(1)  # argparse types
 non_negative_int = _int_at_least(0)
 seed_int = _int_at_least(0, 2**32 - 1)  # as TrainConfig.seed (cdraw.config.MAX_SEED; not imported: torch)
+
+
+def did_you_mean(words: Iterable[str], flags: Iterable[str]) -> list[str]:
+    """The flags among ``flags`` that the unknown ``--long`` flags among ``words`` most likely misspell
+    (:func:`nearest`), in order, once each."""
+    flags = [flag for flag in flags if flag.startswith("--")]
+    guesses: list[str] = []
+    for word in words:
+        if not word.startswith("--"):
+            continue  # a value, or a short flag (too short to guess from)
+        match = nearest(word.split("=", 1)[0].replace("_", "-"), flags)
+        guesses += [match] if match and match not in guesses else []
+    return guesses
+
+
+def nearest(name: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``name`` most likely misspells: itself (after the caller's ``-``/``_``
+    swap), else the closest spelling if close enough, else None."""
+    names = list(names)
+    if name in names:
+        return name
+    return next(iter(difflib.get_close_matches(name, names, n=1, cutoff=0.75)), None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cdraw.errors import CDrawError, CDrawWarning
+from cdraw.errors import CDrawError, CDrawWarning, nearest
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,7 +40,10 @@ def typed_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise CDrawError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+        near = {k: nearest(k.replace("-", "_"), known) for k in unknown}
+        meant = ", ".join(f"{m} for {k}" if len(unknown) > 1 else m for k, m in near.items() if m)
+        meant = f" (did you mean {meant}?)" if meant else ""
+        raise CDrawError(f"unknown {cls.__name__} fields {unknown}{meant}; known fields: {sorted(known)}")
     return {k: _typed(f"{cls.__name__}.{k}", hints[k], v) for k, v in d.items()}
 
 

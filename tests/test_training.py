@@ -386,8 +386,18 @@ def test_config_precedence_yaml_then_flags_and_clear_errors(tmp_path):
         with pytest.raises(argparse.ArgumentTypeError):
             seed_int(str(seed))
     yaml_file.write_text("learning_rate: 0.1\n")
-    with pytest.raises(CDrawError, match="unknown TrainConfig fields"):
+    with pytest.raises(CDrawError, match=r"unknown TrainConfig fields \['learning_rate'\]; known"):
+        parse_train_args(["--config", str(yaml_file)])  # nothing near: no guess
+    yaml_file.write_text("batch_sise: 3\nmax-steps: 2\n")
+    with pytest.raises(CDrawError, match=r"did you mean batch_size for batch_sise, max_steps for max-steps\?"):
         parse_train_args(["--config", str(yaml_file)])
+    yaml_file.write_text("model:\n  glimpse: 3\n")
+    with pytest.raises(CDrawError, match=r"unknown DRAWConfig fields \['glimpse'\] \(did you mean glimpses\?\)"):
+        parse_train_args(["--config", str(yaml_file)])
+    yaml_file.write_text("batch_size: [3\n")  # PyYAML says it in 5 lines: one, with where
+    with pytest.raises(CDrawError, match=r"not valid YAML \(line 2, column 1\): expected ',' or ']'") as bad:
+        parse_train_args(["--config", str(yaml_file)])
+    assert "\n" not in str(bad.value)
     with pytest.raises(CDrawError, match="cannot read config file"):
         parse_train_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(CDrawError, match="shipped configs: coco, coco_paper, mnist, mnist_captions"):
