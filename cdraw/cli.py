@@ -43,7 +43,7 @@ def run_main(main: Callable[[], object], training: bool = True) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(1)
     except CDrawError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever a wrapped error held
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         kept = ": the last complete checkpoint (if any) is intact" if training else ""

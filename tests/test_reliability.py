@@ -388,3 +388,16 @@ def test_did_you_mean_guesses_long_flags_only_and_each_once():
     flags = ["-h", "--help", "--max-steps", "--batch-size", "--num"]
     assert did_you_mean(["--max_steps", "5", "--max-stesp=2", "--nmu"], flags) == ["--max-steps", "--num"]
     assert did_you_mean(["--colour", "red", "-x", "--max_steps_per_epoch"], flags) == []  # nothing near: no guess
+
+
+def test_a_user_error_is_one_line_even_when_it_wraps_a_multi_line_message(capsys):
+    from cdraw.cli import run_main
+    from cdraw.errors import CDrawError
+
+    def fails():
+        raise CDrawError("x.model is not a SentencePiece model (line one\n  line two)")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(fails, training=False)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: x.model is not a SentencePiece model (line one line two)\n"
