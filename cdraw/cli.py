@@ -125,6 +125,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise CDrawError(f"{folder} is not a caption model (it is {_describe(kind)}): drop --caption")
     if labels is not None and kind != "label":
         raise CDrawError(f"{folder} is not a label model (it is {_describe(kind)}): drop --label")
+    if not captions and labels is None and kind != "none":
+        wants = "--label K (e.g. --label 3 7)" if kind == "label" else "--caption TEXT or --captions-file F"
+        raise CDrawError(f"{folder} is {_describe(kind)}: give it {wants}")
     from cdraw.generate import output_dir
 
     start = time.perf_counter()

@@ -432,7 +432,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         :class:`CDrawError`; truncated captions and unknown words are a ``CDrawWarning``.
         """
         if self.condition is None:
-            raise CDrawError("this model is unconditional: it takes no --caption or --label")
+            raise CDrawError("this model is unconditional: it takes no condition (no --caption or --label)")
         return self.condition.tokenizer.encode(values)
 
     def _conditions(self, condition: Any, batch: int, check: bool = False) -> Conditions:
@@ -472,9 +472,9 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
     def _wants(self) -> str:
         kind = self.config.condition.kind if self.config.condition is not None else None
         if kind == "label":
-            return "give it class labels (--label K)"
+            return "give it class labels, condition=[3, 7] (--label K in cdraw generate)"
         if kind is not None:
-            return "give it captions (--caption TEXT)"
+            return "give it captions, condition=['a caption'] (--caption TEXT in cdraw generate)"
         return "pass a Context(vector) of size context_size"
 
     # -- one step: the paper's equations --------------------------------------------------

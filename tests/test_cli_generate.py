@@ -172,6 +172,8 @@ def test_info_describes_a_pretrained_encoder_model_without_the_text_extra(monkey
         (["generate", "--checkpoint", "{models}/plain", "--label", "1"], ["not a label model"]),
         (["generate", "--checkpoint", "{models}/caption", "--label", "1"], ["not a label model"]),
         (["generate", "--checkpoint", "{models}/label", "--caption", "the digit 1"], ["not a caption model"]),
+        (["generate", "--checkpoint", "{models}/label"], ["is a class-label model: give it --label K"]),
+        (["generate", "--checkpoint", "{models}/caption"], ["is a caption model", "give it --caption TEXT"]),
         (["generate", "--checkpoint", "{models}/label", "--label", "4"], ["out of range", "0..3"]),
         (["generate", "--checkpoint", "{models}/caption", "--caption", "  "], ["empty caption"]),
         (["generate", "--checkpoint", "{models}/plain", "--num", "0"], ["--num", "at least 1"]),

@@ -219,8 +219,10 @@ def test_bad_conditions_are_clear(tokenizer_dir):
         captions.sample(1, ["   "])
     with pytest.raises(CDrawError, match="unconditional"):
         plain.encode_condition(["a caption"])
-    with pytest.raises(CDrawError, match="conditional: give it captions"):
+    with pytest.raises(CDrawError, match=r"conditional: give it captions, condition=\['a caption'\]"):
         captions(x)
+    with pytest.raises(CDrawError, match=r"conditional: give it class labels, condition=\[3, 7\]"):
+        labels.sample(2)
     with pytest.raises(CDrawError, match="2 conditions for 3 images"):
         captions.sample(3, ["the digit 1 is at the top left", "the digit 2 is at the top left"])
 
