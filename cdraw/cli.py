@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cdraw.errors import (
+    DATA_DIR,
     EXIT_USER_ERROR,
     CDrawError,
     OneLineParser,
@@ -356,7 +357,7 @@ def _add_common(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
 
 
 def _add_data_places(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder with the data (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)")
+    p.add_argument("--data-dir", help=f"folder with the data (default: {DATA_DIR})")
     p.add_argument(
         "--coco-dir",
         "--captions-dir",

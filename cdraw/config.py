@@ -22,7 +22,7 @@ import yaml
 
 from cdraw.conditioning import ConditionConfig
 from cdraw.conditioning.base import CONFIG_CLASSES
-from cdraw.errors import CDrawError, CDrawWarning, OneLineParser
+from cdraw.errors import DATA_DIR, CDrawError, CDrawWarning, OneLineParser
 from cdraw.io import typed_fields
 from cdraw.model import DRAWConfig
 
@@ -39,9 +39,7 @@ class TrainConfig:
 
     model: DRAWConfig = field(default_factory=DRAWConfig)
     output_dir: str = field(default="runs/draw", metadata={"help": "where checkpoints, logs and samples go"})
-    data_dir: str | None = field(
-        default=None, metadata={"help": "folder with the data set (default: $CDRAW_DATA_DIR or ~/.cache/cdraw/data)"}
-    )
+    data_dir: str | None = field(default=None, metadata={"help": f"folder with the data set (default: {DATA_DIR})"})
     epochs: int = field(default=100, metadata={"help": "passes over the training set (or --max-steps, if sooner)"})
     max_steps: int | None = field(
         default=None, metadata={"help": "stop after this many optimiser steps (or at --epochs, if sooner)"}

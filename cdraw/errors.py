@@ -58,6 +58,8 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
     return parse
 
 
+DATA_DIR = "$CDRAW_DATA_DIR or ~/.cache/cdraw/data"  # as help says it: cdraw.data.default_data_dir
+
 positive_int = _int_at_least(1)  # argparse types
 non_negative_int = _int_at_least(0)
 seed_int = _int_at_least(0, 2**32 - 1)  # as TrainConfig.seed (cdraw.config.MAX_SEED; not imported: torch)

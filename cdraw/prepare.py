@@ -17,9 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cdraw.errors import OneLineParser, non_negative_int, positive_int
-
-DATA_DIR = "$CDRAW_DATA_DIR or ~/.cache/cdraw/data"  # the default data folder, as help says it (cdraw.data)
+from cdraw.errors import DATA_DIR, OneLineParser, non_negative_int, positive_int
 
 
 def _parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:

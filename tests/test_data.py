@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,14 @@ def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_
         CDrawError, match="binarized-mnist has no labels or captions, and this model is conditioned on labels"
     ):
         evaluation_data(DRAW.from_pretrained(DEFAULT_MODELS["label"]), "binarized-mnist", "test", data_dir)
+
+
+def test_help_names_the_default_data_folder_the_loaders_use(monkeypatch, tmp_path):
+    from cdraw.data import default_data_dir
+    from cdraw.errors import DATA_DIR
+
+    variable, fallback = DATA_DIR.split(" or ")
+    monkeypatch.setenv(variable.lstrip("$"), str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv(variable.lstrip("$"))
+    assert default_data_dir() == Path(fallback).expanduser()
