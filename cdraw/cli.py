@@ -597,15 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cdraw`` console script."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # as parse_args says it; a recipe's (data set's) flag before its name says where it goes
-        words = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    words = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, word in enumerate(words) if word in commands), 0)
+    if early := [word for word in words[:at] if word not in ("-h", "--help", "--version")]:  # cdraw --num 4 generate
+        commands[words[at]].unrecognized(early, f"; flags go after the command: cdraw {words[at]} --flag")
+    args, unknown = parser.parse_known_args(words)
+    if unknown:  # as parse_args says it, with the flags it may mean; a recipe's (data set's) flag before its name
         after = words[words.index(args.command) + 1 :] if args.command in words else []
         goes = {"train": "a recipe's flags go after its name: cdraw train RECIPE --flag",
                 "prepare": "a data set's flags go after its name: cdraw prepare DATASET --flag"}  # fmt: skip
         where = f"; {goes[args.command]}" if args.command in goes and set(unknown) <= set(after) else ""
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-        commands[args.command].unrecognized(unknown, where)  # `cdraw COMMAND --help`, its flags guessed
+        commands[args.command].unrecognized(unknown, where)  # `cdraw COMMAND --help`
     run_main(lambda: args.func(args), training=args.func is cmd_train)
 
 

@@ -1,5 +1,6 @@
 """The one exception type for user mistakes (bad input, missing files, mismatched checkpoints), and
-the command-line parser and argument types that report a mistyped command as one line too."""
+the command-line parser and argument types that report a mistyped command as one line too, naming
+the flag or field a misspelt one may mean."""
 
 import argparse
 import difflib
@@ -73,8 +74,9 @@ def did_you_mean(words: Iterable[str], flags: Iterable[str]) -> list[str]:
     for word in words:
         if not word.startswith("--"):
             continue  # a value, or a short flag (too short to guess from)
-        match = nearest(word.split("=", 1)[0].replace("_", "-"), flags)
-        guesses += [match] if match and match not in guesses else []
+        flag = word.split("=", 1)[0]
+        match = nearest(flag.replace("_", "-"), flags)
+        guesses += [match] if match and match != flag and match not in guesses else []  # not a right flag, misplaced
     return guesses
 
 

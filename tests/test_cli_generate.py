@@ -267,9 +267,11 @@ def test_prepare_checks_binarized_mnist_and_names_the_data_sets(data_dir):
     one_line_error(cdraw("prepare", "--no-download", "binarized-mnist"), "a data set's flags go after its name")
     proc = cdraw("generate", "--nmu", "3")  # a command's misspelt flag: that command's help, and the guess
     one_line_error(proc, "unrecognized arguments: --nmu 3; did you mean --num?", "see `cdraw generate --help`")
-    proc = cdraw("--bogus", "train", "mnist")  # not a recipe's flag: no advice about where those go
-    one_line_error(proc, "unrecognized arguments: --bogus")
-    assert "go after" not in proc.stderr
+    proc = cdraw("generate", "--out", "o", "--bogus")  # after the command: unknown to it, nothing near
+    one_line_error(proc, "unrecognized arguments: --bogus (see `cdraw generate --help`)")
+    proc = cdraw("--num", "3", "generate")  # the command's own flag, before it (argparse: "invalid choice: '3'")
+    one_line_error(proc, "unrecognized arguments: --num 3; flags go after the command: cdraw generate --flag")
+    assert "did you mean" not in proc.stderr
 
 
 def test_train_gives_the_recipe_every_cpu_core(monkeypatch):
