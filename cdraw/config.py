@@ -288,7 +288,13 @@ def parse_train_args(
     d = _with_flags(cfg.to_dict(), args)
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)
-        d = _with_flags(TrainConfig.from_yaml(saved).to_dict(), args)
+        run = TrainConfig.from_yaml(saved)
+        if config_file and _trains(run) != _trains(cfg):  # another recipe's run: its data would not fit
+            raise CDrawError(
+                f"--resume: {saved.parent} trained {_trains(run)}, and {parser.prog} trains {_trains(cfg)}: "
+                "resume it with the recipe that started it"
+            )
+        d = _with_flags(run.to_dict(), args)
         unread = _differences(config_file, d, args) if config_given else []
         if unread and int(os.environ.get("RANK", "0")) == 0:  # once, not by every process of a launch
             warnings.warn(
@@ -298,6 +304,12 @@ def parse_train_args(
                 stacklevel=2,
             )
     return TrainConfig.from_dict(d), resume
+
+
+def _trains(cfg: TrainConfig) -> str:
+    """What kind of model ``cfg`` trains, as a resume mismatch says it."""
+    kind = cfg.model.condition.kind if cfg.model.condition is not None else None
+    return {None: "an unconditional model", "label": "a class-label model"}.get(kind, "a caption model")
 
 
 class _NoteGiven(argparse.Action):

@@ -625,3 +625,27 @@ def test_a_checkpoint_without_its_random_state_resumes_with_a_warning_that_says_
     said = capsys.readouterr().out
     assert "has no random-number state for this process: the run continues but is not step-for-step" in said, said
     assert "processes" not in said.split("has no random-number state")[0].splitlines()[-1]
+
+
+def test_resume_with_another_recipe_is_one_line_before_any_data_is_read(tmp_path):
+    """`cdraw train mnist_labels --resume RUN` on an unconditional run (and the reverse) used to read
+    the data and then fail in a traceback (no condition to size the labels by)."""
+    import yaml
+
+    from cdraw.config import RUN_CONFIG, SHIPPED_CONFIGS
+
+    def resume(recipe: str, run_of: str):
+        run = tmp_path / run_of
+        run.mkdir(exist_ok=True)
+        saved = TrainConfig.from_yaml(SHIPPED_CONFIGS / f"{run_of}.yaml").to_dict()
+        (run / RUN_CONFIG).write_text(yaml.safe_dump({**saved, "output_dir": str(run)}))
+        parser = train_arg_parser(SHIPPED_CONFIGS / f"{recipe}.yaml", conditional=recipe != "mnist")
+        return parse_train_args(["--resume", str(run)], parser=parser)
+
+    with pytest.raises(CDrawError, match=r"mnist trained an unconditional model, and .* trains a class-label model"):
+        resume("mnist_labels", "mnist")
+    with pytest.raises(CDrawError, match="trained a class-label model, and .* trains an unconditional model"):
+        resume("mnist", "mnist_labels")
+    with pytest.raises(CDrawError, match="trained a caption model, and .* trains a class-label model: resume it with"):
+        resume("mnist_labels", "mnist_captions")
+    assert resume("mnist_captions", "mnist_captions")[1] is True  # its own recipe: resumed
