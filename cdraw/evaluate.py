@@ -182,6 +182,12 @@ def evaluation_data(
     """A split of ``dataset`` (a name of :data:`cdraw.datasets.DATASETS`) for ``model``: its labels or
     captions encoded by the model's tokenizer. ``folder``: the data set's own folder where it was made
     elsewhere than in ``data_dir`` (``cdraw prepare coco --out``, ``cdraw prepare mnist-captions --out``)."""
+    found = _fitting(model, dataset)
+    return found.load(split, data_dir, model.encode_condition if found.conditions else None, folder=folder)
+
+
+def _fitting(model: DRAW, dataset: str):
+    """The data set ``dataset`` names, if its conditions (labels, captions or none) are the model's."""
     from cdraw import datasets
     from cdraw.datasets.base import conditioned_on
 
@@ -191,7 +197,7 @@ def evaluation_data(
         has = f"has {found.conditions}s" if found.conditions else "has no labels or captions"
         model_wants = f"{wants}s" if wants else "nothing (it is unconditional: use binarized-mnist)"
         raise CDrawError(f"{dataset} {has}, and this model is conditioned on {model_wants}")
-    return found.load(split, data_dir, model.encode_condition if wants else None, folder=folder)
+    return found
 
 
 @torch.no_grad()
@@ -319,7 +325,8 @@ def measured_on(
     from cdraw import datasets
 
     dataset = dataset or datasets.for_model(model.config, folder, stacklevel=stacklevel + 1).name
-    split = split or datasets.get(dataset).eval_split
+    fits = _fitting(model, dataset)  # a data set that does not fit the model: refused before any warning
+    split = split or fits.eval_split
     training = read_record(folder)
     if training.get("dataset") and training["dataset"] != dataset:
         warnings.warn(

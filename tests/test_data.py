@@ -208,7 +208,7 @@ def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_
     """One shape for all: get(name).load(split, data_dir, encode) -> ImageData; the data set of a
     model is its training record's, else the first that fits its images and conditions."""
     from cdraw import DRAW, datasets
-    from cdraw.evaluate import evaluation_data
+    from cdraw.evaluate import evaluation_data, measured_on
     from cdraw.generate import DEFAULT_MODELS
     from cdraw.mnist_captions import make_mnist_captions
 
@@ -243,6 +243,12 @@ def test_the_dataset_registry_loads_every_data_set_the_same_way(data_dir, mnist_
         CDrawError, match="binarized-mnist has no labels or captions, and this model is conditioned on labels"
     ):
         evaluation_data(DRAW.from_pretrained(DEFAULT_MODELS["label"]), "binarized-mnist", "test", data_dir)
+    plain = DRAW.from_pretrained(DEFAULT_MODELS["none"])
+    for split in (None, "valid"):  # cdraw eval --data that does not fit: refused, not first warned of as other data
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CDrawError, match="fashion-mnist has labels, and this model is conditioned on nothing"):
+                measured_on(plain, DEFAULT_MODELS["none"], "fashion-mnist", split)
 
 
 def test_help_names_the_default_data_folder_the_loaders_use(monkeypatch, tmp_path):
