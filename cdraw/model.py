@@ -581,10 +581,18 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         shape = (steps, 1 if shared else batch, self.config.z_size)
         return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
 
-    def _check_images(self, x: Tensor) -> None:
+    def _checked_images(self, x: Tensor) -> Tensor:
+        """``x`` as the model reads it: (B, C, H, W) floats; 0/1 images given as bool or integers are
+        converted (their range checked, a host sync only on that path), grey levels 0..255 refused."""
         expected = (self.config.channels, *self.config.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise CDrawError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if x.is_floating_point():
+            return x
+        low, high = (int(x.min()), int(x.max())) if x.numel() else (0, 0)
+        if low < 0 or high > 1:
+            raise CDrawError(f"images must be in [0, 1], got {x.dtype} values {low}..{high}: divide grey levels by 255")
+        return x.to(self.h_dec0.dtype)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -599,13 +607,14 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         generator: torch.Generator | None = None,
         shared_noise: bool = False,
     ) -> DRAWOutput:
-        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1]; the loss is -ELBO in nats per image.
+        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1] (floats, or 0/1 as bool or integers); the
+        loss is -ELBO in nats per image.
 
         ``condition``: for a conditional model, see the class docstring; one condition for a
         whole batch is broadcast. ``shared_noise``: every example gets the same latent noise (to
         compare one image under several conditions on common random numbers).
         """
-        self._check_images(x)
+        x = self._checked_images(x)  # (B, C, H, W)
         b = x.shape[0]
         cond = self._conditions(condition, b)
         w = fused.gather(self, cond) if self.fused else None

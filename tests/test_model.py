@@ -340,6 +340,12 @@ def test_conditioning_seam_context_and_learned_prior(tiny_cfg):
 def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
     with pytest.raises(CDrawError, match=r"images must be \(B, 1, 28, 28\)"):
         DRAW(tiny_cfg)(torch.rand(2, 28, 28))
+    model, x = DRAW(tiny_cfg), (torch.rand(2, 1, 28, 28) > 0.5)
+    loss = lambda images: model(images, generator=torch.Generator().manual_seed(0)).loss  # noqa: E731
+    for ints in (x, x.to(torch.uint8), x.long()):  # 0/1 digits as bool or integers: read as floats
+        assert torch.equal(loss(ints), loss(x.float()))
+    with pytest.raises(CDrawError, match=r"in \[0, 1\], got torch.uint8 values 0..255: divide grey levels by 255"):
+        model(x.to(torch.uint8) * 255)
     with pytest.raises(CDrawError, match="glimpses"):
         DRAWConfig(glimpses=0)
     with pytest.raises(CDrawError, match="likelihood"):
