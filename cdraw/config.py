@@ -22,6 +22,7 @@ import yaml
 
 from cdraw.conditioning import ConditionConfig
 from cdraw.conditioning.base import CONFIG_CLASSES
+from cdraw.datasets.base import conditioned_on
 from cdraw.errors import DATA_DIR, CDrawError, CDrawWarning, OneLineParser
 from cdraw.io import typed_fields
 from cdraw.model import DRAWConfig
@@ -308,8 +309,8 @@ def parse_train_args(
 
 def _trains(cfg: TrainConfig) -> str:
     """What kind of model ``cfg`` trains, as a resume mismatch says it."""
-    kind = cfg.model.condition.kind if cfg.model.condition is not None else None
-    return {None: "an unconditional model", "label": "a class-label model"}.get(kind, "a caption model")
+    kinds = {None: "an unconditional model", "label": "a class-label model", "caption": "a caption model"}
+    return kinds[conditioned_on(cfg.model)]
 
 
 class _NoteGiven(argparse.Action):

@@ -261,12 +261,11 @@ def data_source(training: dict[str, Any]) -> str:
     if not isinstance(source, str):
         return ""
     digits = DigitSource.read(source)
-    if digits is None:
-        return f"MNIST's {source} file" if source in ("train", "t10k") else source
-    if digits.part is None:
-        return f"MNIST's {digits.file} file"
-    which = "the training part" if digits.part == 0 else "the held-out part"
-    return f"{digits.digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {digits.seed}"
+    if digits is not None and digits.part is not None:
+        which = "the training part" if digits.part == 0 else "the held-out part"
+        return f"{digits.digits:,} digits of MNIST's test file (t10k), {which} of its split with seed {digits.seed}"
+    file = digits.file if digits is not None else source  # a whole file: "mnist train", or a label run's "t10k"
+    return f"MNIST's {file} file" if file in ("train", "t10k") else source
 
 
 def run_length(training: dict[str, Any]) -> str:
