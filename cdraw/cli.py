@@ -57,7 +57,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     shipped model's name: :func:`cdraw.io.local_model`) or a Hugging Face Hub id (``owner/name``,
     downloaded when online, else from the local cache); else a one-line error saying why not."""
     from cdraw.hub import HUB_ID, snapshot
-    from cdraw.io import local_model, model_source, shipped_model, shipped_model_names
+    from cdraw.io import local_model, missing_model, model_source, shipped_model
 
     given = str(path)
     path = Path(path).expanduser()
@@ -66,10 +66,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists() and HUB_ID.fullmatch(given):
         return snapshot(given)
     if not path.exists():
-        names = ", ".join(shipped_model_names())
-        raise CDrawError(
-            f"checkpoint {path} does not exist" + (f" (nor is it a shipped model: {names})" if names else "")
-        )
+        raise missing_model(path)
     shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
     also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
     raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'}){also}")

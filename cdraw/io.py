@@ -163,6 +163,12 @@ def shipped_model_names() -> list[str]:
     return sorted(config.parent.name for config in SHIPPED.glob(f"*/{CONFIG_NAME}"))
 
 
+def missing_model(path: str | os.PathLike) -> CDrawError:
+    """The error for a checkpoint that is neither on this machine nor a shipped model's name."""
+    names = ", ".join(shipped_model_names())
+    return CDrawError(f"checkpoint {path} does not exist" + (f" (nor is it a shipped model: {names})" if names else ""))
+
+
 def model_source(name: str) -> str:
     """How a run's records name the model it started from (``--init-weights``): a model inside the
     cdraw package (a shipped one) as ``cdraw/...``, whichever checkout or install it was read from

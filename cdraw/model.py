@@ -64,6 +64,7 @@ from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported 
     atomic_write,
     load_weights,
     local_model,
+    missing_model,
     read_config,
     read_record,
     save_folder,
@@ -454,7 +455,9 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
             if len(ids) == 1 and batch > 1:  # one condition for the whole batch
                 ids = ids.expand(batch, *ids.shape[1:])
             if len(ids) != batch:
-                raise CDrawError(f"got {len(ids)} conditions for {batch} images")
+                raise CDrawError(
+                    f"got {len(ids)} conditions for {batch} images: give one for all of them, or one per image"
+                )
             ctx = self.condition(ids)
         d, k = self.config.vector_size, self.config.words_size
         vector = _checked(ctx.vector, (batch, d), "context vector") if d else _absent(ctx.vector, "context vector")
@@ -775,6 +778,8 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
                 local_files_only=local_files_only,
                 token=token,
             )
+        if not folder.exists():
+            raise missing_model(folder)
         config = load_config(folder)
         model = cls(config, root=folder)
         model.load_checkpoint_state(load_weights(folder, model))

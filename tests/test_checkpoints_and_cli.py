@@ -58,7 +58,7 @@ def test_corrupt_missing_and_mismatched_checkpoints_are_clear_errors(saved, tmp_
     config.write_text(json.dumps({**json.loads(good_config), "zsize": 3}))
     with pytest.raises(CDrawError, match=r"unknown DRAWConfig fields \['zsize'\] \(did you mean z_size\?\)"):
         DRAW.from_pretrained(path)
-    with pytest.raises(CDrawError, match="does not exist"):
+    with pytest.raises(CDrawError, match="nowhere does not exist .nor is it a shipped model: mnist, mnist_captions"):
         DRAW.from_pretrained(tmp_path / "nowhere")
 
 

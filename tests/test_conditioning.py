@@ -223,7 +223,9 @@ def test_bad_conditions_are_clear(tokenizer_dir):
         captions(x)
     with pytest.raises(CDrawError, match=r"conditional: give it class labels, condition=\[3, 7\]"):
         labels.sample(2)
-    with pytest.raises(CDrawError, match="2 conditions for 3 images"):
+    with pytest.raises(CDrawError, match="class labels, got 'a': give whole numbers 0..9"):
+        labels.sample(1, ["a"])
+    with pytest.raises(CDrawError, match="2 conditions for 3 images: give one for all of them, or one per image"):
         captions.sample(3, ["the digit 1 is at the top left", "the digit 2 is at the top left"])
 
 
