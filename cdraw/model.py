@@ -108,6 +108,8 @@ class DRAWConfig:
     align_size: int = 256  # A, the hidden size of alignDRAW's alignment (caption encoders only)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.image_size, list | tuple):
+            raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {self.image_size!r}")
         self.image_size = tuple(self.image_size)
         if isinstance(self.condition, dict):
             self.condition = ConditionConfig.from_dict(self.condition)
@@ -119,7 +121,7 @@ class DRAWConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
+        if len(self.image_size) != 2 or not all(isinstance(n, int) and n >= 1 for n in self.image_size):
             raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {self.image_size!r}")
         if self.likelihood not in LIKELIHOODS:
             raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
@@ -585,17 +587,24 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
 
     def _checked_images(self, x: Tensor) -> Tensor:
-        """``x`` as the model reads it: (B, C, H, W) floats; 0/1 images given as bool or integers are
-        converted (their range checked, a host sync only on that path), grey levels 0..255 refused."""
+        """``x`` as the model reads it: (B, C, H, W) floats of the model's dtype (a NumPy array becomes a
+        tensor on the model's device); 0/1 images given as bool or integers are converted (their range
+        checked, a host sync only on that path), grey levels 0..255 refused."""
+        dtype = self.h_dec0.dtype
+        if not isinstance(x, Tensor):
+            try:
+                x = torch.as_tensor(x, device=self.h_dec0.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise CDrawError(f"images must be a tensor or an array, got {type(x).__name__}") from None
         expected = (self.config.channels, *self.config.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise CDrawError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         if x.is_floating_point():
-            return x
+            return x if x.dtype == dtype else x.to(dtype)  # float64 from NumPy; no host sync
         low, high = (int(x.min()), int(x.max())) if x.numel() else (0, 0)
         if low < 0 or high > 1:
             raise CDrawError(f"images must be in [0, 1], got {x.dtype} values {low}..{high}: divide grey levels by 255")
-        return x.to(self.h_dec0.dtype)
+        return x.to(dtype)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -610,8 +619,8 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         generator: torch.Generator | None = None,
         shared_noise: bool = False,
     ) -> DRAWOutput:
-        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1] (floats, or 0/1 as bool or integers); the
-        loss is -ELBO in nats per image.
+        """Encode and reconstruct ``x`` (B, C, H, W) in [0, 1] (floats, or 0/1 as bool or integers; a tensor
+        or a NumPy array); the loss is -ELBO in nats per image.
 
         ``condition``: for a conditional model, see the class docstring; one condition for a
         whole batch is broadcast. ``shared_noise``: every example gets the same latent noise (to
@@ -724,6 +733,8 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         and ``model_card_kwargs`` are accepted as ``huggingface_hub`` passes them, and not needed).
         """
         path = Path(save_directory)
+        if path.exists() and not path.is_dir():
+            raise CDrawError(f"{path} is a file: save_pretrained writes a folder (config.json, model.safetensors ...)")
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         if self.condition is not None:  # the tokenizer (and text model) go beside; paths become relative

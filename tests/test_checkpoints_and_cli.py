@@ -60,6 +60,8 @@ def test_corrupt_missing_and_mismatched_checkpoints_are_clear_errors(saved, tmp_
         DRAW.from_pretrained(path)
     with pytest.raises(CDrawError, match="nowhere does not exist .nor is it a shipped model: mnist, mnist_captions"):
         DRAW.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CDrawError, match="model.safetensors is a file: save_pretrained writes a folder"):
+        DRAW(DRAWConfig()).save_pretrained(tmp_path / "big" / "model.safetensors")
 
 
 def cdraw(*args, timeout=300):

@@ -346,6 +346,13 @@ def test_bad_images_and_configs_are_clear_errors(tiny_cfg):
         assert torch.equal(loss(ints), loss(x.float()))
     with pytest.raises(CDrawError, match=r"in \[0, 1\], got torch.uint8 values 0..255: divide grey levels by 255"):
         model(x.to(torch.uint8) * 255)
+    assert torch.equal(loss(x.double()), loss(x.float()))  # float64 (NumPy's default) read in the model's dtype
+    assert torch.equal(loss(x.double().numpy()), loss(x.float()))  # an array becomes a tensor
+    with pytest.raises(CDrawError, match="images must be a tensor or an array, got str"):
+        model("digits.png")
+    for size in (28, (28,), (28, 0), (28.0, 28)):
+        with pytest.raises(CDrawError, match=r"image_size must be \(H, W\)"):
+            DRAWConfig(image_size=size)
     with pytest.raises(CDrawError, match="glimpses"):
         DRAWConfig(glimpses=0)
     with pytest.raises(CDrawError, match="likelihood"):
