@@ -20,11 +20,12 @@ import warnings
 
 import torch
 
-from cdraw.cli import resolve_checkpoint, run_main
+from cdraw.cli import run_main
 from cdraw.datasets.mnist_captions import load_mnist_captions
 from cdraw.errors import CDrawError, CDrawWarning, positive_int
 from cdraw.evaluate import caption_matches_of
 from cdraw.fidelity import shipped_classifier
+from cdraw.io import resolve_checkpoint
 from cdraw.mnist_captions import PARAPHRASES, TEMPLATE_NAMES, Caption
 from cdraw.model import DRAW
 

@@ -52,26 +52,6 @@ def run_main(main: Callable[[], object], training: bool = True) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A model folder from what a user points at: one on this machine (a model or run folder, a
-    shipped model's name: :func:`cdraw.io.local_model`) or a Hugging Face Hub id (``owner/name``,
-    downloaded when online, else from the local cache); else a one-line error saying why not."""
-    from cdraw.hub import HUB_ID, snapshot
-    from cdraw.io import local_model, missing_model, model_source, shipped_model
-
-    given = str(path)
-    path = Path(path).expanduser()
-    if found := local_model(given):
-        return found
-    if not path.exists() and HUB_ID.fullmatch(given):
-        return snapshot(given)
-    if not path.exists():
-        raise missing_model(path)
-    shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
-    also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
-    raise CDrawError(f"{path} is not a cdraw checkpoint (no config.json in it or in {path / 'model'}){also}")
-
-
 def pick_device(name: str | None):
     """The torch device a user asked for (default: CUDA when available), checked."""
     import torch
@@ -94,6 +74,7 @@ def pick_device(name: str | None):
 def _load_model(args: argparse.Namespace, condition: str = "none"):
     """The model of --checkpoint (or the shipped default for ``condition``) on --device, in eval mode."""
     from cdraw.generate import default_checkpoint
+    from cdraw.io import resolve_checkpoint
     from cdraw.model import DRAW
 
     folder = resolve_checkpoint(args.checkpoint) if args.checkpoint else default_checkpoint(condition)
@@ -179,6 +160,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         figures_include_training,
         measured_on_part,
         read_record,
+        resolve_checkpoint,
         run_length,
         shipped_model_names,
         stored_parameters,

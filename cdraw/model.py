@@ -55,7 +55,7 @@ from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.conditioning.encoders import make_encoder
 from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.gaussian import GaussianLayer, kl_divergence, log_ratio
-from cdraw.hub import HUB_ID, LIBRARY, TAGS
+from cdraw.hub import LIBRARY, TAGS
 from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported for callers of the model)
     CONFIG_NAME,
     EVAL_RECORD,
@@ -63,10 +63,9 @@ from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported 
     WEIGHTS_NAME,
     atomic_write,
     load_weights,
-    local_model,
-    missing_model,
     read_config,
     read_record,
+    resolve_checkpoint,
     save_folder,
     typed_fields,
 )
@@ -108,9 +107,10 @@ class DRAWConfig:
     align_size: int = 256  # A, the hidden size of alignDRAW's alignment (caption encoders only)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.image_size, list | tuple):
-            raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {self.image_size!r}")
-        self.image_size = tuple(self.image_size)
+        size = self.image_size
+        if not isinstance(size, list | tuple) or len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
+            raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {size!r}")
+        self.image_size = tuple(size)
         if isinstance(self.condition, dict):
             self.condition = ConditionConfig.from_dict(self.condition)
         if self.condition is not None and not isinstance(self.condition, ConditionConfig):
@@ -121,8 +121,6 @@ class DRAWConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if len(self.image_size) != 2 or not all(isinstance(n, int) and n >= 1 for n in self.image_size):
-            raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {self.image_size!r}")
         if self.likelihood not in LIKELIHOODS:
             raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.context_size < 0:
@@ -772,25 +770,19 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         **unused: Any,
     ) -> DRAW:
         """Load a folder written by :meth:`save_pretrained` (or a training run's, see
-        :func:`cdraw.io.local_model`), a model that ships with cdraw by its name
+        :func:`cdraw.io.resolve_checkpoint`), a model that ships with cdraw by its name
         (``"mnist_captions"``), or a Hugging Face Hub repository (``"owner/name"``, at
         ``revision``; served from the local cache when offline), onto
         ``device`` (CPU by default), in eval mode (as Hugging Face models load: training-only
         behaviour such as state noise is off; ``.train()`` before training it further)."""
-        folder = local_model(pretrained_model_name_or_path) or Path(pretrained_model_name_or_path).expanduser()
-        if not folder.exists() and HUB_ID.fullmatch(str(pretrained_model_name_or_path)):
-            from cdraw.hub import snapshot
-
-            folder = snapshot(
-                str(pretrained_model_name_or_path),
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-        if not folder.exists():
-            raise missing_model(folder)
+        folder = resolve_checkpoint(
+            pretrained_model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
         config = load_config(folder)
         model = cls(config, root=folder)
         model.load_checkpoint_state(load_weights(folder, model))

@@ -20,11 +20,19 @@ from safetensors.torch import load_file
 
 from cdraw import DRAW, CDrawError, CDrawWarning
 from cdraw.cli import main as cdraw_main
-from cdraw.cli import resolve_checkpoint
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.io import PACKAGE, SHIPPED, earlier_runs, model_source, read_record, run_length, shipped_model
+from cdraw.io import (
+    PACKAGE,
+    SHIPPED,
+    earlier_runs,
+    model_source,
+    read_record,
+    resolve_checkpoint,
+    run_length,
+    shipped_model,
+)
 from cdraw.training import TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from cdraw import hub
-from cdraw.cli import resolve_checkpoint, run_main
+from cdraw.cli import run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
@@ -28,6 +28,7 @@ from cdraw.io import (
     data_source,
     earlier_runs,
     read_record,
+    resolve_checkpoint,
     run_length,
     training_seconds,
 )
