@@ -25,7 +25,7 @@ from cdraw.datasets.mnist_captions import load_mnist_captions
 from cdraw.errors import CDrawError, CDrawWarning, positive_int
 from cdraw.evaluate import caption_matches_of
 from cdraw.fidelity import shipped_classifier
-from cdraw.io import resolve_checkpoint
+from cdraw.hub import resolve_checkpoint
 from cdraw.mnist_captions import PARAPHRASES, TEMPLATE_NAMES, Caption
 from cdraw.model import DRAW
 

@@ -74,7 +74,7 @@ def pick_device(name: str | None):
 def _load_model(args: argparse.Namespace, condition: str = "none"):
     """The model of --checkpoint (or the shipped default for ``condition``) on --device, in eval mode."""
     from cdraw.generate import default_checkpoint
-    from cdraw.io import resolve_checkpoint
+    from cdraw.hub import resolve_checkpoint
     from cdraw.model import DRAW
 
     folder = resolve_checkpoint(args.checkpoint) if args.checkpoint else default_checkpoint(condition)
@@ -151,6 +151,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     import importlib.util
 
     from cdraw.generate import default_checkpoint
+    from cdraw.hub import resolve_checkpoint
     from cdraw.io import (
         EVAL_RECORD,
         SHIPPED,
@@ -160,7 +161,6 @@ def cmd_info(args: argparse.Namespace) -> None:
         figures_include_training,
         measured_on_part,
         read_record,
-        resolve_checkpoint,
         run_length,
         shipped_model_names,
         stored_parameters,

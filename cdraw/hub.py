@@ -1,9 +1,11 @@
-"""The Hugging Face Hub side of a model folder: fetching one by its id, and its model card's metadata.
+"""The Hugging Face Hub side of a model folder: finding one by what a user names, fetching one by its
+Hub id, and its model card's metadata.
 
-``DRAW.from_pretrained("owner/name", revision=...)`` and ``cdraw ... --checkpoint owner/name``
-come through :func:`snapshot`, which ``huggingface_hub`` serves from its cache when offline
-(``HF_HUB_OFFLINE=1``). A model card (``README.md``) starts with YAML metadata that the Hub reads
-(:func:`card_data`): the library, tags, the data set and the figures of ``eval.json``.
+``DRAW.from_pretrained(NAME)`` and ``cdraw ... --checkpoint NAME`` find their folder through
+:func:`resolve_checkpoint`; a Hub id (``owner/name``, at a revision) comes through :func:`snapshot`,
+which ``huggingface_hub`` serves from its cache when offline (``HF_HUB_OFFLINE=1``). A model card
+(``README.md``) starts with YAML metadata that the Hub reads (:func:`card_data`): the library, tags,
+the data set and the figures of ``eval.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from cdraw.errors import CDrawError
-from cdraw.io import CONFIG_NAME, figures_include_training, measured_on_part
+from cdraw.io import (
+    CONFIG_NAME,
+    figures_include_training,
+    local_model,
+    measured_on_part,
+    model_source,
+    shipped_model,
+    shipped_model_names,
+)
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name (./name and ../name are paths)
 LIBRARY = "cdraw"
@@ -70,6 +80,27 @@ def snapshot(
     if not (folder / CONFIG_NAME).is_file():
         raise CDrawError(f"the Hub repository {repo_id} is not a cdraw checkpoint (no {CONFIG_NAME})")
     return folder
+
+
+def resolve_checkpoint(name: str | os.PathLike, **hub: Any) -> Path:
+    """A model folder from what a user points at (``cdraw --checkpoint``, :meth:`DRAW.from_pretrained
+    <cdraw.model.DRAW.from_pretrained>`): one on this machine (a model or run folder, a shipped model's
+    name: :func:`cdraw.io.local_model`) or a Hugging Face Hub id (``owner/name``, downloaded when
+    online, else from the local cache; ``hub``: :func:`snapshot`'s options); else a one-line error
+    saying why not."""
+    given = str(name)
+    path = Path(name).expanduser()
+    if found := local_model(given):
+        return found
+    if not path.exists() and HUB_ID.fullmatch(given):
+        return snapshot(given, **hub)
+    if not path.exists():
+        names = ", ".join(shipped_model_names())
+        nor = f" (nor is it a shipped model: {names})" if names else ""
+        raise CDrawError(f"checkpoint {path} does not exist{nor}")
+    shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
+    also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
+    raise CDrawError(f"{path} is not a cdraw checkpoint (no {CONFIG_NAME} in it or in {path / 'model'}){also}")
 
 
 def describe(config: Any, parameters: int) -> str:

@@ -163,29 +163,6 @@ def shipped_model_names() -> list[str]:
     return sorted(config.parent.name for config in SHIPPED.glob(f"*/{CONFIG_NAME}"))
 
 
-def resolve_checkpoint(name: str | os.PathLike, **hub: Any) -> Path:
-    """A model folder from what a user points at (``cdraw --checkpoint``, :meth:`DRAW.from_pretrained
-    <cdraw.model.DRAW.from_pretrained>`): one on this machine (a model or run folder, a shipped model's
-    name: :func:`local_model`) or a Hugging Face Hub id (``owner/name``, downloaded when online, else
-    from the local cache; ``hub``: :func:`cdraw.hub.snapshot`'s options); else a one-line error saying
-    why not."""
-    from cdraw.hub import HUB_ID, snapshot
-
-    given = str(name)
-    path = Path(name).expanduser()
-    if found := local_model(given):
-        return found
-    if not path.exists() and HUB_ID.fullmatch(given):
-        return snapshot(given, **hub)
-    if not path.exists():
-        names = ", ".join(shipped_model_names())
-        shipped = f" (nor is it a shipped model: {names})" if names else ""
-        raise CDrawError(f"checkpoint {path} does not exist{shipped}")
-    shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
-    also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
-    raise CDrawError(f"{path} is not a cdraw checkpoint (no {CONFIG_NAME} in it or in {path / 'model'}){also}")
-
-
 def model_source(name: str) -> str:
     """How a run's records name the model it started from (``--init-weights``): a model inside the
     cdraw package (a shipped one) as ``cdraw/...``, whichever checkout or install it was read from

@@ -55,7 +55,7 @@ from cdraw.conditioning.base import ConditionConfig, Context
 from cdraw.conditioning.encoders import make_encoder
 from cdraw.errors import CDrawError, CDrawWarning
 from cdraw.gaussian import GaussianLayer, kl_divergence, log_ratio
-from cdraw.hub import LIBRARY, TAGS
+from cdraw.hub import LIBRARY, TAGS, resolve_checkpoint
 from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported for callers of the model)
     CONFIG_NAME,
     EVAL_RECORD,
@@ -65,7 +65,6 @@ from cdraw.io import (  # noqa: F401 (CONFIG_NAME, TRAINING_RECORD: re-exported 
     load_weights,
     read_config,
     read_record,
-    resolve_checkpoint,
     save_folder,
     typed_fields,
 )
@@ -770,7 +769,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         **unused: Any,
     ) -> DRAW:
         """Load a folder written by :meth:`save_pretrained` (or a training run's, see
-        :func:`cdraw.io.resolve_checkpoint`), a model that ships with cdraw by its name
+        :func:`cdraw.hub.resolve_checkpoint`), a model that ships with cdraw by its name
         (``"mnist_captions"``), or a Hugging Face Hub repository (``"owner/name"``, at
         ``revision``; served from the local cache when offline), onto
         ``device`` (CPU by default), in eval mode (as Hugging Face models load: training-only

@@ -23,13 +23,13 @@ from cdraw.cli import main as cdraw_main
 from cdraw.config import TrainConfig, parse_train_args, train_arg_parser
 from cdraw.data import ImageData
 from cdraw.generate import SHIPPED_MODELS
+from cdraw.hub import resolve_checkpoint
 from cdraw.io import (
     PACKAGE,
     SHIPPED,
     earlier_runs,
     model_source,
     read_record,
-    resolve_checkpoint,
     run_length,
     shipped_model,
 )

@@ -22,13 +22,13 @@ from cdraw.cli import run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
+from cdraw.hub import resolve_checkpoint
 from cdraw.io import (
     EVAL_RECORD,
     TRAINING_RECORD,
     data_source,
     earlier_runs,
     read_record,
-    resolve_checkpoint,
     run_length,
     training_seconds,
 )
