@@ -82,15 +82,15 @@ def snapshot(
     return folder
 
 
-def resolve_checkpoint(name: str | os.PathLike, **hub: Any) -> Path:
+def resolve_checkpoint(name: str | os.PathLike, *, stacklevel: int = 2, **hub: Any) -> Path:
     """A model folder from what a user points at (``cdraw --checkpoint``, :meth:`DRAW.from_pretrained
     <cdraw.model.DRAW.from_pretrained>`): one on this machine (a model or run folder, a shipped model's
     name: :func:`cdraw.io.local_model`) or a Hugging Face Hub id (``owner/name``, downloaded when
     online, else from the local cache; ``hub``: :func:`snapshot`'s options); else a one-line error
-    saying why not."""
+    saying why not. A warning (a run's model read from its ``best/``) points ``stacklevel`` frames up."""
     given = str(name)
     path = Path(name).expanduser()
-    if found := local_model(given):
+    if found := local_model(given, stacklevel=stacklevel + 1):
         return found
     if not path.exists() and HUB_ID.fullmatch(given):
         return snapshot(given, **hub)

@@ -139,11 +139,12 @@ def shipped_model(name: str) -> Path | None:
     return folder if folder.parent == SHIPPED and (folder / CONFIG_NAME).is_file() else None
 
 
-def local_model(name: str | os.PathLike) -> Path | None:
+def local_model(name: str | os.PathLike, stacklevel: int = 2) -> Path | None:
     """The model folder ``name`` points at on this machine: a model folder, a training run's
-    ``model/`` (before the run has written it: its ``best/`` so far, with a warning), or a shipped
-    model by name (:func:`shipped_model`; a folder of the user's of that name comes first); None
-    for anything else (a Hub id, a folder that holds no model, a typo)."""
+    ``model/`` (before the run has written it: its ``best/`` so far, with a warning ``stacklevel``
+    frames up, as :func:`warnings.warn` counts), or a shipped model by name (:func:`shipped_model`;
+    a folder of the user's of that name comes first); None for anything else (a Hub id, a folder
+    that holds no model, a typo)."""
     path = Path(name).expanduser()
     for candidate in (path, path / "model"):
         if (candidate / CONFIG_NAME).is_file():
@@ -152,7 +153,7 @@ def local_model(name: str | os.PathLike) -> Path | None:
         warnings.warn(
             f"{path} has no model/ yet (its training has not finished): using its best model so far, {path / 'best'}",
             CDrawWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return path / "best"
     return None if path.exists() else shipped_model(str(name))

@@ -776,6 +776,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
         behaviour such as state noise is off; ``.train()`` before training it further)."""
         folder = resolve_checkpoint(
             pretrained_model_name_or_path,
+            stacklevel=3,  # a warning names the caller's line
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,

@@ -333,6 +333,10 @@ def test_a_run_that_has_not_written_its_model_yet_is_read_from_its_best_so_far(t
         assert resolve_checkpoint(run) == run / "model"
         # the library and --init-weights read a run folder as the CLI does
         assert DRAW.from_pretrained(run).folder == run / "model"
+    shutil.copytree(SHIPPED / "mnist", tmp_path / "training" / "best")
+    with pytest.warns(CDrawWarning, match="training has no model/ yet") as said:
+        DRAW.from_pretrained(tmp_path / "training")
+    assert said[0].filename == __file__  # the warning names the caller's line, not cdraw's
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_sets, tmp_path):
