@@ -147,6 +147,14 @@ def _import_datasets():
     return datasets
 
 
+def coco_folder(folder: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where a COCO data set is (made, read): ``folder``, else ``data_dir/coco32``, else the default
+    data folder's ``coco32``."""
+    if folder is None:
+        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
+    return Path(folder).expanduser()
+
+
 def prepare_coco(
     captions_json: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -196,7 +204,7 @@ def prepare_coco(
         raise CDrawError(f"split name {split_name!r} must be letters, digits, '_', '-' or '.' (it names a file)")
     captions_json = Path(captions_json).expanduser()
     image_dir = Path(image_dir).expanduser()
-    out_dir = Path(out_dir).expanduser() if out_dir is not None else default_data_dir() / SUBDIR
+    out_dir = coco_folder(out_dir)
     images, captions = read_coco_captions(captions_json)
     if not image_dir.is_dir():
         raise CDrawError(f"image folder {image_dir} not found: pass the folder of COCO images, e.g. coco/train2014")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 from cdraw.errors import DATA_DIR, OneLineParser, non_negative_int, positive_int
 
@@ -153,13 +152,12 @@ def coco_parser() -> argparse.ArgumentParser:
 
 
 def coco(args: argparse.Namespace) -> None:
-    from cdraw.coco import METADATA, SUBDIR, prepare_coco
+    from cdraw.coco import METADATA, coco_folder, prepare_coco
 
-    out = args.out or (Path(args.data_dir).expanduser() / SUBDIR if args.data_dir else None)  # None: the default
     path = prepare_coco(
         args.captions,
         args.images,
-        out,
+        coco_folder(args.out, args.data_dir),
         size=args.size,
         split_name=args.split,
         num_proc=args.num_proc,

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdraw.coco import CHANNELS, COMMAND, SUBDIR, CocoCaptions, caption_pairs
-from cdraw.data import default_data_dir
+from cdraw.coco import CHANNELS, COMMAND, CocoCaptions, caption_pairs, coco_folder
 from cdraw.datasets.base import DataSet, Raw
 from cdraw.errors import CDrawError
 
@@ -51,9 +50,7 @@ def split_path(
     split: str, folder: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
 ) -> Path:
     """Where :func:`load_coco` reads ``split``; a clear error, with the command that makes it, when it is missing."""
-    if folder is None:
-        folder = Path(data_dir if data_dir is not None else default_data_dir()) / SUBDIR
-    folder = Path(folder).expanduser()
+    folder = coco_folder(folder, data_dir)
     path = folder / f"{split}.parquet"
     if not path.is_file():
         source = "train2014" if split == "train" else "val2014"  # a validation or test split: never training images
