@@ -92,15 +92,15 @@ def resolve_checkpoint(name: str | os.PathLike, *, stacklevel: int = 2, **hub: A
     path = Path(name).expanduser()
     if found := local_model(given, stacklevel=stacklevel + 1):
         return found
-    if not path.exists() and HUB_ID.fullmatch(given):
+    if path.exists():  # a folder (or file) of the user's that holds no model
+        shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
+        also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
+        raise CDrawError(f"{path} is not a cdraw checkpoint (no {CONFIG_NAME} in it or in {path / 'model'}){also}")
+    if HUB_ID.fullmatch(given):
         return snapshot(given, **hub)
-    if not path.exists():
-        names = ", ".join(shipped_model_names())
-        nor = f" (nor is it a shipped model: {names})" if names else ""
-        raise CDrawError(f"checkpoint {path} does not exist{nor}")
-    shipped = shipped_model(given)  # a folder of the user's came first; say how to reach the shipped one
-    also = f"; the shipped model {shipped.name} is --checkpoint {model_source(str(shipped))}" if shipped else ""
-    raise CDrawError(f"{path} is not a cdraw checkpoint (no {CONFIG_NAME} in it or in {path / 'model'}){also}")
+    names = ", ".join(shipped_model_names())
+    nor = f" (nor is it a shipped model: {names})" if names else ""
+    raise CDrawError(f"checkpoint {path} does not exist{nor}")
 
 
 def describe(config: Any, parameters: int) -> str:
