@@ -598,7 +598,7 @@ class DRAW(nn.Module, ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):
             raise CDrawError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         if x.is_floating_point():
             return x if x.dtype == dtype else x.to(dtype)  # float64 from NumPy; no host sync
-        low, high = (int(x.min()), int(x.max())) if x.numel() else (0, 0)
+        low, high = map(int, torch.aminmax(x)) if x.numel() else (0, 0)  # one pass over x, not min then max
         if low < 0 or high > 1:
             raise CDrawError(f"images must be in [0, 1], got {x.dtype} values {low}..{high}: divide grey levels by 255")
         return x.to(dtype)
