@@ -290,9 +290,10 @@ def parse_train_args(
     saved = Path(d["output_dir"]).expanduser() / RUN_CONFIG
     if resume and saved.is_file():  # the run's own settings, then the flags given now (Trainer says what changed)
         run = TrainConfig.from_yaml(saved)
-        if config_file and _trains(run) != _trains(cfg):  # another recipe's run: its data would not fit
+        was, now = _trains(run), _trains(cfg)
+        if config_file and was != now:  # another recipe's run: its data would not fit
             raise CDrawError(
-                f"--resume: {saved.parent} trained {_trains(run)}, and {parser.prog} trains {_trains(cfg)}: "
+                f"--resume: {saved.parent} trained {was}, and {parser.prog} trains {now}: "
                 "resume it with the recipe that started it"
             )
         d = _with_flags(run.to_dict(), args)

@@ -22,7 +22,6 @@ from cdraw.cli import run_main
 from cdraw.conditioning.encoders import TEXT_ENCODER_DIR
 from cdraw.errors import CDrawError
 from cdraw.generate import SHIPPED_MODELS
-from cdraw.hub import resolve_checkpoint
 from cdraw.io import (
     EVAL_RECORD,
     TRAINING_RECORD,
@@ -115,7 +114,7 @@ def main() -> None:
         return
     if not (args.checkpoint and args.train_command and args.eval_command):
         parser.error("give CHECKPOINT, --train-command and --eval-command (or --metadata-only)")
-    src = resolve_checkpoint(args.checkpoint)
+    src = hub.resolve_checkpoint(args.checkpoint)
     if not (src / EVAL_RECORD).is_file():
         raise CDrawError(f"{src} has no eval.json: run `cdraw eval --checkpoint {src} --json {src}/eval.json` first")
     dst = next(p for p in SHIPPED_MODELS if p.name == args.name)
