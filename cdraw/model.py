@@ -82,6 +82,11 @@ SIZE_LIMITS = {
 MAX_PARAMETERS = 1_000_000_000
 
 
+def _positive_int(n: object) -> bool:
+    """What DRAWConfig takes as a size or count: an int of at least 1."""
+    return isinstance(n, int) and n >= 1
+
+
 @dataclass
 class DRAWConfig:
     """A DRAW model's shape. Defaults are the paper's MNIST model (Table 3)."""
@@ -107,7 +112,7 @@ class DRAWConfig:
 
     def __post_init__(self) -> None:
         size = self.image_size
-        if not isinstance(size, list | tuple) or len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
+        if not isinstance(size, list | tuple) or len(size) != 2 or not all(map(_positive_int, size)):
             raise CDrawError(f"DRAWConfig.image_size must be (H, W), got {size!r}")
         self.image_size = tuple(size)
         if isinstance(self.condition, dict):
@@ -118,8 +123,8 @@ class DRAWConfig:
             raise CDrawError("DRAWConfig: give either a condition encoder or a raw context_size, not both")
         positive = ("channels", "glimpses", "read_size", "write_size", "enc_size", "dec_size", "z_size", "align_size")
         for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+            if not _positive_int(value := getattr(self, name)):
+                raise CDrawError(f"DRAWConfig.{name} must be a positive integer, got {value!r}")
         if self.likelihood not in LIKELIHOODS:
             raise CDrawError(f"DRAWConfig.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.context_size < 0:

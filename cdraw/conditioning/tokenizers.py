@@ -130,12 +130,12 @@ class LabelTokenizer:
         if not labels:
             raise CDrawError("no labels given")
         labels = [int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k for k in labels]
+        last = self.num_classes - 1
         for k in labels:
             if not isinstance(k, int) or isinstance(k, bool):
-                last = self.num_classes - 1
                 raise CDrawError(f"this model is conditioned on class labels, got {k!r}: give whole numbers 0..{last}")
-            if not 0 <= k < self.num_classes:
-                raise CDrawError(f"label {k} is out of range: this model knows labels 0..{self.num_classes - 1}")
+            if not 0 <= k <= last:
+                raise CDrawError(f"label {k} is out of range: this model knows labels 0..{last}")
         return torch.tensor(labels, dtype=torch.long)
 
 
